@@ -1,0 +1,158 @@
+"""Checkpoint files: safetensors weights for sampling, a `.pt` training state for resuming.
+
+The weights file is self-contained: the model config, the tokeniser and a
+format version live in its safetensors metadata, so sampling reads that one
+file and never unpickles anything. The training state is loaded with
+`torch.load(weights_only=True)`, which refuses arbitrary Python objects.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from .atomic import atomic_write_bytes
+from .config import ModelConfig
+from .errors import CheckpointError, CharrnnError
+from .model import CharRNN
+from .tokenizers import Tokenizer, tokenizer_from_dict
+
+FORMAT_NAME = "charrnn"
+FORMAT_VERSION = 1
+# safetensors itself refuses headers over 100 MB; a sentencepiece model in the
+# metadata is a few MB at most, so anything larger is a lie or damage.
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for sampling or evaluation, with what it needs to read and write text."""
+
+    model: CharRNN
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    info: dict[str, Any]          # training summary: step, val loss, bits per char, ...
+    path: Path
+
+
+def save_weights(path: Path, model: CharRNN, tokenizer: Tokenizer, info: dict[str, Any]) -> None:
+    """Atomically write the model's weights (fp32, CPU) with config, tokeniser and `info` as metadata."""
+    tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous()
+               for name, tensor in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(model.config.to_dict()),
+        "tokenizer": json.dumps(tokenizer.to_dict()),
+        "info": json.dumps(info),
+    }
+    atomic_write_bytes(Path(path), save_safetensors_bytes(tensors, metadata=metadata))
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a {what}") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def read_metadata(data: bytes, path: Path) -> dict[str, str]:
+    """The charrnn metadata of a safetensors file's bytes, after checking the header is sane."""
+    if len(data) < 8:
+        raise CheckpointError(f"{path} is corrupted (too short to be a checkpoint)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or header_len > len(data) - 8:
+        raise CheckpointError(f"{path} is corrupted or not a charrnn checkpoint (bad header length)")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupted or not a charrnn checkpoint (unreadable header)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint")
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path} is corrupted (bad format version)") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer charrnn (format {version}; this one reads "
+            f"up to {FORMAT_VERSION}): upgrade charrnn to use it")
+    return metadata
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a weights file written by `save_weights` onto `device`, checking everything on the way."""
+    path = Path(path)
+    data = _read_file(path, "checkpoint")
+    metadata = read_metadata(data, path)
+    try:
+        model_config = ModelConfig.from_dict(json.loads(metadata["model_config"])).validate()
+        tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, TypeError, ValueError, CharrnnError) as error:
+        raise CheckpointError(f"{path} is corrupted (bad metadata: {error})") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise CheckpointError(f"{path} is corrupted (tokeniser and model disagree on vocabulary size)")
+    try:
+        tensors = load_safetensors_bytes(data)
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
+    model = CharRNN(model_config)
+    _check_tensors(tensors, model, path)
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, model_config=model_config, info=info, path=path)
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], model: CharRNN, path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        problem = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
+        raise CheckpointError(f"{path} is corrupted ({problem})")
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.float32 or tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path} is corrupted (tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, "
+                f"expected float32 {tuple(expected[name].shape)})")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path} is corrupted (tensor {name} has non-finite values)")
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write the resume state (tensors, numbers, strings, dicts and lists only)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """Load a resume state with `weights_only=True`: no code in it can run."""
+    path = Path(path)
+    data = _read_file(path, "training state")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
+            AttributeError, ImportError, KeyError, IndexError, struct.error, OSError):
+        # Never repeat torch's advice to pass weights_only=False: that would run the file's code.
+        raise CheckpointError(f"{path} is corrupted or not a charrnn training state") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a charrnn training state")
+    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer charrnn: upgrade charrnn to resume it")
+    return state

@@ -1,0 +1,204 @@
+"""Settings as dataclasses: the one source of truth for every option.
+
+The CLI options are the kebab-case names of these fields; the checkpoint
+stores `ModelConfig` and `TrainConfig` as JSON; `sample` reads them back.
+Each `validate()` raises one `ConfigError` naming the first bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+MODEL_KINDS = ("lstm", "gru", "rnn")
+TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# When neither --max-steps nor --max-time is given, train for this long.
+DEFAULT_TIME_BUDGET_SECONDS = 300.0
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _finite(name: str, value: float) -> None:
+    _require(isinstance(value, (int, float)) and math.isfinite(value),
+             f"{name} must be a finite number, got {value!r}")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a wall-clock budget such as `90s`, `5m`, `1h30m` or `120` into seconds."""
+    cleaned = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", cleaned)
+        if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", cleaned).strip():
+            raise ConfigError(
+                f"cannot read {text!r} as a duration: use e.g. 90s, 5m, 1h or 1h30m")
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
+        seconds = sum(float(number) * scale[unit] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+class _JsonDataclass:
+    """to_dict / from_dict for the config dataclasses (unknown keys are refused)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class ModelConfig(_JsonDataclass):
+    """Shape of the network: embedding -> stacked recurrent layers -> linear."""
+
+    model: str = "lstm"          # the recurrent cell: lstm, gru or rnn (tanh)
+    num_layers: int = 2
+    hidden_size: int = 512
+    embedding_size: int = 64
+    dropout: float = 0.1         # between recurrent layers and before the output layer
+    vocab_size: int = 0          # filled in from the tokeniser
+
+    def validate(self) -> "ModelConfig":
+        """Check every field; return self so calls can chain."""
+        _require(self.model in MODEL_KINDS,
+                 f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
+        _require(1 <= self.num_layers <= 16, f"--num-layers must be 1..16, got {self.num_layers}")
+        _require(1 <= self.hidden_size <= 16384,
+                 f"--hidden-size must be 1..16384, got {self.hidden_size}")
+        _require(1 <= self.embedding_size <= 16384,
+                 f"--embedding-size must be 1..16384, got {self.embedding_size}")
+        _finite("--dropout", self.dropout)
+        _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(self.vocab_size >= 0, f"vocab_size must be >= 0, got {self.vocab_size}")
+        return self
+
+
+@dataclass
+class TrainConfig(_JsonDataclass):
+    """How to train: data windows, optimiser, budget, evaluation, hardware."""
+
+    seq_len: int = 128            # the truncated-BPTT window, in tokens
+    batch_size: int = 32          # contiguous streams trained side by side
+    lr: float = 3e-3              # peak learning rate of AdamW
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0        # clip the global gradient norm to this (0 = off)
+    warmup_steps: int = 50        # linear warm-up, then cosine decay over the budget
+    min_lr_fraction: float = 0.1  # the cosine ends at lr * this
+    max_steps: Optional[int] = None
+    max_time: Optional[float] = None   # seconds of wall clock, evaluation included
+    val_fraction: float = 0.1
+    eval_every: int = 200         # steps between evaluations (and checkpoints)
+    seed: int = 1337
+    device: str = "auto"
+    threads: Optional[int] = None      # None = the machine's physical cores
+    precision: str = "fp32"
+    tokenizer: str = "char"
+    vocab_size: Optional[int] = None   # for the sentencepiece tokenisers
+    keep: int = 0                 # step checkpoints kept beside best and latest
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; return self so calls can chain."""
+        _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be >= 1, got {self.seq_len}")
+        _require(1 <= self.batch_size <= 1_000_000,
+                 f"--batch-size must be >= 1, got {self.batch_size}")
+        _finite("--lr", self.lr)
+        _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _finite("--weight-decay", self.weight_decay)
+        _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _finite("--grad-clip", self.grad_clip)
+        _require(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
+        _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        _finite("--min-lr-fraction", self.min_lr_fraction)
+        _require(0 <= self.min_lr_fraction <= 1,
+                 f"--min-lr-fraction must be in [0, 1], got {self.min_lr_fraction}")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.max_time is not None:
+            _finite("--max-time", self.max_time)
+            _require(self.max_time > 0, f"--max-time must be > 0, got {self.max_time}")
+        _finite("--val-fraction", self.val_fraction)
+        _require(0 < self.val_fraction < 1,
+                 f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        _require(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
+        _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
+        _require(self.device in DEVICES,
+                 f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads is not None:
+            _require(1 <= self.threads <= 1024, f"--threads must be >= 1, got {self.threads}")
+        _require(self.precision in PRECISIONS,
+                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _require(self.tokenizer in TOKENIZER_KINDS,
+                 f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
+        if self.vocab_size is not None:
+            _require(2 <= self.vocab_size <= 1_000_000,
+                     f"--vocab-size must be 2..1000000, got {self.vocab_size}")
+        _require(self.keep >= 0, f"--keep must be >= 0, got {self.keep}")
+        return self
+
+    def budget_seconds(self) -> Optional[float]:
+        """The wall-clock budget in force: --max-time, or the default when no limit was given."""
+        if self.max_time is not None:
+            return self.max_time
+        if self.max_steps is None:
+            return DEFAULT_TIME_BUDGET_SECONDS
+        return None
+
+
+@dataclass
+class SampleConfig(_JsonDataclass):
+    """How to write text from a trained model."""
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    greedy: bool = False
+    length: int = 1000            # characters to write; -1 = until the reader closes the pipe
+    prime: Optional[str] = None   # text the model is warmed up with (echoed first)
+    seed: Optional[int] = None    # None = a fresh seed each run
+    num_samples: int = 1
+    separator: str = "\n\n"
+
+    def validate(self) -> "SampleConfig":
+        """Check every field; return self so calls can chain."""
+        _finite("--temperature", self.temperature)
+        _require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None:
+            _require(self.top_k >= 1, f"--top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None:
+            _finite("--top-p", self.top_p)
+            _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        _require(self.length >= -1, f"--length must be >= 0, or -1 for no end, got {self.length}")
+        _require(1 <= self.num_samples <= 10_000,
+                 f"--num-samples must be 1..10000, got {self.num_samples}")
+        _require(not (self.length == -1 and self.num_samples > 1),
+                 "--length -1 (no end) works with one sample only")
+        if self.seed is not None:
+            _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
+        return self
+
+
+@dataclass
+class RunSettings:
+    """Everything `train` needs besides the corpus: grouped for passing around."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,148 @@
+"""Everything Rich: human output on stderr, live when stderr is a terminal, plain lines otherwise.
+
+stdout is never touched here: it belongs to generated text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+from . import events
+
+PLAIN_LOG_INTERVAL_SECONDS = 10.0
+
+
+def stderr_console() -> Console:
+    """The one console for progress, notices and errors."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """Seconds as `1:02:03` or `4:05`; `-` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _number(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+class TrainingDisplay:
+    """Turns training events into a live Rich progress bar, or plain log lines off a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self._progress: Optional[Progress] = None
+        self._task = None
+        self._last_plain_line = 0.0
+        self._started: Optional[events.TrainingStarted] = None
+        self._val_loss: Optional[float] = None
+        self._val_bpc: Optional[float] = None
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, events.TrainingStarted):
+            self._on_start(event)
+        elif isinstance(event, events.StepDone):
+            self._on_step(event)
+        elif isinstance(event, events.EvaluationDone):
+            self._on_evaluation(event)
+        elif isinstance(event, events.Notice):
+            self.console.print(f"[yellow]note:[/] {event.message}" if self.live else f"note: {event.message}")
+
+    def _on_start(self, event: events.TrainingStarted) -> None:
+        self._started = event
+        unit = "chars" if event.tokenizer == "char" else "tokens"
+        budget = (f"{event.max_steps} steps" if event.max_steps is not None
+                  else f"{format_duration(event.budget_seconds)} of training")
+        if event.budget_seconds is not None and event.max_steps is not None:
+            budget = f"{event.max_steps} steps or {format_duration(event.budget_seconds)}"
+        self.console.print(
+            f"charrnn: {event.num_parameters:,} parameters, vocabulary {event.vocab_size} "
+            f"({event.tokenizer}, {event.chars_per_token:.2f} chars/token), "
+            f"{event.train_tokens:,} train / {event.val_tokens:,} val {unit}, "
+            f"batch {event.batch_size} x {event.seq_len}, {event.device} {event.precision} "
+            f"{event.threads} threads, {budget}"
+            + (f", resuming at step {event.start_step}" if event.start_step else ""),
+            markup=False, highlight=False)
+        self.console.print(f"run directory: {event.run_dir}", markup=False)
+        if self.live:
+            self._progress = Progress(
+                TextColumn("step {task.fields[step]}"),
+                BarColumn(),
+                TextColumn("{task.fields[elapsed]} elapsed, {task.fields[remaining]} left"),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("val {task.fields[val]} ({task.fields[bpc]} bpc)"),
+                TextColumn("{task.fields[speed]} chars/s"),
+                console=self.console, transient=False, refresh_per_second=4)
+            self._task = self._progress.add_task(
+                "train", total=1000, step=event.start_step, elapsed="0:00", remaining="-",
+                loss="-", val="-", bpc="-", speed="-")
+            self._progress.start()
+
+    def _remaining(self, event: events.StepDone) -> Optional[float]:
+        if event.progress <= 0:
+            return None
+        return event.elapsed * (1 - event.progress) / event.progress if self._started and \
+            self._started.max_steps is not None else (
+            (self._started.budget_seconds or 0) - event.elapsed if self._started else None)
+
+    def _on_step(self, event: events.StepDone) -> None:
+        remaining = self._remaining(event)
+        if self._progress is not None:
+            self._progress.update(
+                self._task, completed=int(event.progress * 1000), step=event.step,
+                elapsed=format_duration(event.elapsed), remaining=format_duration(remaining),
+                loss=_number(event.loss), speed=f"{event.chars_per_second:,.0f}")
+            return
+        now = time.monotonic()
+        if now - self._last_plain_line >= PLAIN_LOG_INTERVAL_SECONDS:
+            self._last_plain_line = now
+            self.console.print(
+                f"step {event.step} | {format_duration(event.elapsed)} elapsed, "
+                f"{format_duration(remaining)} left | loss {_number(event.loss)} | "
+                f"lr {event.learning_rate:.2e} | {event.chars_per_second:,.0f} chars/s",
+                markup=False, highlight=False)
+
+    def _on_evaluation(self, event: events.EvaluationDone) -> None:
+        self._val_loss, self._val_bpc = event.val_loss, event.val_bpc
+        line = (f"step {event.step} | val loss {event.val_loss:.4f} nats/token | "
+                f"{event.val_bpc:.4f} bits/char{' (best)' if event.is_best else ''} | "
+                f"train loss {_number(event.train_loss, 4)} | eval {event.eval_seconds:.1f}s")
+        preview = event.preview.strip("\n").replace("\n", " ⏎ ")[:160]
+        if self._progress is not None:
+            self._progress.update(self._task, val=_number(event.val_loss), bpc=_number(event.val_bpc))
+            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.console.print(f"  [dim]{_escape(preview)}[/]")
+        else:
+            self.console.print(line, markup=False, highlight=False)
+            self.console.print(f"  sample: {preview}", markup=False, highlight=False)
+
+    def close(self) -> None:
+        """Stop the live display (idempotent)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+    return escape(text)
+
+
+def finished_message(event: events.TrainingFinished) -> str:
+    """The last line of a training run."""
+    why = {"done": "finished", "time": "time budget spent", "interrupted": "interrupted",
+           "early-stop": "stopped early (validation stopped improving)"}.get(event.reason, event.reason)
+    return (f"{why} at step {event.step} after {format_duration(event.elapsed)}: best val loss "
+            f"{_number(event.best_val_loss, 4)} nats/token, {_number(event.best_val_bpc, 4)} bits/char; "
+            f"saved in {event.run_dir}")

@@ -1,0 +1,66 @@
+"""Small event objects the training loop reports through; `console.py` turns them into output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass
+class Notice:
+    """Something the user should know once (e.g. a batch size reduced to fit the corpus)."""
+
+    message: str
+
+
+@dataclass
+class TrainingStarted:
+    run_dir: Path
+    num_parameters: int
+    vocab_size: int
+    tokenizer: str
+    chars_per_token: float
+    train_tokens: int
+    val_tokens: int
+    batch_size: int
+    seq_len: int
+    device: str
+    precision: str
+    threads: int
+    start_step: int
+    max_steps: Optional[int]
+    budget_seconds: Optional[float]
+
+
+@dataclass
+class StepDone:
+    step: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    elapsed: float
+    chars_per_second: float
+    progress: float          # 0..1 of the step or time budget
+
+
+@dataclass
+class EvaluationDone:
+    step: int
+    train_loss: float
+    val_loss: float          # nats per token
+    val_bpc: float           # bits per character of the original text
+    is_best: bool
+    elapsed: float
+    eval_seconds: float
+    preview: str
+
+
+@dataclass
+class TrainingFinished:
+    step: int
+    reason: str              # "done", "time", "interrupted", "early-stop"
+    best_val_loss: float
+    best_val_bpc: float
+    elapsed: float
+    run_dir: Path

@@ -1,0 +1,144 @@
+"""The run directory: where a training run keeps its files, and who may write there.
+
+    runs/<name>/
+      best.safetensors      weights with the best validation loss (what `sample` reads)
+      latest.safetensors    weights of the latest checkpoint
+      step-000400.safetensors ...  the last --keep step checkpoints
+      state.pt              everything needed to resume exactly (torch.load weights_only)
+      metrics.jsonl         one JSON line per evaluation
+      .lock                 held (flock) by the one training writing here
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from .atomic import is_temp_file
+from .errors import CheckpointError, RunDirError
+
+DEFAULT_RUNS_ROOT = Path("runs")
+BEST_WEIGHTS = "best.safetensors"
+LATEST_WEIGHTS = "latest.safetensors"
+TRAINING_STATE = "state.pt"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+
+
+class RunDir:
+    """Paths and housekeeping of one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock_handle = None
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST_WEIGHTS
+
+    @property
+    def latest(self) -> Path:
+        return self.path / LATEST_WEIGHTS
+
+    @property
+    def state(self) -> Path:
+        return self.path / TRAINING_STATE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    def step_weights(self, step: int) -> Path:
+        """The weights file kept for one step."""
+        return self.path / f"step-{step:07d}.safetensors"
+
+    def prepare(self) -> None:
+        """Create the folder, prove it is writable, and remove temp files a killed run left."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write to run directory {self.path}: {error.strerror or error}") from None
+        for leftover in self.path.iterdir():
+            if is_temp_file(leftover):
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
+
+    def lock(self) -> None:
+        """Take the run's lock, or raise if another live process holds it (the kernel frees it on death)."""
+        import fcntl  # POSIX only; imported here so the module loads everywhere
+
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirError(
+                f"another training is already writing to {self.path} (pid {holder}); "
+                "wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        """Release the lock (closing the file releases the flock)."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Add one evaluation record as a JSON line."""
+        with open(self.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def prune_step_weights(self, keep: int) -> None:
+        """Delete all but the newest `keep` step checkpoints."""
+        kept = sorted(self.path.glob("step-*.safetensors"))
+        for old in kept[:max(0, len(kept) - keep)]:
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
+    def weights_for_sampling(self) -> Optional[Path]:
+        """The best weights, else the latest, else None."""
+        for candidate in (self.best, self.latest):
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
+    """The weights file to sample from: a file, a run directory, or the most recent run under `runs/`."""
+    if given is not None:
+        path = Path(given)
+        if path.is_dir():
+            weights = RunDir(path).weights_for_sampling()
+            if weights is None:
+                raise CheckpointError(f"no checkpoint in {path} (expected {BEST_WEIGHTS})")
+            return weights
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return path
+    candidates = []
+    if runs_root.is_dir():
+        for run in runs_root.iterdir():
+            weights = RunDir(run).weights_for_sampling() if run.is_dir() else None
+            if weights is not None:
+                candidates.append((weights.stat().st_mtime, weights))
+    if not candidates:
+        raise CheckpointError(
+            f"no trained model under {runs_root}/: train one first, e.g. "
+            "`charrnn train data/tinyshakespeare.txt`, or name a checkpoint")
+    return max(candidates)[1]

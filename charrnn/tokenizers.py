@@ -1,0 +1,160 @@
+"""Tokenisers: text <-> integer ids, behind one small interface.
+
+Every tokeniser can encode, decode, decode a stream of ids piece by piece
+(`stream_decoder`), say how many characters of the original text each token
+stands for (`char_counts`, which is what makes bits per *character* honest
+for every kind), and turn itself into a JSON-safe dict for the checkpoint.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from abc import ABC, abstractmethod
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import TokenizerError
+
+
+def describe_char(char: str) -> str:
+    """Name a character for an error message, e.g. `'€' (U+20AC)`."""
+    shown = char if char.isprintable() and not unicodedata.category(char).startswith("Z") else ""
+    code = f"U+{ord(char):04X}"
+    return f"{shown!r} ({code})" if shown else code
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds every id of this vocabulary."""
+    if vocab_size <= 2**8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 2**16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+class StreamDecoder:
+    """Turns ids into text one id at a time; `feed` returns the text now complete."""
+
+    def __init__(self, tokenizer: "Tokenizer") -> None:
+        self._tokenizer = tokenizer
+
+    def feed(self, token_id: int) -> str:
+        """Text made complete by this id (may be empty while a character is unfinished)."""
+        return self._tokenizer.decode([token_id])
+
+    def flush(self) -> str:
+        """Whatever is still buffered at the end of the stream."""
+        return ""
+
+
+class Tokenizer(ABC):
+    """What training, checkpoints and sampling need from a tokeniser."""
+
+    kind: str = ""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct ids."""
+
+    @abstractmethod
+    def encode(self, text: str) -> np.ndarray:
+        """Ids for `text`, as a 1-D array of `token_dtype(vocab_size)`."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for a sequence of ids."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe description that `tokenizer_from_dict` turns back into this tokeniser."""
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A decoder for sampling, fed one id at a time."""
+        return StreamDecoder(self)
+
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
+        """Characters of original text each id stands for (summed for bits per character)."""
+        return np.ones(len(ids), dtype=np.int64)
+
+    def unencodable(self, text: str) -> list[str]:
+        """Distinct characters of `text` this tokeniser cannot encode (none for most kinds)."""
+        return []
+
+    def check_encodable(self, text: str, what: str = "text") -> None:
+        """Raise one clear `TokenizerError` naming the characters that cannot be encoded."""
+        missing = self.unencodable(text)
+        if missing:
+            shown = ", ".join(describe_char(c) for c in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise TokenizerError(
+                f"the {what} has characters the model never saw in training: {shown}{more}")
+
+
+class CharTokenizer(Tokenizer):
+    """One id per Unicode code point seen in the corpus, in code-point order."""
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars = sorted(set(chars))
+        if not self.chars:
+            raise TokenizerError("cannot build a character vocabulary from empty text")
+        self._code_points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._char_for_id = self.chars  # a list indexes faster than a dict here
+
+    @classmethod
+    def fit(cls, text: str) -> "CharTokenizer":
+        """The vocabulary of every distinct character in `text`."""
+        code_points = np.unique(_code_points(text))
+        return cls(chr(c) for c in code_points.tolist())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        code_points = _code_points(text)
+        ids = np.searchsorted(self._code_points, code_points)
+        ids_in_range = np.minimum(ids, len(self._code_points) - 1)
+        if not np.array_equal(self._code_points[ids_in_range], code_points):
+            self.check_encodable(text)
+        return ids.astype(token_dtype(self.vocab_size))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = self._char_for_id
+        return "".join(chars[int(i)] for i in ids)
+
+    def unencodable(self, text: str) -> list[str]:
+        seen = np.unique(_code_points(text))
+        missing = seen[~np.isin(seen, self._code_points)]
+        return [chr(c) for c in missing.tolist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "chars": "".join(self.chars)}
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def tokenizer_from_dict(values: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokeniser from `Tokenizer.to_dict()` output (as stored in a checkpoint)."""
+    kind = values.get("kind")
+    if kind == "char":
+        return CharTokenizer(values["chars"])
+    raise TokenizerError(f"unknown tokeniser kind {kind!r}")
+
+
+def fit_tokenizer(kind: str, train_text: str, full_text: str,
+                  vocab_size: int | None = None) -> Tokenizer:
+    """Build a tokeniser of `kind` for a corpus.
+
+    Character vocabularies come from the whole corpus (so validation never
+    meets an unknown character); learned subword vocabularies only from the
+    training part, so validation stays unseen text.
+    """
+    if kind == "char":
+        return CharTokenizer.fit(full_text)
+    raise TokenizerError(f"the {kind!r} tokeniser is not available yet")

@@ -1,0 +1,387 @@
+"""The training loop: truncated BPTT over contiguous streams, evaluation, checkpoints.
+
+It reports through `on_event` (objects from `events.py`) and never prints.
+The loop is a plain function of the step number: window i of the data, the
+learning rate at step i, and the carried hidden state all follow from the
+step and the saved state, which is what makes resuming exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import events
+from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
+from .config import ModelConfig, SampleConfig, TrainConfig
+from .data import IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size
+from .errors import CharrnnError, RunDirError
+from .hardware import configure_threads, resolve_device, resolve_precision
+from .model import CharRNN, State, count_parameters, detach_state
+from .rundir import RunDir
+from .sampling import generate_text
+
+EVAL_STREAMS = 128          # evaluation batch: large, since no gradients are kept
+EVAL_WINDOW = 256
+EVAL_WARMUP = 64            # tokens of preceding context that warm up each evaluation stream
+PREVIEW_CHARS = 200
+MAX_BAD_STEPS_IN_A_ROW = 5
+
+
+class TrainingDiverged(CharrnnError):
+    """Loss or gradients stayed non-finite for several steps in a row."""
+
+
+@dataclass
+class EvaluationResult:
+    loss: float          # nats per token
+    bits_per_char: float
+    seconds: float
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_fraction` as progress reaches 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    floor = config.lr * config.min_lr_fraction
+    return floor + (config.lr - floor) * cosine
+
+
+def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
+             autocast: Callable[[], Any] = contextlib.nullcontext) -> EvaluationResult:
+    """Loss over every token of `tokens` after the first, in nats per token and bits per character."""
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    windows = EvaluationWindows(tokens, EVAL_STREAMS, EVAL_WINDOW, warmup=EVAL_WARMUP)
+    try:
+        with torch.inference_mode(), autocast():
+            state: Optional[State] = None
+            for index, (inputs, targets) in enumerate(windows):
+                inputs_t = torch.from_numpy(inputs).to(device)
+                targets_t = torch.from_numpy(targets).to(device)
+                logits, state = model(inputs_t, state)
+                if index == 0 and windows.first_is_warmup:
+                    # Stream 0 starts the text: it must start from a blank state, not from padding.
+                    state = _zero_stream(state, 0)
+                    continue
+                total_nats += float(F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1),
+                    ignore_index=IGNORE_TARGET, reduction="sum"))
+                total_tokens += int((targets_t != IGNORE_TARGET).sum())
+    finally:
+        model.train(was_training)
+    return EvaluationResult(
+        loss=total_nats / max(1, total_tokens),
+        bits_per_char=total_nats / math.log(2) / max(1, num_chars),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _zero_stream(state: State, stream: int) -> State:
+    parts = state if isinstance(state, tuple) else (state,)
+    cleared = []
+    for part in parts:
+        part = part.clone()
+        part[:, stream] = 0
+        cleared.append(part)
+    return tuple(cleared) if isinstance(state, tuple) else cleared[0]  # type: ignore[return-value]
+
+
+def _state_to_list(state: Optional[State]) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    return [t.detach().cpu().clone() for t in (state if isinstance(state, tuple) else (state,))]
+
+
+def _state_from_list(parts: list[torch.Tensor], device: torch.device) -> Optional[State]:
+    if not parts:
+        return None
+    moved = [p.to(device) for p in parts]
+    return tuple(moved) if len(moved) == 2 else moved[0]  # type: ignore[return-value]
+
+
+class Trainer:
+    """Trains one model on one prepared corpus into one run directory."""
+
+    def __init__(self, corpus: PreparedCorpus, model_config: ModelConfig, train_config: TrainConfig,
+                 run_dir: RunDir, on_event: Callable[[object], None] = lambda event: None,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 resume_state: Optional[dict[str, Any]] = None) -> None:
+        self.corpus = corpus
+        self.train_config = train_config.validate()
+        self.model_config = model_config
+        self.model_config.vocab_size = corpus.tokenizer.vocab_size
+        self.model_config.validate()
+        self.run_dir = run_dir
+        self.on_event = on_event
+        self.should_stop = should_stop
+        self.resume_state = resume_state
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        config = self.train_config
+        self.device = resolve_device(config.device)
+        self.threads = configure_threads(config.threads)
+        self.precision = resolve_precision(config.precision, self.device)
+        torch.manual_seed(config.seed)
+        self.model = CharRNN(self.model_config).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.batch_size = fit_batch_size(len(self.corpus.train_tokens), config.batch_size, config.seq_len)
+        if self.batch_size < config.batch_size:
+            self.on_event(events.Notice(
+                f"the corpus is small: --batch-size lowered from {config.batch_size} to "
+                f"{self.batch_size} so every stream holds a whole window"))
+        self.stream = BatchStream(self.corpus.train_tokens, self.batch_size, config.seq_len)
+        self.chars_per_token = self.corpus.train_chars / max(1, len(self.corpus.train_tokens))
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.best_val_loss = math.inf
+        self.best_val_bpc = math.inf
+        self.hidden: Optional[State] = None
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed_before = float(state["elapsed"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_val_bpc = float(state["best_val_bpc"])
+        self.hidden = _state_from_list(state["hidden"], self.device)
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from the current step (plain types and tensors only)."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "step": self.step,
+            "elapsed": self.elapsed(),
+            "model_config": json.dumps(self.model_config.to_dict()),
+            "train_config": json.dumps(self.train_config.to_dict()),
+            "tokenizer": json.dumps(self.corpus.tokenizer.to_dict()),
+            "corpus_fingerprint": self.corpus.fingerprint,
+            "corpus_source": self.corpus.source,
+            "batch_size": self.batch_size,
+            "best_val_loss": self.best_val_loss,
+            "best_val_bpc": self.best_val_bpc,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "hidden": _state_to_list(self.hidden),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+        }
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Training wall-clock seconds, including those of earlier sessions of a resumed run."""
+        return self.elapsed_before + (time.monotonic() - self._started)
+
+    def progress(self) -> float:
+        """How far through the budget: by steps when --max-steps is set, else by time."""
+        config = self.train_config
+        if config.max_steps is not None:
+            return self.step / config.max_steps
+        budget = config.budget_seconds()
+        return self.elapsed() / budget if budget else 0.0
+
+    def run(self) -> events.TrainingFinished:
+        """Train until the budget is spent or `should_stop()`; return how it ended."""
+        self._setup()
+        config = self.train_config
+        budget = config.budget_seconds()
+        self._started = time.monotonic()
+        self.on_event(events.TrainingStarted(
+            run_dir=self.run_dir.path, num_parameters=count_parameters(self.model),
+            vocab_size=self.corpus.tokenizer.vocab_size, tokenizer=self.corpus.tokenizer.kind,
+            chars_per_token=self.chars_per_token, train_tokens=len(self.corpus.train_tokens),
+            val_tokens=len(self.corpus.val_tokens), batch_size=self.batch_size, seq_len=config.seq_len,
+            device=str(self.device), precision=self.precision, threads=self.threads,
+            start_step=self.step, max_steps=config.max_steps, budget_seconds=budget))
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        loss_sum, loss_count, bad_in_a_row = 0.0, 0, 0
+        last_eval_seconds: Optional[float] = None
+        last_eval_step = self.step if self.resume_state is not None else -1
+        reason = "done"
+        self.model.train()
+        while True:
+            if config.max_steps is not None and self.step >= config.max_steps:
+                reason = "done"
+                break
+            if budget is not None:
+                # Stop early enough that the final evaluation and save also fit in the budget.
+                reserve = 1.2 * (last_eval_seconds if last_eval_seconds is not None
+                                 else self._guess_eval_seconds())
+                if self.elapsed() + reserve >= budget:
+                    reason = "time"
+                    break
+            if self.should_stop():
+                reason = "interrupted"
+                break
+            step_started = time.perf_counter()
+            loss_value, grad_norm = self._train_step(parameters)
+            if math.isfinite(loss_value) and math.isfinite(grad_norm):
+                bad_in_a_row = 0
+                loss_sum += loss_value
+                loss_count += 1
+            else:
+                bad_in_a_row += 1
+                self.on_event(events.Notice(
+                    f"step {self.step}: non-finite loss or gradient, step skipped"))
+                if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+                    raise TrainingDiverged(
+                        f"training diverged: {bad_in_a_row} non-finite steps in a row up to step "
+                        f"{self.step}; the last good checkpoint in {self.run_dir.path} is kept "
+                        "(try a lower --lr)")
+            self.step += 1
+            step_seconds = time.perf_counter() - step_started
+            self._record_speed(step_seconds)
+            self.on_event(events.StepDone(
+                step=self.step, loss=loss_value, learning_rate=self._current_lr, grad_norm=grad_norm,
+                elapsed=self.elapsed(), chars_per_second=self.chars_per_second,
+                progress=min(1.0, self.progress())))
+            if self.step % config.eval_every == 0:
+                train_loss = loss_sum / max(1, loss_count)
+                loss_sum, loss_count = 0.0, 0
+                last_eval_seconds = self._evaluate_and_save(train_loss)
+                last_eval_step = self.step
+        if reason != "interrupted" and last_eval_step != self.step:
+            self._evaluate_and_save(loss_sum / max(1, loss_count) if loss_count else math.nan)
+        elif reason == "interrupted":
+            self._save(is_best=False, info_extra={})
+        return events.TrainingFinished(
+            step=self.step, reason=reason, best_val_loss=self.best_val_loss,
+            best_val_bpc=self.best_val_bpc, elapsed=self.elapsed(), run_dir=self.run_dir.path)
+
+    def _train_step(self, parameters: list[torch.nn.Parameter]) -> tuple[float, float]:
+        config = self.train_config
+        if self.stream.starts_epoch(self.step) or self.hidden is None:
+            self.hidden = self.model.initial_state(self.batch_size, self.device)
+        inputs, targets = self.stream.window(self.step)
+        inputs_t = torch.from_numpy(inputs).to(self.device, non_blocking=True)
+        targets_t = torch.from_numpy(targets).to(self.device, non_blocking=True)
+        self._current_lr = learning_rate(config, self.step, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._current_lr
+        with self._autocast():
+            logits, hidden = self.model(inputs_t, self.hidden)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        loss_value = loss.item()
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.hidden = detach_state(hidden)   # truncated BPTT: carry the state, cut the graph
+        else:
+            self.hidden = None                    # a poisoned state would poison every later window
+        return loss_value, grad_norm
+
+    # -- speed bookkeeping ----------------------------------------------------------------
+
+    chars_per_second = 0.0
+
+    def _record_speed(self, step_seconds: float) -> None:
+        chars = self.batch_size * self.train_config.seq_len * self.chars_per_token
+        current = chars / max(step_seconds, 1e-9)
+        # An exponential average: steady enough to read, quick to follow a change.
+        self.chars_per_second = current if not self.chars_per_second else (
+            0.9 * self.chars_per_second + 0.1 * current)
+
+    def _guess_eval_seconds(self) -> float:
+        # Before the first evaluation: forward-only costs about a third of a training step per token.
+        if not self.chars_per_second:
+            return 0.0
+        tokens_per_second = self.chars_per_second / self.chars_per_token
+        return len(self.corpus.val_tokens) / (3.0 * tokens_per_second) + 1.0
+
+    # -- evaluation and checkpoints ---------------------------------------------------------
+
+    def _evaluate_and_save(self, train_loss: float) -> float:
+        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device,
+                          self._autocast)
+        is_best = result.loss < self.best_val_loss
+        if is_best:
+            self.best_val_loss, self.best_val_bpc = result.loss, result.bits_per_char
+        preview = self._preview()
+        record = {
+            "step": self.step, "elapsed": round(self.elapsed(), 3),
+            "chars_seen": int(self.step * self.batch_size * self.train_config.seq_len * self.chars_per_token),
+            "train_loss": train_loss, "val_loss": result.loss, "val_bpc": result.bits_per_char,
+            "chars_per_second": round(self.chars_per_second, 1), "eval_seconds": round(result.seconds, 3),
+            "learning_rate": self._current_lr,
+        }
+        self.run_dir.append_metrics(record)
+        self._save(is_best, {"val_loss": result.loss, "val_bpc": result.bits_per_char})
+        self.on_event(events.EvaluationDone(
+            step=self.step, train_loss=train_loss, val_loss=result.loss, val_bpc=result.bits_per_char,
+            is_best=is_best, elapsed=self.elapsed(), eval_seconds=result.seconds, preview=preview))
+        return result.seconds
+
+    def _preview(self) -> str:
+        model = self.model
+        if self.device.type != "cpu":
+            import copy
+            model = copy.deepcopy(self.model).cpu()
+        try:
+            return "".join(generate_text(model, self.corpus.tokenizer, SampleConfig(
+                temperature=0.8, length=PREVIEW_CHARS, seed=self.step)))
+        except CharrnnError:
+            return ""
+
+    def _save(self, is_best: bool, info_extra: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became non-finite at step {self.step}; nothing was saved over "
+                f"the last good checkpoint in {self.run_dir.path}")
+        info = {"step": self.step, "corpus": self.corpus.name,
+                "best_val_loss": self.best_val_loss, "best_val_bpc": self.best_val_bpc,
+                "elapsed": round(self.elapsed(), 1),
+                "train_config": self.train_config.to_dict(), **info_extra}
+        tokenizer = self.corpus.tokenizer
+        save_weights(self.run_dir.latest, self.model, tokenizer, info)
+        if is_best:
+            save_weights(self.run_dir.best, self.model, tokenizer, info)
+        if self.train_config.keep > 0:
+            save_weights(self.run_dir.step_weights(self.step), self.model, tokenizer, info)
+            self.run_dir.prune_step_weights(self.train_config.keep)
+        # The state goes last: a resume never starts from weights newer than its state.
+        save_training_state(self.run_dir.state, self.training_state())
+
+
+def check_resume_compatible(state: dict[str, Any], corpus_fingerprint: str,
+                            model_config: ModelConfig) -> None:
+    """Refuse, with one line naming the difference, to resume on another corpus or model shape."""
+    if state.get("corpus_fingerprint") != corpus_fingerprint:
+        raise RunDirError(
+            f"cannot resume: the corpus differs from the one this run was trained on "
+            f"({state.get('corpus_source')})")
+    saved = ModelConfig.from_dict(json.loads(state["model_config"]))
+    for name, value in model_config.to_dict().items():
+        if name != "vocab_size" and getattr(saved, name) != value:
+            raise RunDirError(
+                f"cannot resume: --{name.replace('_', '-')} is {value!r} but the run was "
+                f"trained with {getattr(saved, name)!r}")
