@@ -1,0 +1,43 @@
+# Set-up and everyday tasks. Everything installs into .venv; nothing global.
+#
+#   make demo    install, train 2 minutes on the bundled corpus, print a sample
+#   make test    install (with test tools) and run the test suite
+#   make bench   install and print the performance figures of the README
+#
+# torch is pinned to the 2.13.0 release first: on this kind of machine pip takes
+# a CPU build of it from local disk. A bare `torch` requirement on a machine with
+# no torch would pull a multi-GB CUDA build. Elsewhere, choose the build with
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_TIME ?= 2m
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/charrnn train data/tinyshakespeare.txt --max-time $(DEMO_TIME)
+	$(BIN)/charrnn sample --temperature 0.8 --length 800
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/performance.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

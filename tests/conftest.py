@@ -1,0 +1,72 @@
+"""Shared test helpers: one torch thread, tiny corpora, a CLI runner that keeps stdout and stderr apart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests must not fight over the two cores: one thread for torch here and in every subprocess.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from click.testing import CliRunner  # noqa: E402
+
+from charrnn.cli import cli  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PATTERN = "the quick brown fox jumps over the lazy dog.\n"
+TINY_MODEL_OPTIONS = ["--hidden-size", "32", "--embedding-size", "16", "--num-layers", "1",
+                      "--dropout", "0", "--seq-len", "32", "--batch-size", "8", "--threads", "1"]
+
+
+def run_cli(*args: str, input: str | None = None):
+    """Run `charrnn ARGS` in-process; the result has .exit_code, .stdout and .stderr apart."""
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+def run_charrnn_process(*args: str, input: bytes | None = None, cwd: Path | None = None,
+                        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m charrnn ARGS` as a real process (for real pipes and signals)."""
+    return subprocess.run([sys.executable, "-m", "charrnn", *args], input=input, cwd=cwd,
+                          capture_output=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Non-empty lines of stderr (an error must be exactly one, starting with 'Error: ')."""
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    """Run the test from an empty folder, so `runs/` is private to it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def pattern_corpus(tmp_path) -> Path:
+    """A corpus that repeats one sentence: a model can learn it perfectly in seconds."""
+    path = tmp_path / "pattern.txt"
+    path.write_text(PATTERN * 200, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory with a tiny model trained on the repeated sentence (trained once per session)."""
+    folder = tmp_path_factory.mktemp("trained")
+    corpus = folder / "pattern.txt"
+    corpus.write_text(PATTERN * 200, encoding="utf-8")
+    out = folder / "run"
+    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "150",
+                     "--eval-every", "50", "--lr", "0.01", "--warmup-steps", "10", *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    return out

@@ -1,0 +1,82 @@
+"""The model learns, the state is carried between windows, checkpoints reload exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from charrnn.checkpoint import load_weights, save_weights
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
+from charrnn.data import Corpus, prepare_corpus
+from charrnn.model import CharRNN
+from charrnn.rundir import RunDir
+from charrnn.sampling import generate_text
+from charrnn.training import Trainer
+
+from conftest import PATTERN, run_cli
+
+
+def test_model_learns_repeated_pattern_and_greedy_sampling_reproduces_it(trained_run):
+    loaded = load_weights(trained_run / "best.safetensors")
+    assert loaded.info["best_val_loss"] < 0.1
+    text = "".join(generate_text(loaded.model, loaded.tokenizer,
+                                 SampleConfig(greedy=True, prime="the quick", length=120)))
+    expected = (PATTERN * 4)[: len("the quick") + 120]
+    assert text == expected
+
+
+def test_hidden_state_is_carried_between_windows_and_detached(tmp_path):
+    corpus = prepare_corpus(Corpus(PATTERN * 100, "p", "p"), "char", 0.1)
+    model_config = ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0)
+    train_config = TrainConfig(seq_len=16, batch_size=4, max_steps=3, eval_every=100, threads=1)
+    trainer = Trainer(corpus, model_config, train_config, RunDir(tmp_path / "run"))
+    trainer.run_dir.prepare()
+    seen_states = []
+    trainer._setup()
+    original_forward = trainer.model.forward
+
+    def recording_forward(tokens, state=None):
+        seen_states.append(tuple(part.clone() for part in state))
+        assert all(part.grad_fn is None for part in state), "state entering a window must be detached"
+        logits, new_state = original_forward(tokens, state)
+        outputs.append(tuple(part.detach().clone() for part in new_state))
+        return logits, new_state
+
+    outputs = []
+    trainer.model.forward = recording_forward
+    parameters = list(trainer.model.parameters())
+    for _ in range(3):
+        trainer._train_step(parameters)
+        trainer.step += 1
+    assert all(torch.count_nonzero(part) == 0 for part in seen_states[0])   # first window: zero state
+    for before, after in zip(seen_states[1:], outputs[:-1]):
+        for entering, left in zip(before, after):
+            assert torch.equal(entering, left)           # the state a window leaves is the next one's start
+            assert torch.count_nonzero(entering) > 0
+
+
+def test_checkpoint_reloads_to_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    corpus = prepare_corpus(Corpus(PATTERN * 20, "p", "p"), "char", 0.1)
+    for kind in ("lstm", "gru", "rnn"):
+        model = CharRNN(ModelConfig(model=kind, hidden_size=24, embedding_size=8, num_layers=2,
+                                    vocab_size=corpus.tokenizer.vocab_size)).eval()
+        path = tmp_path / f"{kind}.safetensors"
+        save_weights(path, model, corpus.tokenizer, {"step": 1})
+        loaded = load_weights(path)
+        tokens = torch.from_numpy(corpus.train_tokens[:50].astype(np.int64))[None, :]
+        with torch.no_grad():
+            assert torch.equal(model(tokens)[0], loaded.model(tokens)[0])
+        assert loaded.tokenizer.to_dict() == corpus.tokenizer.to_dict()
+
+
+def test_training_output_never_reaches_stdout(in_tmp, pattern_corpus):
+    from conftest import TINY_MODEL_OPTIONS
+    result = run_cli("train", str(pattern_corpus), "--max-steps", "10", "--eval-every", "5",
+                     *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "val loss" in result.stderr and "bits/char" in result.stderr
+    assert (in_tmp / "runs" / "pattern" / "best.safetensors").is_file()
+    metrics = (in_tmp / "runs" / "pattern" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2

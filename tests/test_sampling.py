@@ -1,0 +1,109 @@
+"""Sampling: seeds, greedy, top-k, length, streaming to a closed pipe, the fast stepper."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.model import CharRNN
+from charrnn.sampling import RecurrentStepper, choose_next_tokens
+
+from conftest import error_lines, run_cli
+
+
+def test_same_seed_gives_same_text_and_other_seed_other_text(trained_run):
+    first = run_cli("sample", str(trained_run), "--seed", "5", "--length", "200", "--temperature", "1.5")
+    second = run_cli("sample", str(trained_run), "--seed", "5", "--length", "200", "--temperature", "1.5")
+    third = run_cli("sample", str(trained_run), "--seed", "6", "--length", "200", "--temperature", "1.5")
+    assert first.exit_code == 0 and first.stderr == ""
+    assert first.stdout == second.stdout
+    assert first.stdout != third.stdout
+
+
+def test_top_k_one_equals_greedy(trained_run):
+    greedy = run_cli("sample", str(trained_run), "--greedy", "--length", "100", "--seed", "1")
+    top1 = run_cli("sample", str(trained_run), "--top-k", "1", "--length", "100", "--seed", "2",
+                   "--temperature", "2")
+    assert greedy.stdout == top1.stdout
+
+
+@pytest.mark.parametrize("length", [0, 1, 37, 500])
+def test_length_is_honoured(trained_run, length):
+    result = run_cli("sample", str(trained_run), "--length", str(length), "--prime", "the")
+    assert result.exit_code == 0
+    assert len(result.stdout) == len("the") + length
+    assert result.stdout.startswith("the")
+
+
+def test_num_samples_are_separated(trained_run):
+    result = run_cli("sample", str(trained_run), "--num-samples", "3", "--length", "20",
+                     "--separator", "\\n===\\n", "--seed", "3")
+    parts = result.stdout.split("\n===\n")
+    assert len(parts) == 3 and all(len(part) == 20 for part in parts)
+
+
+def test_prime_from_stdin(trained_run):
+    result = run_cli("sample", str(trained_run), "--prime", "-", "--length", "10", input="the lazy")
+    assert result.exit_code == 0 and result.stdout.startswith("the lazy")
+
+
+def test_prime_with_unseen_characters_is_one_line_naming_them(trained_run):
+    result = run_cli("sample", str(trained_run), "--prime", "price: 5€")
+    assert result.exit_code == 1
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert "'€' (U+20AC)" in lines[0] and "':'" in lines[0] and "'5'" in lines[0]
+    assert result.stdout == ""
+
+
+def test_endless_sample_piped_to_head_ends_quietly(trained_run):
+    command = (f"{sys.executable} -m charrnn sample {trained_run} --length -1 --temperature 1.5 "
+               "| head -c 300")
+    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True,
+                              timeout=60)
+    assert finished.returncode == 0, finished.stderr
+    assert len(finished.stdout) == 300
+    assert finished.stderr == b""
+
+
+def test_first_lines_piped_to_head(trained_run):
+    command = f"{sys.executable} -m charrnn sample {trained_run} --length 5000 | head -3"
+    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True,
+                              timeout=60)
+    assert finished.returncode == 0 and finished.stderr == b""
+    assert finished.stdout.count(b"\n") == 3
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_stepper_matches_training_layers(kind):
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(model=kind, num_layers=3, hidden_size=40, embedding_size=12,
+                                vocab_size=30, dropout=0.0)).eval()
+    tokens = torch.randint(30, (4, 25))
+    with torch.no_grad():
+        fused_logits, _ = model(tokens)
+        stepper = RecurrentStepper(model)
+        state = model.initial_state(4)
+        for position in range(tokens.shape[1]):
+            logits, state = stepper.step(tokens[:, position], state)
+            torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    generator = torch.Generator().manual_seed(0)
+    config = SampleConfig(top_p=0.7)
+    picks = {int(choose_next_tokens(logits, config, generator)) for _ in range(300)}
+    assert picks == {0, 1}
+
+
+def test_top_k_keeps_only_k_tokens():
+    logits = torch.zeros(1, 10)
+    logits[0, 3] = logits[0, 7] = 1.0
+    generator = torch.Generator().manual_seed(0)
+    picks = {int(choose_next_tokens(logits, SampleConfig(top_k=2), generator)) for _ in range(200)}
+    assert picks == {3, 7}
