@@ -107,7 +107,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Wall-clock budget, evaluation included, e.g. 90s, 5m, 1h.")
 @click.option("--val-fraction", type=float, default=_TRAIN_DEFAULTS.val_fraction, show_default=True,
               help="The last fraction of the corpus, held out for validation.")
-@click.option("--eval-every", type=int, default=_TRAIN_DEFAULTS.eval_every, show_default=True,
+@click.option("--eval-every", type=int, default=None, show_default="8 times per run",
               help="Steps between evaluations and checkpoints.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
               help="Run directory for checkpoints and metrics.")

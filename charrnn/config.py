@@ -22,6 +22,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # When neither --max-steps nor --max-time is given, train for this long.
 DEFAULT_TIME_BUDGET_SECONDS = 300.0
+# Without --eval-every, evaluate (and checkpoint) about this many times per run, spread
+# over the steps or the time budget: often enough to follow, cheap enough not to matter.
+EVALS_PER_RUN = 8
 
 
 def _require(condition: bool, message: str) -> None:
@@ -106,11 +109,11 @@ class TrainConfig(_JsonDataclass):
     max_steps: Optional[int] = None
     max_time: Optional[float] = None   # seconds of wall clock, evaluation included
     val_fraction: float = 0.1
-    eval_every: int = 200         # steps between evaluations (and checkpoints)
+    eval_every: Optional[int] = None   # steps between evaluations; None = about EVALS_PER_RUN per run
     seed: int = 1337
     device: str = "auto"
     threads: Optional[int] = None      # None = the machine's physical cores
-    precision: str = "fp32"
+    precision: str = "auto"
     tokenizer: str = "char"
     vocab_size: Optional[int] = None   # for the sentencepiece tokenisers
     keep: int = 0                 # step checkpoints kept beside best and latest
@@ -138,7 +141,8 @@ class TrainConfig(_JsonDataclass):
         _finite("--val-fraction", self.val_fraction)
         _require(0 < self.val_fraction < 1,
                  f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        _require(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.eval_every is not None:
+            _require(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
         _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         _require(self.device in DEVICES,
                  f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
 from .data import IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size
 from .errors import CharrnnError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
@@ -213,6 +213,8 @@ class Trainer:
         config = self.train_config
         budget = config.budget_seconds()
         self._started = time.monotonic()
+        if budget is not None:
+            self._next_timed_eval = self.elapsed() + budget / EVALS_PER_RUN
         self.on_event(events.TrainingStarted(
             run_dir=self.run_dir.path, num_parameters=count_parameters(self.model),
             vocab_size=self.corpus.tokenizer.vocab_size, tokenizer=self.corpus.tokenizer.kind,
@@ -262,7 +264,7 @@ class Trainer:
                 step=self.step, loss=loss_value, learning_rate=self._current_lr, grad_norm=grad_norm,
                 elapsed=self.elapsed(), chars_per_second=self.chars_per_second,
                 progress=min(1.0, self.progress())))
-            if self.step % config.eval_every == 0:
+            if self._evaluation_due():
                 train_loss = loss_sum / max(1, loss_count)
                 loss_sum, loss_count = 0.0, 0
                 last_eval_seconds = self._evaluate_and_save(train_loss)
@@ -300,6 +302,17 @@ class Trainer:
             self.hidden = None                    # a poisoned state would poison every later window
         return loss_value, grad_norm
 
+    def _evaluation_due(self) -> bool:
+        config = self.train_config
+        if config.eval_every is not None:
+            return self.step % config.eval_every == 0
+        if config.max_steps is not None:
+            return self.step % max(1, config.max_steps // EVALS_PER_RUN) == 0
+        if self.elapsed() >= self._next_timed_eval:
+            self._next_timed_eval = self.elapsed() + config.budget_seconds() / EVALS_PER_RUN
+            return True
+        return False
+
     # -- speed bookkeeping ----------------------------------------------------------------
 
     chars_per_second = 0.0
@@ -321,8 +334,8 @@ class Trainer:
     # -- evaluation and checkpoints ---------------------------------------------------------
 
     def _evaluate_and_save(self, train_loss: float) -> float:
-        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device,
-                          self._autocast)
+        # Always in fp32, whatever the training precision: the reported figures stay comparable.
+        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device)
         is_best = result.loss < self.best_val_loss
         if is_best:
             self.best_val_loss, self.best_val_bpc = result.loss, result.bits_per_char
