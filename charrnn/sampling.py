@@ -23,77 +23,112 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 class RecurrentStepper:
-    """One time step of a trained `CharRNN` for a batch of streams, without autograd or the fused kernel."""
+    """One time step of a trained `CharRNN` for a batch of streams, without autograd or the fused kernel.
+
+    Weights are laid out once for matrix-vector work: the embedding and the
+    first layer's input weights become one lookup table (a row per token);
+    a deeper layer multiplies its input and its own hidden state with one
+    concatenated matrix; LSTM gate columns are reordered to (i, f, o, g) so
+    the three sigmoid gates are one call. The state lives in preallocated
+    buffers: `load_state` fills them from the fused layers' state, `step`
+    updates them in place.
+    """
 
     def __init__(self, model: CharRNN) -> None:
         config = model.config
         self.kind = config.model
         self.num_layers = config.num_layers
-        self.hidden_size = config.hidden_size
-        hidden, gates = config.hidden_size, _GATES[config.model]
+        self.hidden_size = hidden = config.hidden_size
         recurrent = model.recurrent
-        with torch.no_grad():
-            def weight(name: str, layer: int) -> torch.Tensor:
-                return getattr(recurrent, f"{name}_l{layer}").detach().float()
 
-            # Embedding followed by the first input projection is a lookup: one row per token.
-            table = model.embedding.weight.detach().float() @ weight("weight_ih", 0).t() + weight("bias_ih", 0)
+        def weight(name: str, layer: int) -> torch.Tensor:
+            tensor = getattr(recurrent, f"{name}_l{layer}").detach().float()
+            if self.kind == "lstm":  # PyTorch's order is (i, f, g, o); make the sigmoids contiguous
+                i, f, g, o = tensor.chunk(4, dim=0)
+                tensor = torch.cat([i, f, o, g], dim=0)
+            return tensor
+
+        with torch.no_grad():
+            self.first_layer_table = (model.embedding.weight.detach().float() @ weight("weight_ih", 0).t()
+                                      + weight("bias_ih", 0)).contiguous()
+            self.hidden_weights_t: list[torch.Tensor] = []   # (H, G*H): the state's contribution
+            self.stacked_weights_t: list[Optional[torch.Tensor]] = [None]  # (2H, G*H): [input; state]
             self.input_weights_t: list[Optional[torch.Tensor]] = [None]
-            self.input_bias: list[torch.Tensor] = [torch.zeros(0)]
-            for layer in range(1, self.num_layers):
-                self.input_weights_t.append(weight("weight_ih", layer).t().contiguous())
-                self.input_bias.append(weight("bias_ih", layer).clone())
-            self.hidden_weights_t = [weight("weight_hh", layer).t().contiguous()
-                                     for layer in range(self.num_layers)]
-            self.hidden_bias = [weight("bias_hh", layer).clone() for layer in range(self.num_layers)]
+            self.biases: list[torch.Tensor] = []
+            self.hidden_biases: list[torch.Tensor] = []
+            for layer in range(self.num_layers):
+                self.hidden_weights_t.append(weight("weight_hh", layer).t().contiguous())
+                self.hidden_biases.append(weight("bias_hh", layer).clone())
+                if layer == 0:
+                    self.biases.append(torch.zeros(0))
+                    continue
+                input_t = weight("weight_ih", layer).t().contiguous()
+                self.input_weights_t.append(input_t)
+                self.stacked_weights_t.append(torch.cat([input_t, self.hidden_weights_t[layer]]).contiguous())
+                self.biases.append(weight("bias_ih", layer) + (0 if self.kind == "gru" else self.hidden_biases[layer]))
             if self.kind != "gru":
-                # LSTM and tanh-RNN simply add both biases, so fold bias_hh in ahead of time.
-                # (GRU multiplies the hidden part of its candidate gate by r, so it must stay apart.)
-                table += self.hidden_bias[0]
-                for layer in range(1, self.num_layers):
-                    self.input_bias[layer] += self.hidden_bias[layer]
-            self.first_layer_table = table.contiguous()
+                # LSTM and tanh-RNN just add both biases; a GRU multiplies the state's part of its
+                # candidate gate by the reset gate, so its hidden bias must stay apart.
+                self.first_layer_table += self.hidden_biases[0]
             self.head_weight_t = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
-        assert self.first_layer_table.shape[1] == gates * hidden
+        self.batch_size = 0
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """Logits (batch, vocab) after reading `tokens` (batch,), and the new state."""
-        if self.kind == "lstm":
-            hidden_all, cell_all = state  # type: ignore[misc]
-            new_hidden, new_cell = [], []
-        else:
-            hidden_all = state  # type: ignore[assignment]
-            new_hidden = []
-        layer_input = None
+    def load_state(self, state: State) -> None:
+        """Start from a state of the fused layers: (num_layers, batch, hidden) tensor(s)."""
+        hidden_all = state[0] if isinstance(state, tuple) else state
+        self.batch_size = batch = hidden_all.shape[1]
+        hidden = self.hidden_size
+        # Layer l reads [output of layer l-1, its own state]: one buffer per layer, so the stacked
+        # matrix multiplies both in one call.
+        self.inputs = [torch.empty(batch, 2 * hidden) for _ in range(self.num_layers)]
         for layer in range(self.num_layers):
-            hidden = hidden_all[layer]
+            self.inputs[layer][:, hidden:] = hidden_all[layer]
+            if layer > 0:
+                self.inputs[layer][:, :hidden] = hidden_all[layer - 1]
+        if self.kind == "lstm":
+            self.cells = [state[1][layer].float().clone() for layer in range(self.num_layers)]  # type: ignore[index]
+        self.top_hidden = self.inputs[-1][:, hidden:]
+
+    def state(self) -> State:
+        """The current state in the fused layers' layout."""
+        hidden = torch.stack([buffer[:, self.hidden_size:] for buffer in self.inputs])
+        if self.kind == "lstm":
+            return hidden.clone(), torch.stack(self.cells)
+        return hidden.clone()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read one token per stream (int64, shape (batch,)); return the next-token logits (batch, vocab)."""
+        hidden = self.hidden_size
+        for layer in range(self.num_layers):
+            buffer = self.inputs[layer]
+            state = buffer[:, hidden:]
             if layer == 0:
                 projected = self.first_layer_table.index_select(0, tokens)
+                if self.kind != "gru":
+                    projected.addmm_(state, self.hidden_weights_t[0])
+            elif self.kind != "gru":
+                projected = torch.addmm(self.biases[layer], buffer, self.stacked_weights_t[layer])
             else:
-                projected = torch.addmm(self.input_bias[layer], layer_input, self.input_weights_t[layer])
+                projected = torch.addmm(self.biases[layer], buffer[:, :hidden], self.input_weights_t[layer])
             if self.kind == "lstm":
-                gates = projected.addmm_(hidden, self.hidden_weights_t[layer])
-                in_gate, forget_gate, candidate, out_gate = gates.chunk(4, dim=1)
-                cell = torch.sigmoid(forget_gate) * cell_all[layer] + torch.sigmoid(in_gate) * torch.tanh(candidate)
-                hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
-                new_cell.append(cell)
+                gates = torch.sigmoid(projected[:, : 3 * hidden])
+                candidate = torch.tanh(projected[:, 3 * hidden:])
+                cell = self.cells[layer]
+                cell.mul_(gates[:, hidden: 2 * hidden]).addcmul_(gates[:, :hidden], candidate)
+                new_state = gates[:, 2 * hidden:].mul_(torch.tanh(cell))
             elif self.kind == "gru":
-                from_hidden = torch.addmm(self.hidden_bias[layer], hidden, self.hidden_weights_t[layer])
-                input_r, input_z, input_n = projected.chunk(3, dim=1)
-                hidden_r, hidden_z, hidden_n = from_hidden.chunk(3, dim=1)
-                reset = torch.sigmoid(input_r + hidden_r)
-                update = torch.sigmoid(input_z + hidden_z)
-                candidate = torch.tanh(input_n + reset * hidden_n)
-                hidden = candidate + update * (hidden - candidate)
+                from_state = torch.addmm(self.hidden_biases[layer], state, self.hidden_weights_t[layer])
+                reset_update = torch.sigmoid(projected[:, : 2 * hidden] + from_state[:, : 2 * hidden])
+                candidate = torch.tanh(projected[:, 2 * hidden:].addcmul_(reset_update[:, :hidden],
+                                                                         from_state[:, 2 * hidden:]))
+                new_state = candidate.add_(reset_update[:, hidden:] * (state - candidate))
             else:
-                hidden = torch.tanh(projected.addmm_(hidden, self.hidden_weights_t[layer]))
-            new_hidden.append(hidden)
-            layer_input = hidden
-        logits = torch.addmm(self.head_bias, layer_input, self.head_weight_t)
-        if self.kind == "lstm":
-            return logits, (torch.stack(new_hidden), torch.stack(new_cell))
-        return logits, torch.stack(new_hidden)
+                new_state = torch.tanh(projected)
+            state.copy_(new_state)
+            if layer + 1 < self.num_layers:
+                self.inputs[layer + 1][:, :hidden] = new_state
+        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t)
 
 
 def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
@@ -112,8 +147,11 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
         drop_sorted = (sorted_probs.cumsum(dim=1) - sorted_probs) >= config.top_p
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probabilities = torch.softmax(logits, dim=1)
-    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    # Inverse-CDF sampling: a quarter of torch.multinomial's cost at batch 1. `right=True`
+    # never lands on a token whose probability is zero.
+    cumulative = torch.softmax(logits, dim=1).cumsum_(dim=1)
+    uniform = torch.rand((logits.shape[0], 1), generator=generator) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
 
 
 def _start_tokens(tokenizer: Tokenizer, prime: Optional[str],
@@ -149,6 +187,7 @@ def generate_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig) ->
             prime_tensor = torch.tensor([prime_ids], dtype=torch.long).expand(batch, -1).contiguous()
             logits, state = model(prime_tensor)
             logits = logits[:, -1, :].float()
+            stepper.load_state(state)
             yield prime_echo
             decoders = [tokenizer.stream_decoder() for _ in range(batch)]
             written = [0] * batch
@@ -168,7 +207,7 @@ def generate_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig) ->
                             yield piece
                     else:
                         held_back[index].append(piece)
-                logits, state = stepper.step(tokens, state)
+                logits = stepper.step(tokens)
             for index in range(1, batch):
                 yield config.separator
                 yield "".join(held_back[index])

@@ -87,10 +87,21 @@ def test_stepper_matches_training_layers(kind):
     with torch.no_grad():
         fused_logits, _ = model(tokens)
         stepper = RecurrentStepper(model)
-        state = model.initial_state(4)
+        stepper.load_state(model.initial_state(4))
         for position in range(tokens.shape[1]):
-            logits, state = stepper.step(tokens[:, position], state)
+            logits = stepper.step(tokens[:, position])
             torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
+        # Picking up from a state the fused layers left gives the same as running on.
+        _, state = model(tokens[:, :10])
+        stepper.load_state(state)
+        for position in range(10, tokens.shape[1]):
+            logits = stepper.step(tokens[:, position])
+            torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
+        final = stepper.state()
+        expected = model(tokens)[1]
+        for got, want in zip(final if isinstance(final, tuple) else (final,),
+                             expected if isinstance(expected, tuple) else (expected,)):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_top_p_keeps_only_the_nucleus():
