@@ -129,6 +129,8 @@ class SentencePieceTokenizer(Tokenizer):
         # character occurrences fall back to bytes, sentencepiece's usual setting.
         coverage = 1.0 if FIXED_PIECES + distinct_chars <= vocab_size // 2 else 0.9995
         model = io.BytesIO()
+        # Same corpus, same vocabulary: sentencepiece samples lines of very large corpora.
+        sentencepiece.set_random_generator_seed(0)
         try:
             sentencepiece.SentencePieceTrainer.train(
                 sentence_iterator=_training_sentences(train_text),

@@ -209,3 +209,10 @@ def test_help_does_not_import_sentencepiece():
     code = "import sys, charrnn.cli; print('sentencepiece' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_sentencepiece_training_is_deterministic(kind):
+    first = fit_tokenizer(kind, SHAKESPEARE[:30_000], SHAKESPEARE[:30_000], 400)
+    second = fit_tokenizer(kind, SHAKESPEARE[:30_000], SHAKESPEARE[:30_000], 400)
+    assert first.model_proto == second.model_proto
