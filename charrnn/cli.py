@@ -15,7 +15,8 @@ from typing import Any, Optional
 import click
 
 from . import __version__
-from .config import MODEL_KINDS, ModelConfig, SampleConfig, TrainConfig, parse_duration
+from .config import (DEFAULT_SUBWORD_VOCAB_SIZE, MODEL_KINDS, TOKENIZER_KINDS, ModelConfig, SampleConfig,
+                     TrainConfig, parse_duration)
 from .errors import CharrnnError, UsageProblem
 
 EXIT_SIGINT = 130
@@ -89,6 +90,15 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Size of the token embedding fed to the first layer.")
 @click.option("--dropout", type=float, default=_MODEL_DEFAULTS.dropout, show_default=True,
               help="Dropout between layers and before the output layer.")
+@click.option("--tokenizer", type=click.Choice(TOKENIZER_KINDS), default=_TRAIN_DEFAULTS.tokenizer,
+              show_default=True,
+              help="Unit of text: char (Unicode characters of the corpus), byte (256 UTF-8 bytes: any "
+                   "text and any prime work), bpe or unigram (sentencepiece subword pieces learned "
+                   "from the training part: more context per window, faster sampling).")
+@click.option("--vocab-size", type=int, default=None,
+              show_default=f"{DEFAULT_SUBWORD_VOCAB_SIZE} for bpe/unigram",
+              help="Pieces in a bpe or unigram vocabulary (at least 259: 256 byte pieces, <unk> "
+                   "and newline are always in it). Not for char or byte.")
 @click.option("--seq-len", type=int, default=_TRAIN_DEFAULTS.seq_len, show_default=True,
               help="Truncated-BPTT window: tokens per stream per step.")
 @click.option("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size, show_default=True,
@@ -132,6 +142,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
     Examples:
       charrnn train data/tinyshakespeare.txt --max-time 5m
       charrnn train lyrics/ --model gru --hidden-size 256 --out runs/lyrics
+      charrnn train data/tinyshakespeare.txt --tokenizer bpe --vocab-size 512
       cat *.py | charrnn train - --out runs/python
       charrnn train data/tinyshakespeare.txt --resume     # continue where it stopped
     """

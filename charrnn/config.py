@@ -17,6 +17,8 @@ from .errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
+SENTENCEPIECE_KINDS = ("bpe", "unigram")   # learned subword vocabularies (--vocab-size applies)
+DEFAULT_SUBWORD_VOCAB_SIZE = 1024
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -153,6 +155,9 @@ class TrainConfig(_JsonDataclass):
         _require(self.tokenizer in TOKENIZER_KINDS,
                  f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
         if self.vocab_size is not None:
+            _require(self.tokenizer in SENTENCEPIECE_KINDS,
+                     f"--vocab-size applies to --tokenizer {' or '.join(SENTENCEPIECE_KINDS)} only "
+                     f"(the {self.tokenizer!r} vocabulary is fixed by the corpus or by UTF-8)")
             _require(2 <= self.vocab_size <= 1_000_000,
                      f"--vocab-size must be 2..1000000, got {self.vocab_size}")
         _require(self.keep >= 0, f"--keep must be >= 0, got {self.keep}")

@@ -81,7 +81,7 @@ class TrainingDisplay:
                 BarColumn(),
                 TextColumn("{task.fields[elapsed]} elapsed, {task.fields[remaining]} left"),
                 TextColumn("loss {task.fields[loss]}"),
-                TextColumn("val {task.fields[val]} ({task.fields[bpc]} bpc)"),
+                TextColumn("val {task.fields[val]} nats/tok, {task.fields[bpc]} bits/char"),
                 TextColumn("{task.fields[speed]} chars/s"),
                 console=self.console, transient=False, refresh_per_second=4)
             self._task = self._progress.add_task(

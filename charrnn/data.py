@@ -184,11 +184,11 @@ class EvaluationWindows:
 
     The array is cut into `num_streams` contiguous streams and the state is
     carried from window to window, as in training. With `warmup` > 0 the
-    first window holds, for each stream, the tokens just before its start,
-    so that no stream but the first begins cold; its targets are all
-    `IGNORE_TARGET` and the caller should clear stream 0's state after it
-    (`first_is_warmup`). The tail of the last stream is padded with
-    `IGNORE_TARGET`, which the loss skips.
+    first `warmup_windows` windows hold, for each stream, the tokens just
+    before its start, so that no stream but the first begins cold; their
+    targets are all `IGNORE_TARGET` and the caller should clear stream 0's
+    state after the last of them (`first_is_warmup`). The tail of the last
+    stream is padded with `IGNORE_TARGET`, which the loss skips.
     """
 
     def __init__(self, tokens: np.ndarray, num_streams: int, window_len: int, warmup: int = 0) -> None:
@@ -205,15 +205,20 @@ class EvaluationWindows:
         self.targets = targets.reshape(self.num_streams, self.stream_len)
         self.warmup = min(warmup, self.stream_len) if self.num_streams > 1 else 0
         self.first_is_warmup = self.warmup > 0
+        # The warm-up context comes in windows too, so memory stays bounded by window_len.
+        self.warmup_windows = math.ceil(self.warmup / window_len)
 
-    def _warmup_window(self) -> tuple[np.ndarray, np.ndarray]:
+    def _warmup_context(self) -> np.ndarray:
         context = np.zeros((self.num_streams, self.warmup), dtype=np.int64)
         context[1:] = self.inputs[:-1, -self.warmup:]   # the end of the stream before each one
-        return context, np.full_like(context, IGNORE_TARGET)
+        return context
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.first_is_warmup:
-            yield self._warmup_window()
+            context = self._warmup_context()
+            for start in range(0, self.warmup, self.window_len):
+                part = context[:, start:start + self.window_len]
+                yield part, np.full_like(part, IGNORE_TARGET)
         for start in range(0, self.stream_len, self.window_len):
             end = start + self.window_len
             yield self.inputs[:, start:end], self.targets[:, start:end]

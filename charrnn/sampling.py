@@ -208,6 +208,16 @@ def generate_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig) ->
                     else:
                         held_back[index].append(piece)
                 logits = stepper.step(tokens)
+            # A stream decoder may still hold the start of an unfinished character: let it out.
+            for index in range(batch):
+                rest = decoders[index].flush()
+                if not unlimited:
+                    rest = rest[: config.length - written[index]]
+                if index == 0:
+                    if rest:
+                        yield rest
+                else:
+                    held_back[index].append(rest)
             for index in range(1, batch):
                 yield config.separator
                 yield "".join(held_back[index])

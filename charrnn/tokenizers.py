@@ -8,12 +8,14 @@ for every kind), and turn itself into a JSON-safe dict for the checkpoint.
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
 import numpy as np
 
+from .config import DEFAULT_SUBWORD_VOCAB_SIZE, SENTENCEPIECE_KINDS
 from .errors import TokenizerError
 
 
@@ -46,6 +48,24 @@ class StreamDecoder:
     def flush(self) -> str:
         """Whatever is still buffered at the end of the stream."""
         return ""
+
+
+class Utf8StreamDecoder(StreamDecoder):
+    """Decodes ids that stand for UTF-8 bytes, holding back a character until all its bytes arrived.
+
+    Invalid byte sequences (a model can sample a stray continuation byte)
+    become U+FFFD, so what comes out is always whole, valid text.
+    """
+
+    def __init__(self, bytes_for_id: list[bytes]) -> None:
+        self._bytes_for_id = bytes_for_id
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_id: int) -> str:
+        return self._decoder.decode(self._bytes_for_id[int(token_id)])
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
 
 
 class Tokenizer(ABC):
@@ -135,6 +155,38 @@ class CharTokenizer(Tokenizer):
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
 
+class ByteTokenizer(Tokenizer):
+    """One id per UTF-8 byte: 256 symbols, so any text encodes and no prime is ever refused."""
+
+    kind = "byte"
+    _BYTES_FOR_ID = [bytes([value]) for value in range(256)]
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as error:  # only lone surrogates, which no UTF-8 file holds
+            raise TokenizerError(
+                f"cannot encode {describe_char(text[error.start])} as UTF-8") from None
+        return np.frombuffer(raw, dtype=np.uint8).copy()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        return Utf8StreamDecoder(self._BYTES_FOR_ID)
+
+    def char_counts(self, ids: np.ndarray) -> np.ndarray:
+        # A character is counted at its first byte; continuation bytes are 0b10xxxxxx.
+        return ((np.asarray(ids) & 0xC0) != 0x80).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
 def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
@@ -144,6 +196,11 @@ def tokenizer_from_dict(values: dict[str, Any]) -> Tokenizer:
     kind = values.get("kind")
     if kind == "char":
         return CharTokenizer(values["chars"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind in SENTENCEPIECE_KINDS:
+        from .tokenizers_sentencepiece import SentencePieceTokenizer
+        return SentencePieceTokenizer.from_dict(values)
     raise TokenizerError(f"unknown tokeniser kind {kind!r}")
 
 
@@ -157,4 +214,9 @@ def fit_tokenizer(kind: str, train_text: str, full_text: str,
     """
     if kind == "char":
         return CharTokenizer.fit(full_text)
-    raise TokenizerError(f"the {kind!r} tokeniser is not available yet")
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind in SENTENCEPIECE_KINDS:
+        from .tokenizers_sentencepiece import SentencePieceTokenizer
+        return SentencePieceTokenizer.fit(kind, train_text, vocab_size or DEFAULT_SUBWORD_VOCAB_SIZE)
+    raise TokenizerError(f"unknown tokeniser kind {kind!r}")

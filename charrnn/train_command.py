@@ -96,8 +96,14 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
         given_model = ModelConfig(**{**model_config.to_dict(),
                                      **{k: v for k, v in model_options.items() if k in given}})
         check_resume_compatible(resume_state, source.fingerprint, given_model)
-        if train_config.val_fraction != json.loads(resume_state["train_config"])["val_fraction"]:
+        saved_train = json.loads(resume_state["train_config"])
+        if train_config.val_fraction != saved_train["val_fraction"]:
             raise RunDirError("cannot resume with a different --val-fraction: the split would change")
+        for name in ("tokenizer", "vocab_size"):
+            if getattr(train_config, name) != saved_train.get(name, getattr(TrainConfig(), name)):
+                raise RunDirError(
+                    f"cannot resume with a different --{name.replace('_', '-')}: the run was trained "
+                    f"with {saved_train.get(name)!r}")
     else:
         source = read_corpus(corpus) if corpus is not None else None
         if source is None:

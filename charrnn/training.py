@@ -32,6 +32,10 @@ from .sampling import generate_text
 EVAL_STREAMS = 128          # evaluation batch: large, since no gradients are kept
 EVAL_WINDOW = 256
 EVAL_WARMUP = 64            # tokens of preceding context that warm up each evaluation stream
+# Logits of one evaluation window are streams x window x vocab floats: with a 60,000-piece
+# vocabulary a full window would need gigabytes, so large vocabularies get shorter windows.
+# The result does not change (the state is carried from window to window), only the memory.
+EVAL_MAX_LOGITS = 1 << 25
 PREVIEW_CHARS = 200
 MAX_BAD_STEPS_IN_A_ROW = 5
 
@@ -63,7 +67,8 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
-    windows = EvaluationWindows(tokens, EVAL_STREAMS, EVAL_WINDOW, warmup=EVAL_WARMUP)
+    window_len = max(1, min(EVAL_WINDOW, EVAL_MAX_LOGITS // (EVAL_STREAMS * model.config.vocab_size)))
+    windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP)
     try:
         with torch.inference_mode(), autocast():
             state: Optional[State] = None
@@ -71,9 +76,10 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
                 inputs_t = torch.from_numpy(inputs).to(device)
                 targets_t = torch.from_numpy(targets).to(device)
                 logits, state = model(inputs_t, state)
-                if index == 0 and windows.first_is_warmup:
-                    # Stream 0 starts the text: it must start from a blank state, not from padding.
-                    state = _zero_stream(state, 0)
+                if index < windows.warmup_windows:
+                    if index == windows.warmup_windows - 1:
+                        # Stream 0 starts the text: it must start from a blank state, not from padding.
+                        state = _zero_stream(state, 0)
                     continue
                 total_nats += float(F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1),
