@@ -240,8 +240,9 @@ class Trainer:
                 break
             if budget is not None:
                 # Stop early enough that the final evaluation and save also fit in the budget.
+                # (An evaluation's cost includes its preview and checkpoint saves; add one step.)
                 reserve = 1.2 * (last_eval_seconds if last_eval_seconds is not None
-                                 else self._guess_eval_seconds())
+                                 else self._guess_eval_seconds()) + self._last_step_seconds
                 if self.elapsed() + reserve >= budget:
                     reason = "time"
                     break
@@ -265,6 +266,7 @@ class Trainer:
                         "(try a lower --lr)")
             self.step += 1
             step_seconds = time.perf_counter() - step_started
+            self._last_step_seconds = step_seconds
             self._record_speed(step_seconds)
             self.on_event(events.StepDone(
                 step=self.step, loss=loss_value, learning_rate=self._current_lr, grad_norm=grad_norm,
@@ -339,7 +341,11 @@ class Trainer:
 
     # -- evaluation and checkpoints ---------------------------------------------------------
 
+    _last_step_seconds = 0.0
+
     def _evaluate_and_save(self, train_loss: float) -> float:
+        """Evaluate, log, checkpoint and report; return the seconds all of that took."""
+        started = time.perf_counter()
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
         result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device)
         is_best = result.loss < self.best_val_loss
@@ -358,7 +364,7 @@ class Trainer:
         self.on_event(events.EvaluationDone(
             step=self.step, train_loss=train_loss, val_loss=result.loss, val_bpc=result.bits_per_char,
             is_best=is_best, elapsed=self.elapsed(), eval_seconds=result.seconds, preview=preview))
-        return result.seconds
+        return time.perf_counter() - started
 
     def _preview(self) -> str:
         model = self.model
