@@ -92,6 +92,8 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
     from .data import prepare_corpus, read_corpus
 
     source = None
+    if resume and corpus is not None and corpus != "-" and not Path(corpus).exists():
+        raise RunDirError(f"nothing to resume: {corpus} does not exist")
     if resume and corpus is not None and corpus != "-" and _is_run_dir(corpus):
         if out is not None and Path(out).resolve() != Path(corpus).resolve():
             raise UsageProblem(f"--resume {corpus} and --out {out} name two different runs: give one")
