@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,9 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not data:
         raise CheckpointError(f"{path} is corrupted (empty file)")
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # torch warns about odd pickles; the error below says it all
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
         # Whatever went wrong (damage, a foreign pickle, code that weights_only refused to run),
         # never repeat torch's advice to pass weights_only=False: that would run the file's code.
