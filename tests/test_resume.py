@@ -79,6 +79,14 @@ def test_resume_restores_optimizer_rng_and_carried_state(tmp_path):
     assert state["torch_rng"].dtype == torch.uint8
     assert json.loads(state["train_config"])["max_steps"] == 30
 
+    def plain(value):   # only what weights_only=True accepts: no numpy, no custom classes
+        if isinstance(value, dict):
+            return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
+    assert plain(state)
+
 
 def test_metrics_after_the_saved_step_are_dropped_on_resume(tmp_path):
     _train(tmp_path / "run", max_steps=30, stop_after=10)

@@ -138,6 +138,8 @@ def test_second_training_into_the_same_run_dir_stops_at_once(pattern_corpus, tmp
     _train_first_checkpoint(pattern_corpus, out)
     holder = RunDir(out)
     holder.lock()                       # as a live training would
+    live_temp = out / ".latest.safetensors.tmp-99999"
+    live_temp.write_bytes(b"the live training is writing this")
     try:
         for args in (["train", "--resume", str(out)],
                      ["train", str(pattern_corpus), "--out", str(out), *TINY_MODEL_OPTIONS]):
@@ -148,6 +150,8 @@ def test_second_training_into_the_same_run_dir_stops_at_once(pattern_corpus, tmp
                 f"Error: another training is already writing to {out} (pid {os.getpid()}); "
                 "wait for it to finish or choose another --out"]
             assert time.monotonic() - started < 5
+        assert live_temp.exists(), "a second training must not touch the live one's temp files"
     finally:
         holder.unlock()
     assert run_cli("train", "--resume", str(out), "--max-steps", "11").exit_code == 0
+    assert not live_temp.exists()       # once the lock is ours, leftovers are cleaned up
