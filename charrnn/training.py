@@ -194,29 +194,32 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if int(state.get("batch_size", self.batch_size)) != self.batch_size:
-            raise RunDirError(
-                f"cannot resume: the run trained {state['batch_size']} streams side by side, "
-                f"this one would train {self.batch_size} (keep --batch-size and --seq-len)")
         try:
+            saved_batch_size = int(state.get("batch_size", self.batch_size))
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.hidden = _state_from_list(state["hidden"], self.device)
             torch.set_rng_state(state["torch_rng"])
             if self.device.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"])
+            if self.device.type == "mps" and state.get("mps_rng") is not None:
+                torch.mps.set_rng_state(state["mps_rng"])
             self.interval = IntervalStats(**state.get("interval", {}))
+            self.step = int(state["step"])
+            self.elapsed_before = float(state["elapsed"])
+            self.best_val_loss = float(state["best_val_loss"])
+            self.best_val_bpc = float(state["best_val_bpc"])
+            self.last_eval_step = int(state.get("last_eval_step", self.step))
+            self.skipped_steps = int(state.get("skipped_steps", 0))
+            self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
+            self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})") from None
-        self.step = int(state["step"])
-        self.elapsed_before = float(state["elapsed"])
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best_val_bpc = float(state["best_val_bpc"])
-        self.last_eval_step = int(state.get("last_eval_step", self.step))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
-        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        if saved_batch_size != self.batch_size:
+            raise RunDirError(
+                f"cannot resume: the run trained {saved_batch_size} streams side by side, "
+                f"this one would train {self.batch_size} (keep --batch-size and --seq-len)")
 
     def training_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly from the current step (plain types and tensors only)."""
@@ -245,6 +248,7 @@ class Trainer:
             "hidden": _state_to_list(self.hidden),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "mps_rng": torch.mps.get_rng_state() if self.device.type == "mps" else None,
         }
 
     # -- the loop -----------------------------------------------------------------------
