@@ -1,14 +1,31 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+The bytes go to a temp file in the same folder (so `os.replace` is a rename
+within one file system, which is atomic), are fsynced, and only then replace
+the target. Killing the process at any moment leaves either the previous file
+or the new one, plus at worst a stray temp file that `is_temp_file` recognises
+and the next run removes.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 from .errors import CharrnnError
 
 TEMP_MARKER = ".tmp-"
+
+# Test-only hook: when set to a number of seconds, every atomic write sleeps that long after the
+# temp file is complete and before it replaces the target, so a test can kill the process or
+# interrupt it at exactly that moment. It does nothing unless the variable is set.
+TEST_PAUSE_ENV = "CHARRNN_TEST_PAUSE_IN_SAVE"
+
+
+class DiskFullError(CharrnnError):
+    """The disk filled up while a file was being written (the previous file is unchanged)."""
 
 
 def temp_path_for(path: Path) -> Path:
@@ -25,25 +42,51 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via temp file + fsync + `os.replace`, then fsync the folder.
 
     A full disk or other OS error removes the temp file, leaves any previous
-    `path` untouched, and raises a one-line `CharrnnError`.
+    `path` untouched, and raises a one-line `CharrnnError` (`DiskFullError` for ENOSPC).
     """
     path = Path(path)
     temp = temp_path_for(path)
     try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write_all(descriptor, data)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        _test_pause()
         os.replace(temp, path)
     except OSError as error:
-        try:
-            temp.unlink()
-        except OSError:
-            pass
-        if error.errno == errno.ENOSPC:
-            raise CharrnnError(f"disk full while saving {path}; the previous file is unchanged") from None
+        _remove_quietly(temp)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"disk full while saving {path}: the previous checkpoint is unchanged; "
+                "free some space, then resume") from None
         raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
+    except BaseException:
+        _remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
+        raise
     _fsync_directory(path.parent)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    # os.write may write less than asked (signals, pipes, some file systems): loop until done.
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+def _test_pause() -> None:
+    seconds = os.environ.get(TEST_PAUSE_ENV)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def _fsync_directory(folder: Path) -> None:

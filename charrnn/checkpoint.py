@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,8 @@ def read_metadata(data: bytes, path: Path) -> dict[str, str]:
         version = int(metadata.get("format_version", ""))
     except ValueError:
         raise CheckpointError(f"{path} is corrupted (bad format version)") from None
+    if version < 1:
+        raise CheckpointError(f"{path} is corrupted (bad format version {version})")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer charrnn (format {version}; this one reads "
@@ -111,25 +113,47 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         tensors = load_safetensors_bytes(data)
     except Exception as error:  # safetensors raises its own error types for every kind of damage
         raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
-    model = CharRNN(model_config)
-    _check_tensors(tensors, model, path)
+    _check_tensors(tensors, expected_tensor_shapes(model_config), path)
+    model = CharRNN(model_config)   # allocated only now: the metadata cannot make us build a giant
     model.load_state_dict(tensors)
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, model_config=model_config, info=info, path=path)
 
 
-def _check_tensors(tensors: dict[str, torch.Tensor], model: CharRNN, path: Path) -> None:
-    expected = model.state_dict()
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def expected_tensor_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a `CharRNN` with this config, computed without building it.
+
+    Building the model first would let a lying header make us allocate gigabytes; a test
+    checks these shapes against a real model's state_dict.
+    """
+    vocab, embedding = model_config.vocab_size, model_config.embedding_size
+    hidden, gates = model_config.hidden_size, _GATES[model_config.model] * model_config.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab, embedding)}
+    for layer in range(model_config.num_layers):
+        shapes[f"recurrent.weight_ih_l{layer}"] = (gates, embedding if layer == 0 else hidden)
+        shapes[f"recurrent.weight_hh_l{layer}"] = (gates, hidden)
+        shapes[f"recurrent.bias_ih_l{layer}"] = (gates,)
+        shapes[f"recurrent.bias_hh_l{layer}"] = (gates,)
+    shapes["head.weight"] = (vocab, hidden)
+    shapes["head.bias"] = (vocab,)
+    return shapes
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]],
+                   path: Path) -> None:
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         problem = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
         raise CheckpointError(f"{path} is corrupted ({problem})")
     for name, tensor in tensors.items():
-        if tensor.dtype != torch.float32 or tensor.shape != expected[name].shape:
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != expected[name]:
             raise CheckpointError(
                 f"{path} is corrupted (tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, "
-                f"expected float32 {tuple(expected[name].shape)})")
+                f"expected torch.float32 {expected[name]})")
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} is corrupted (tensor {name} has non-finite values)")
 
@@ -141,18 +165,39 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+# What a training state must hold, and of which type, before anything reads it.
+_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,), "elapsed": (int, float), "model_config": (str,), "train_config": (str,),
+    "tokenizer": (str,), "corpus_fingerprint": (str,), "corpus_source": (str,),
+    "best_val_loss": (int, float), "best_val_bpc": (int, float), "model": (dict,),
+    "optimizer": (dict,), "hidden": (list,), "torch_rng": (torch.Tensor,),
+}
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
     """Load a resume state with `weights_only=True`: no code in it can run."""
     path = Path(path)
     data = _read_file(path, "training state")
+    if not data:
+        raise CheckpointError(f"{path} is corrupted (empty file)")
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
-            AttributeError, ImportError, KeyError, IndexError, struct.error, OSError):
-        # Never repeat torch's advice to pass weights_only=False: that would run the file's code.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # torch warns about odd pickles; the error below says it all
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:
+        # Whatever went wrong (damage, a foreign pickle, code that weights_only refused to run),
+        # never repeat torch's advice to pass weights_only=False: that would run the file's code.
         raise CheckpointError(f"{path} is corrupted or not a charrnn training state") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a charrnn training state")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer charrnn: upgrade charrnn to resume it")
+    version = state.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} is corrupted (bad format version)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer charrnn (format {version}; this one reads up to "
+            f"{FORMAT_VERSION}): upgrade charrnn to resume it")
+    for name, types in _STATE_FIELDS.items():
+        if not isinstance(state.get(name), types) or isinstance(state.get(name), bool):
+            raise CheckpointError(f"{path} is corrupted (field {name!r} is missing or has the wrong type)")
     return state

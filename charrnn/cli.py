@@ -122,9 +122,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
 @click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
               help="Run directory for checkpoints and metrics.")
 @click.option("--resume", is_flag=True, default=False,
-              help="Continue the run in the run directory exactly where it stopped.")
+              help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
+                   "(or CORPUS / --out RUN_DIR naming the run).")
 @click.option("--keep", type=int, default=_TRAIN_DEFAULTS.keep, show_default=True,
-              help="Step checkpoints kept besides best and latest.")
+              help="Keep the last N step checkpoints too (best and latest are always kept).")
+@click.option("--early-stop", type=int, default=None, show_default="off",
+              help="Stop when validation has not improved for N evaluations in a row.")
 @click.option("--seed", type=int, default=_TRAIN_DEFAULTS.seed, show_default=True,
               help="Random seed (same seed and --max-steps: same run).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=_TRAIN_DEFAULTS.device,
@@ -138,13 +141,16 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
           **options: Any) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
+    Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
+
     \b
     Examples:
       charrnn train data/tinyshakespeare.txt --max-time 5m
       charrnn train lyrics/ --model gru --hidden-size 256 --out runs/lyrics
       charrnn train data/tinyshakespeare.txt --tokenizer bpe --vocab-size 512
       cat *.py | charrnn train - --out runs/python
-      charrnn train data/tinyshakespeare.txt --resume     # continue where it stopped
+      charrnn train --resume runs/tinyshakespeare         # continue where it stopped
+      charrnn train --resume runs/tinyshakespeare --max-steps 20000   # ... and train longer
     """
     from .train_command import run_training
 
@@ -201,7 +207,7 @@ def sample(checkpoint: Optional[str], temperature: float, top_k: Optional[int], 
       echo "JULIET:" | charrnn sample --prime - --seed 7
     """
     if prime == "-":
-        prime = sys.stdin.read()
+        prime = _read_stdin_text("the prime text on standard input")
     config = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                           length=length, prime=prime, seed=seed, num_samples=num_samples,
                           separator=_unescape(separator)).validate()
@@ -217,6 +223,16 @@ def sample(checkpoint: Optional[str], temperature: float, top_k: Optional[int], 
     torch.set_num_threads(threads)
     loaded = load_weights(resolve_weights(checkpoint))
     _write_stream(generate_text(loaded.model, loaded.tokenizer, config))
+
+
+def _read_stdin_text(what: str) -> str:
+    """Standard input as UTF-8, whatever the locale says (a clear error for other bytes)."""
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageProblem(f"{what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                           f"{error.start})") from None
 
 
 def _write_stream(chunks) -> None:

@@ -119,6 +119,7 @@ class TrainConfig(_JsonDataclass):
     tokenizer: str = "char"
     vocab_size: Optional[int] = None   # for the sentencepiece tokenisers
     keep: int = 0                 # step checkpoints kept beside best and latest
+    early_stop: Optional[int] = None   # stop after this many evaluations without a better val loss
 
     def validate(self) -> "TrainConfig":
         """Check every field; return self so calls can chain."""
@@ -161,6 +162,8 @@ class TrainConfig(_JsonDataclass):
             _require(2 <= self.vocab_size <= 1_000_000,
                      f"--vocab-size must be 2..1000000, got {self.vocab_size}")
         _require(self.keep >= 0, f"--keep must be >= 0, got {self.keep}")
+        if self.early_stop is not None:
+            _require(self.early_stop >= 1, f"--early-stop must be >= 1, got {self.early_stop}")
         return self
 
     def budget_seconds(self) -> Optional[float]:

@@ -110,7 +110,8 @@ class TrainingDisplay:
             self.console.print(
                 f"step {event.step} | {format_duration(event.elapsed)} elapsed, "
                 f"{format_duration(remaining)} left | loss {_number(event.loss)} | "
-                f"lr {event.learning_rate:.2e} | {event.chars_per_second:,.0f} chars/s",
+                f"lr {event.learning_rate:.2e} | grad norm {_number(event.grad_norm, 2)} (before clipping) | "
+                f"{event.chars_per_second:,.0f} chars/s",
                 markup=False, highlight=False)
 
     def _on_evaluation(self, event: events.EvaluationDone) -> None:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import is_temp_file
+from .atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from .errors import CheckpointError, RunDirError
 
 DEFAULT_RUNS_ROOT = Path("runs")
@@ -55,15 +55,47 @@ class RunDir:
         return self.path / f"step-{step:07d}.safetensors"
 
     def prepare(self) -> None:
-        """Create the folder, prove it is writable, and remove temp files a killed run left."""
+        """Create the folder and prove it is writable, before any training starts."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
+            # Named like a temp file, so that if we are killed right here the next run removes it.
+            probe = self.path / f".write-probe{TEMP_MARKER}{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
             raise RunDirError(
                 f"cannot write to run directory {self.path}: {error.strerror or error}") from None
+
+    def lock(self) -> None:
+        """Take the run's lock, or raise if another live process holds it (the kernel frees it on death).
+
+        Once the lock is ours, temp files left by a killed run are removed: only
+        the lock holder may do that, since another writer's temp files are live.
+        """
+        import fcntl  # POSIX only; imported here so the module loads everywhere
+
+        try:
+            handle = open(self.path / LOCK, "a+", encoding="utf-8")
+        except OSError as error:
+            raise RunDirError(f"cannot lock run directory {self.path}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunDirError(
+                f"another training is already writing to {self.path} (pid {holder}); "
+                "wait for it to finish or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+        self.remove_stray_temp_files()
+
+    def remove_stray_temp_files(self) -> None:
+        """Delete temp files that an interrupted atomic write left behind."""
         for leftover in self.path.iterdir():
             if is_temp_file(leftover):
                 try:
@@ -71,39 +103,47 @@ class RunDir:
                 except OSError:
                     pass
 
-    def lock(self) -> None:
-        """Take the run's lock, or raise if another live process holds it (the kernel frees it on death)."""
-        import fcntl  # POSIX only; imported here so the module loads everywhere
-
-        handle = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunDirError(
-                f"another training is already writing to {self.path} (pid {holder}); "
-                "wait for it or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_handle = handle
-
     def unlock(self) -> None:
         """Release the lock (closing the file releases the flock)."""
         if self._lock_handle is not None:
             self._lock_handle.close()
             self._lock_handle = None
 
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The evaluation records so far (a damaged line is skipped, not fatal)."""
+        try:
+            text = self.metrics.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise RunDirError(f"cannot read {self.metrics}: {error.strerror or error}") from None
+        records = []
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Add one evaluation record as a JSON line."""
-        with open(self.metrics, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Add one evaluation record as a JSON line (the file is rewritten atomically)."""
+        self._write_metrics(self.read_metrics() + [record])
+
+    def forget_metrics_after(self, step: int) -> None:
+        """Drop records of steps after `step`: a resumed run will evaluate them again."""
+        records = self.read_metrics()
+        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
+        if len(kept) != len(records):
+            self._write_metrics(kept)
+
+    def _write_metrics(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        atomic_write_bytes(self.metrics, text.encode("utf-8"))
 
     def prune_step_weights(self, keep: int) -> None:
-        """Delete all but the newest `keep` step checkpoints."""
+        """Delete all but the newest `keep` step checkpoints (best and latest are separate files)."""
         kept = sorted(self.path.glob("step-*.safetensors"))
         for old in kept[:max(0, len(kept) - keep)]:
             try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
 from .data import IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size
-from .errors import CharrnnError, RunDirError
+from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
 from .model import CharRNN, State, count_parameters, detach_state
 from .rundir import RunDir
@@ -42,6 +43,31 @@ MAX_BAD_STEPS_IN_A_ROW = 5
 
 class TrainingDiverged(CharrnnError):
     """Loss or gradients stayed non-finite for several steps in a row."""
+
+
+@dataclass
+class IntervalStats:
+    """Sums over the steps since the last evaluation; saved with the state so a resume reports the same."""
+
+    loss_sum: float = 0.0
+    good_steps: int = 0
+    grad_norm_sum: float = 0.0     # pre-clip global gradient norms
+    grad_norm_max: float = 0.0
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        """Count one step whose loss and gradient were finite."""
+        self.loss_sum += loss
+        self.good_steps += 1
+        self.grad_norm_sum += grad_norm
+        self.grad_norm_max = max(self.grad_norm_max, grad_norm)
+
+    def mean_loss(self) -> float:
+        """Mean training loss of the interval (NaN when no step was finite)."""
+        return self.loss_sum / self.good_steps if self.good_steps else math.nan
+
+    def mean_grad_norm(self) -> float:
+        """Mean pre-clip gradient norm of the interval (NaN when no step was finite)."""
+        return self.grad_norm_sum / self.good_steps if self.good_steps else math.nan
 
 
 @dataclass
@@ -157,8 +183,16 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_val_bpc = math.inf
         self.hidden: Optional[State] = None
+        self.interval = IntervalStats()
+        self.last_eval_step = -1
+        self.skipped_steps = 0               # non-finite steps, over the whole run
+        self.bad_steps_in_a_row = 0
+        self.evals_without_improvement = 0   # for --early-stop
         if self.resume_state is not None:
             self._restore(self.resume_state)
+            # Records after the saved step belong to work that was lost: it will be redone.
+            self.run_dir.forget_metrics_after(self.step)
+        self._current_lr = learning_rate(config, self.step, 0.0)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -166,16 +200,32 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.elapsed_before = float(state["elapsed"])
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best_val_bpc = float(state["best_val_bpc"])
-        self.hidden = _state_from_list(state["hidden"], self.device)
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        try:
+            saved_batch_size = int(state.get("batch_size", self.batch_size))
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.hidden = _state_from_list(state["hidden"], self.device)
+            torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            if self.device.type == "mps" and state.get("mps_rng") is not None:
+                torch.mps.set_rng_state(state["mps_rng"])
+            self.interval = IntervalStats(**state.get("interval", {}))
+            self.step = int(state["step"])
+            self.elapsed_before = float(state["elapsed"])
+            self.best_val_loss = float(state["best_val_loss"])
+            self.best_val_bpc = float(state["best_val_bpc"])
+            self.last_eval_step = int(state.get("last_eval_step", self.step))
+            self.skipped_steps = int(state.get("skipped_steps", 0))
+            self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
+            self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})") from None
+        if saved_batch_size != self.batch_size:
+            raise RunDirError(
+                f"cannot resume: the run trained {saved_batch_size} streams side by side, "
+                f"this one would train {self.batch_size} (keep --batch-size and --seq-len)")
 
     def training_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly from the current step (plain types and tensors only)."""
@@ -188,15 +238,23 @@ class Trainer:
             "train_config": json.dumps(self.train_config.to_dict()),
             "tokenizer": json.dumps(self.corpus.tokenizer.to_dict()),
             "corpus_fingerprint": self.corpus.fingerprint,
-            "corpus_source": self.corpus.source,
+            # Absolute, so `charrnn train --resume RUN_DIR` finds the corpus from any folder.
+            "corpus_source": (self.corpus.source if self.corpus.source == "-"
+                              else os.path.abspath(self.corpus.source)),
             "batch_size": self.batch_size,
             "best_val_loss": self.best_val_loss,
             "best_val_bpc": self.best_val_bpc,
+            "last_eval_step": self.last_eval_step,
+            "skipped_steps": self.skipped_steps,
+            "bad_steps_in_a_row": self.bad_steps_in_a_row,
+            "evals_without_improvement": self.evals_without_improvement,
+            "interval": asdict(self.interval),
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "hidden": _state_to_list(self.hidden),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "mps_rng": torch.mps.get_rng_state() if self.device.type == "mps" else None,
         }
 
     # -- the loop -----------------------------------------------------------------------
@@ -229,9 +287,7 @@ class Trainer:
             device=str(self.device), precision=self.precision, threads=self.threads,
             start_step=self.step, max_steps=config.max_steps, budget_seconds=budget))
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        loss_sum, loss_count, bad_in_a_row = 0.0, 0, 0
         last_eval_seconds: Optional[float] = None
-        last_eval_step = self.step if self.resume_state is not None else -1
         reason = "done"
         self.model.train()
         while True:
@@ -249,21 +305,13 @@ class Trainer:
             if self.should_stop():
                 reason = "interrupted"
                 break
+            if (config.early_stop is not None
+                    and self.evals_without_improvement >= config.early_stop):
+                reason = "early-stop"
+                break
             step_started = time.perf_counter()
             loss_value, grad_norm = self._train_step(parameters)
-            if math.isfinite(loss_value) and math.isfinite(grad_norm):
-                bad_in_a_row = 0
-                loss_sum += loss_value
-                loss_count += 1
-            else:
-                bad_in_a_row += 1
-                self.on_event(events.Notice(
-                    f"step {self.step}: non-finite loss or gradient, step skipped"))
-                if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-                    raise TrainingDiverged(
-                        f"training diverged: {bad_in_a_row} non-finite steps in a row up to step "
-                        f"{self.step}; the last good checkpoint in {self.run_dir.path} is kept "
-                        "(try a lower --lr)")
+            self._count_step(loss_value, grad_norm)
             self.step += 1
             step_seconds = time.perf_counter() - step_started
             self._last_step_seconds = step_seconds
@@ -273,17 +321,31 @@ class Trainer:
                 elapsed=self.elapsed(), chars_per_second=self.chars_per_second,
                 progress=min(1.0, self.progress())))
             if self._evaluation_due():
-                train_loss = loss_sum / max(1, loss_count)
-                loss_sum, loss_count = 0.0, 0
-                last_eval_seconds = self._evaluate_and_save(train_loss)
-                last_eval_step = self.step
-        if reason != "interrupted" and last_eval_step != self.step:
-            self._evaluate_and_save(loss_sum / max(1, loss_count) if loss_count else math.nan)
-        elif reason == "interrupted":
+                last_eval_seconds = self._evaluate_and_save()
+        if reason in ("done", "time") and self.last_eval_step != self.step:
+            self._evaluate_and_save()
+        elif reason == "interrupted" and self.last_eval_step != self.step:
             self._save(is_best=False, info_extra={})
         return events.TrainingFinished(
             step=self.step, reason=reason, best_val_loss=self.best_val_loss,
             best_val_bpc=self.best_val_bpc, elapsed=self.elapsed(), run_dir=self.run_dir.path)
+
+    def _count_step(self, loss_value: float, grad_norm: float) -> None:
+        """Add a finished step to the statistics, or count it as skipped; give up after too many."""
+        if math.isfinite(loss_value) and math.isfinite(grad_norm):
+            self.bad_steps_in_a_row = 0
+            self.interval.add(loss_value, grad_norm)
+            return
+        self.skipped_steps += 1
+        self.bad_steps_in_a_row += 1
+        self.on_event(events.Notice(
+            f"step {self.step + 1}: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'}"
+            f", step skipped ({self.skipped_steps} skipped so far)"))
+        if self.bad_steps_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+            raise TrainingDiverged(
+                f"training diverged: {self.bad_steps_in_a_row} non-finite steps in a row, the last "
+                f"at step {self.step + 1}; the last good checkpoint in {self.run_dir.path} is kept "
+                "(try a lower --lr or --grad-clip)")
 
     def _train_step(self, parameters: list[torch.nn.Parameter]) -> tuple[float, float]:
         config = self.train_config
@@ -343,7 +405,7 @@ class Trainer:
 
     _last_step_seconds = 0.0
 
-    def _evaluate_and_save(self, train_loss: float) -> float:
+    def _evaluate_and_save(self) -> float:
         """Evaluate, log, checkpoint and report; return the seconds all of that took."""
         started = time.perf_counter()
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
@@ -351,14 +413,23 @@ class Trainer:
         is_best = result.loss < self.best_val_loss
         if is_best:
             self.best_val_loss, self.best_val_bpc = result.loss, result.bits_per_char
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
         preview = self._preview()
+        train_loss = self.interval.mean_loss()
         record = {
             "step": self.step, "elapsed": round(self.elapsed(), 3),
             "chars_seen": int(self.step * self.batch_size * self.train_config.seq_len * self.chars_per_token),
             "train_loss": train_loss, "val_loss": result.loss, "val_bpc": result.bits_per_char,
             "chars_per_second": round(self.chars_per_second, 1), "eval_seconds": round(result.seconds, 3),
             "learning_rate": self._current_lr,
+            # Pre-clip global gradient norms since the last evaluation: the early sign of trouble.
+            "grad_norm_mean": self.interval.mean_grad_norm(), "grad_norm_max": self.interval.grad_norm_max,
+            "skipped_steps": self.skipped_steps,
         }
+        self.interval = IntervalStats()
+        self.last_eval_step = self.step
         self.run_dir.append_metrics(record)
         self._save(is_best, {"val_loss": result.loss, "val_bpc": result.bits_per_char})
         self.on_event(events.EvaluationDone(

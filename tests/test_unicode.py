@@ -1,0 +1,73 @@
+"""Any Unicode in corpus, paths and prime; a stdout that cannot show a character does not crash sampling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
+
+# CJK, an emoji outside the BMP, a combining accent, Arabic (right to left), and Greek.
+UNICODE_LINE = "東京の猫 🐈 café naïve e\u0301 مرحبا Ωμέγα\n"
+
+
+@pytest.fixture(scope="module")
+def unicode_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ünïcødé")
+    corpus = folder / "Gedichte – 詩.txt"
+    corpus.write_text(UNICODE_LINE * 150, encoding="utf-8")
+    out = folder / "runs" / "出力 🐈"
+    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "120", "--eval-every", "60",
+                     "--lr", "0.01", "--warmup-steps", "5", *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_unicode_corpus_paths_and_prime(unicode_run):
+    result = run_cli("sample", str(unicode_run), "--prime", "東京の猫 🐈", "--greedy", "--length", "60")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("東京の猫 🐈")
+    assert len(result.stdout) == len("東京の猫 🐈") + 60
+    assert set(result.stdout) <= set(UNICODE_LINE)
+    assert "🐈" in result.stdout[len("東京の猫 🐈"):] or "مرحبا" in result.stdout
+
+
+def _sample_process(run, *args, env_extra, input=None):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "charrnn", "sample", str(run), *args],
+                          capture_output=True, env=env, input=input, timeout=60)
+
+
+def test_stdout_that_cannot_encode_does_not_crash_sampling(unicode_run):
+    finished = _sample_process(unicode_run, "--prime", "café 🐈", "--length", "80", "--seed", "1",
+                               env_extra={"PYTHONIOENCODING": "ascii"})
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == b""
+    text = finished.stdout.decode("ascii")
+    assert text.startswith("caf? ?") and "?" in text[6:]
+
+
+def test_utf8_prime_on_stdin_whatever_the_locale(unicode_run):
+    finished = _sample_process(unicode_run, "--prime", "-", "--length", "5", "--seed", "1",
+                               env_extra={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C"},
+                               input="Ωμέγα".encode("utf-8"))
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.decode("utf-8").startswith("Ωμέγα")
+
+
+def test_prime_on_stdin_that_is_not_utf8_is_one_line(unicode_run):
+    result = run_cli("sample", str(unicode_run), "--prime", "-", input="caf\xe9".encode("latin-1"))
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [
+        "Error: the prime text on standard input is not valid UTF-8 (byte 0xe9 at offset 3)"]
+
+
+def test_error_naming_unicode_on_an_ascii_terminal_is_still_one_line(unicode_run):
+    finished = _sample_process(unicode_run, "--prime", "€uro", env_extra={"PYTHONIOENCODING": "ascii"})
+    assert finished.returncode == 1
+    lines = finished.stderr.decode("ascii", "replace").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "U+20AC" in lines[0]
+    assert finished.stdout == b""
