@@ -90,11 +90,17 @@ class TrainingDisplay:
             self._progress.start()
 
     def _remaining(self, event: events.StepDone) -> Optional[float]:
-        if event.progress <= 0:
+        """Seconds left: the rest of the time budget, or the steps left at the current speed."""
+        start = self._started
+        if start is None:
             return None
-        return event.elapsed * (1 - event.progress) / event.progress if self._started and \
-            self._started.max_steps is not None else (
-            (self._started.budget_seconds or 0) - event.elapsed if self._started else None)
+        estimates = []
+        if start.budget_seconds is not None:
+            estimates.append(start.budget_seconds - event.elapsed)
+        if start.max_steps is not None and event.chars_per_second > 0:
+            chars_per_step = start.batch_size * start.seq_len * start.chars_per_token
+            estimates.append((start.max_steps - event.step) * chars_per_step / event.chars_per_second)
+        return max(0.0, min(estimates)) if estimates else None
 
     def _on_step(self, event: events.StepDone) -> None:
         remaining = self._remaining(event)
