@@ -3,6 +3,7 @@
 #   make demo    install, train 2 minutes on the bundled corpus, print a sample
 #   make test    install (with test tools) and run the test suite
 #   make bench   install and print the performance figures of the README
+#   make samples train 5 minutes on the bundled corpus and write samples/ (see samples/README.md)
 #
 # torch is pinned to the 2.13.0 release first: on this kind of machine pip takes
 # a CPU build of it from local disk. A bare `torch` requirement on a machine with
@@ -16,7 +17,9 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_TIME ?= 2m
 
-.PHONY: install demo test bench clean
+SAMPLES_RUN ?= runs/samples-model
+
+.PHONY: install demo test bench samples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +41,14 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/performance.py
+
+samples: install
+	rm -rf $(SAMPLES_RUN)
+	$(BIN)/charrnn train data/tinyshakespeare.txt --max-time 5m --out $(SAMPLES_RUN) 2> samples/training-log.txt
+	for temperature in 0.5 0.8 1.0; do \
+	  $(BIN)/charrnn sample $(SAMPLES_RUN) --temperature $$temperature --seed 1 --length 2000 \
+	    > samples/temperature-$$temperature.txt; \
+	done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
