@@ -113,6 +113,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Run directory for checkpoints and metrics.")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue the run in the run directory exactly where it stopped.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="CHARRNN_CACHE_DIR", default=None,
+              show_default="~/.cache/charrnn",
+              help="Folder for encoded token files (reused while the corpus is unchanged).")
 @click.option("--keep", type=int, default=_TRAIN_DEFAULTS.keep, show_default=True,
               help="Step checkpoints kept besides best and latest.")
 @click.option("--seed", type=int, default=_TRAIN_DEFAULTS.seed, show_default=True,
@@ -125,7 +128,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")
 @click.pass_context
 def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume: bool,
-          **options: Any) -> None:
+          cache_dir: Optional[str], **options: Any) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
     \b
@@ -134,6 +137,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
       charrnn train lyrics/ --model gru --hidden-size 256 --out runs/lyrics
       cat *.py | charrnn train - --out runs/python
       charrnn train data/tinyshakespeare.txt --resume     # continue where it stopped
+      torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
     """
     from .train_command import run_training
 
@@ -143,7 +147,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
     model_options = {k: v for k, v in options.items() if k in model_fields}
     train_options = {k: v for k, v in options.items() if k not in model_fields}
     outcome = run_training(corpus=corpus, out=out, resume=resume, model_options=model_options,
-                           train_options=train_options, given=given)
+                           train_options=train_options, given=given, cache_dir=cache_dir)
     sys.exit(outcome)
 
 
