@@ -93,13 +93,22 @@ class World:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         seconds = float(os.environ.get("CHARRNN_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+        timeout = datetime.timedelta(seconds=seconds)
         try:
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
+            store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            # torchrun keeps one key-value store across restarts: without a prefix per attempt,
+            # a restarted worker would read the dead workers' addresses and fail to connect.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"charrnn/attempt-{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                    timeout=timeout)
         except (RuntimeError, ValueError) as error:
             raise DistributedError(f"cannot join the distributed run: {_first_line(error)}") from None
         try:
             yield
-        except dist.DistBackendError as error:
+        except RuntimeError as error:
+            if not _is_communication_error(error):
+                raise
             raise DistributedError(
                 f"lost contact with another training process: {_first_line(error)}") from None
         finally:
@@ -222,6 +231,16 @@ class TerminationWatchdog:
                 timer.daemon = True
                 timer.start()
                 return
+
+
+def _is_communication_error(error: RuntimeError) -> bool:
+    """True for the errors a collective raises when a peer died or the network failed."""
+    import torch.distributed as dist
+
+    if isinstance(error, (dist.DistError, dist.DistBackendError)):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))
 
 
 def _first_line(error: BaseException) -> str:

@@ -186,7 +186,9 @@ class Trainer:
         self.best_val_bpc = float(state["best_val_bpc"])
         self.hidden = _state_from_list(self._own_streams(state["hidden"]), self.device)
         rng_by_rank = state.get("torch_rng_by_rank")
-        torch.set_rng_state(rng_by_rank[self.world.rank] if rng_by_rank is not None else state["torch_rng"])
+        # clone(): a row of the saved matrix is a view with an offset, which set_rng_state misreads.
+        torch.set_rng_state(rng_by_rank[self.world.rank].clone() if rng_by_rank is not None
+                            else state["torch_rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
