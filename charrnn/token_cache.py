@@ -337,6 +337,24 @@ def _chunks_cut_at_lines(chunks: Iterator[tuple[str, bytes]]) -> Iterator[str]:
         yield carry
 
 
+def _char_ids(tokenizer: CharTokenizer, chunks: Iterator[tuple[str, bytes]],
+              dtype: np.dtype) -> Iterator[np.ndarray]:
+    """`tokenizer.encode` of each chunk through a code point -> id table (several times faster).
+
+    Every character is in the vocabulary: it came from the same scan, or was checked.
+    """
+    code_points = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
+    table = np.zeros(int(code_points.max()) + 1, dtype=dtype)
+    table[code_points] = np.arange(len(code_points), dtype=dtype)
+    ascii_table = np.zeros(128, dtype=dtype)
+    ascii_table[:min(128, len(table))] = table[:128]
+    for text, raw in chunks:
+        if text.isascii():
+            yield ascii_table[np.frombuffer(raw, dtype=np.uint8)]
+        else:
+            yield table[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)]
+
+
 def _encode_to_file(scan: CorpusScan, tokenizer: Tokenizer, path: Path,
                     on_progress: Optional[ProgressCallback]) -> TokenFile:
     """Encode the corpus chunk by chunk into `path` (temp file + fsync + rename); then the sidecar."""
@@ -350,14 +368,16 @@ def _encode_to_file(scan: CorpusScan, tokenizer: Tokenizer, path: Path,
             on_progress(CorpusProgress(phase="encoding", done_bytes=min(done, total), total_bytes=total))
 
     chunks = iter_text_chunks(scan.corpus, CHUNK_BYTES, advance)
-    texts = (text for text, _ in chunks) if tokenizer.kind in ("char", "byte") \
-        else _chunks_cut_at_lines(chunks)
+    if isinstance(tokenizer, CharTokenizer):
+        encoded = _char_ids(tokenizer, chunks, dtype)
+    else:
+        texts = (text for text, _ in chunks) if tokenizer.kind == "byte" else _chunks_cut_at_lines(chunks)
+        encoded = (np.asarray(tokenizer.encode(text)).astype(dtype, copy=False) for text in texts)
     temp = temp_path_for(path)
     num_tokens = 0
     try:
         with open(temp, "wb") as out:
-            for text in texts:
-                ids = np.asarray(tokenizer.encode(text)).astype(dtype, copy=False)
+            for ids in encoded:
                 out.write(ids.tobytes())
                 num_tokens += len(ids)
             out.flush()

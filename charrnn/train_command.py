@@ -178,7 +178,8 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
     console.print(finished_message(finished), markup=False, highlight=False)
     if finished.reason == "interrupted":
         corpus_part = shlex.quote(corpus) if corpus and corpus != "-" else "-"
-        console.print(f"resume with: charrnn train {corpus_part} --resume --out "
+        launcher = "the same torchrun command with" if world.is_distributed else "charrnn train"
+        console.print(f"resume with: {launcher} {corpus_part} --resume --out "
                       f"{shlex.quote(str(run_dir.path))}", markup=False, highlight=False)
         return EXIT_CODE_FOR_SIGNAL.get(stop.signal_number, 130)
     return 0
