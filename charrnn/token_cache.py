@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -205,13 +206,17 @@ class CorpusScan:
     chars: str             # every distinct character, in code-point order
 
 
+VOCABULARY_SLICE = 1 << 20   # bincount copies its input to int64: count a slice at a time
+
+
 def _mark_code_points(seen: np.ndarray, text: str, raw: bytes) -> None:
     if text.isascii():
-        counts = np.bincount(np.frombuffer(raw, dtype=np.uint8), minlength=128)
+        values = np.frombuffer(raw, dtype=np.uint8)
     else:
-        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        counts = np.bincount(code_points)
-    seen[:len(counts)] |= counts > 0
+        values = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    for start in range(0, len(values), VOCABULARY_SLICE):
+        counts = np.bincount(values[start:start + VOCABULARY_SLICE])
+        seen[:len(counts)] |= counts > 0
 
 
 def scan_corpus(corpus: CorpusFiles, on_progress: Optional[ProgressCallback] = None,
@@ -300,8 +305,23 @@ class TokenFile:
         return self.path.with_suffix(".json")
 
     def open(self) -> np.ndarray:
-        """The tokens as a read-only memory map."""
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        """The tokens as a read-only memory map.
+
+        Training reads a few hundred bytes from each of B places per step. The kernel's
+        read-ahead would map up to megabytes around each place into this process;
+        MADV_RANDOM asks for the pages read only. (Kernels that keep the page cache
+        in large folios still map a whole folio, up to 2 MB, per place: at most
+        B x 2 MB, whatever the corpus size.) Mapped file pages are page cache: clean,
+        shared and reclaimable, unlike the process's own (anonymous) memory.
+        """
+        tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        mapping = getattr(tokens, "_mmap", None)   # numpy keeps the mmap object here
+        if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+            try:
+                mapping.madvise(mmap.MADV_RANDOM)
+            except OSError:
+                pass                                # only advice: correctness does not depend on it
+        return tokens
 
 
 def _read_sidecar(path: Path, fingerprint: str, tokenizer: Tokenizer) -> Optional[TokenFile]:
