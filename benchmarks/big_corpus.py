@@ -10,7 +10,9 @@ so it is not one text repeated), then, each in a fresh child process:
 1. encodes it (`scan_corpus` + `prepare_streamed_corpus` into an empty cache)
    and reports read and encode throughput in MB/s;
 2. runs `charrnn train` for a few steps with a fixed small model on the cached
-   tokens and reports the peak resident memory (VmHWM) of that process.
+   tokens (the last 1 MB held out for validation whatever the size) and reports
+   the peak resident memory of that process: VmHWM, and its anonymous part
+   (without the token file's pages, which are page cache).
 
 It prints a Markdown table (stdout) and deletes the corpora afterwards.
 """
@@ -31,7 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "data" / "tinyshakespeare.txt"
-TRAIN_ARGS = ["--max-steps", "20", "--eval-every", "20", "--val-fraction", "0.001",
+VAL_MEGABYTES = 1     # the same validation split for every size, so evaluation costs the same
+TRAIN_ARGS = ["--max-steps", "20", "--eval-every", "20",
               "--hidden-size", "128", "--embedding-size", "32", "--num-layers", "1",
               "--batch-size", "32", "--seq-len", "128", "--threads", "1", "--dropout", "0"]
 
@@ -86,28 +89,33 @@ class MemorySampler:
 # -- the child processes ------------------------------------------------------------------
 
 
-def child_encode(corpus: str, cache: str) -> None:
+def val_fraction(megabytes: int) -> str:
+    return repr(min(0.5, VAL_MEGABYTES / megabytes))
+
+
+def child_encode(corpus: str, cache: str, fraction: str) -> None:
     from charrnn.token_cache import corpus_files, prepare_streamed_corpus, scan_corpus
 
     sampler = MemorySampler()
     started = time.perf_counter()
     scan = scan_corpus(corpus_files(corpus))
     scanned = time.perf_counter()
-    prepared = prepare_streamed_corpus(scan, "char", 0.001, cache_dir=Path(cache))
+    prepared = prepare_streamed_corpus(scan, "char", float(fraction), cache_dir=Path(cache))
     encoded = time.perf_counter()
     print(json.dumps({"megabytes": scan.num_bytes / 1e6, "read_seconds": scanned - started,
                       "encode_seconds": encoded - scanned, "tokens": len(prepared.train_tokens)
                       + len(prepared.val_tokens), **sampler.finish()}))
 
 
-def child_train(corpus: str, cache: str, out: str) -> None:
+def child_train(corpus: str, cache: str, fraction: str, out: str) -> None:
     from charrnn.cli import cli
 
     sampler = MemorySampler()
     started = time.perf_counter()
     sys.stdout = open(os.devnull, "w")          # charrnn train writes nothing there, but be sure
     try:
-        cli.main(["train", corpus, "--out", out, "--cache-dir", cache, *TRAIN_ARGS],
+        cli.main(["train", corpus, "--out", out, "--cache-dir", cache, "--val-fraction", fraction,
+                  *TRAIN_ARGS],
                  standalone_mode=False)
     except SystemExit as exit_:
         if exit_.code not in (0, None):
@@ -140,8 +148,10 @@ def main() -> None:
             corpus = folder / f"corpus-{megabytes}mb.txt"
             cache = folder / f"cache-{megabytes}"
             build_corpus(corpus, megabytes)
-            encoding = run_child("--child", "encode", str(corpus), str(cache))
-            training = run_child("--child", "train", str(corpus), str(cache), str(folder / f"run-{megabytes}"))
+            fraction = val_fraction(megabytes)
+            encoding = run_child("--child", "encode", str(corpus), str(cache), fraction)
+            training = run_child("--child", "train", str(corpus), str(cache), fraction,
+                                 str(folder / f"run-{megabytes}"))
             rows.append((megabytes, encoding, training))
             print(f"{megabytes} MB done", file=sys.stderr)
             corpus.unlink()
@@ -151,7 +161,7 @@ def main() -> None:
     import torch
     print(f"`python benchmarks/big_corpus.py --sizes {args.sizes}` on {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread; "
-          f"training: {' '.join(TRAIN_ARGS)}\n")
+          f"training: {' '.join(TRAIN_ARGS)}, the last {VAL_MEGABYTES} MB held out\n")
     print("| corpus | read + hash + vocabulary | encode to token file | encoding: peak RSS | "
           "20 training steps: peak RSS | of which anonymous (not page cache) |")
     print("|---:|---:|---:|---:|---:|---:|")
