@@ -19,7 +19,8 @@ PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 def stderr_console(quiet: bool = False) -> Console:
     """The one console for progress, notices and errors (`quiet`: prints nothing, e.g. torchrun ranks > 0)."""
-    return Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet)
+    # emoji=False: generated text such as ":X:" must not turn into an emoji in the preview.
+    return Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)
 
 
 class CorpusProgressDisplay:
