@@ -277,6 +277,8 @@ def fit_streamed_tokenizer(scan: CorpusScan, kind: str, val_fraction: float,
     """
     if kind == "char":
         return CharTokenizer(scan.chars)
+    if kind == "byte":
+        return fit_tokenizer(kind, "", "", vocab_size)     # fixed 256 ids: nothing to learn
     train_chars = split_char_index(scan.num_chars, val_fraction)
     sample = _training_sample(scan, train_chars, SUBWORD_SAMPLE_CHARS)
     return fit_tokenizer(kind, sample, sample, vocab_size)

@@ -13,6 +13,7 @@ import pytest
 from charrnn import events
 from charrnn.data import IGNORE_TARGET, BatchStream, Corpus, EvaluationWindows, prepare_corpus, read_corpus
 from charrnn.errors import CorpusError
+from charrnn.tokenizers import Tokenizer
 from charrnn.token_cache import (cached_token_file, corpus_files, iter_text_chunks,
                                  prepare_streamed_corpus, scan_corpus)
 
@@ -237,3 +238,38 @@ def test_bad_corpus_is_one_error_line(tmp_path):
     lines = error_lines(result.stderr.decode())
     assert result.returncode == 1
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "line 2" in lines[0]
+
+
+class _RawBytes(Tokenizer):
+    """A minimal byte-level tokeniser (ids = the UTF-8 bytes), for the split rule of non-char kinds."""
+
+    kind = "raw-bytes-test"
+    vocab_size = 256
+
+    def encode(self, text):
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+    def decode(self, ids):
+        return bytes(int(i) for i in ids).decode("utf-8", "replace")
+
+    def to_dict(self):
+        return {"kind": self.kind}
+
+    def char_counts(self, ids):
+        return ((np.asarray(ids) & 0xC0) != 0x80).astype(np.int64)   # a character starts here
+
+
+def test_split_of_a_byte_level_tokeniser_is_the_byte_offset_of_the_split_character(tmp_path, monkeypatch):
+    import charrnn.token_cache as token_cache
+
+    monkeypatch.setattr(token_cache, "COUNT_CHUNK_TOKENS", 7)      # split points inside count chunks
+    text = MIXED * 5
+    path = _write(tmp_path / "mixed.txt", text)
+    scan = scan_corpus(corpus_files(str(path)))
+    for val_fraction in (0.1, 0.33, 0.5):
+        prepared = prepare_streamed_corpus(scan, "unused", val_fraction, tokenizer=_RawBytes(),
+                                           cache_dir=tmp_path / "cache")
+        split = int(len(text) * (1 - val_fraction))
+        assert bytes(prepared.train_tokens) == text[:split].encode("utf-8")
+        assert bytes(prepared.val_tokens) == text[split:].encode("utf-8")
+        assert prepared.val_chars == len(text[split:]) - 1 and prepared.train_chars == split
