@@ -124,6 +124,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
 @click.option("--resume", is_flag=True, default=False,
               help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
                    "(or CORPUS / --out RUN_DIR naming the run).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="CHARRNN_CACHE_DIR", default=None,
+              show_default="~/.cache/charrnn",
+              help="Folder for encoded token files (reused while the corpus is unchanged).")
 @click.option("--keep", type=int, default=_TRAIN_DEFAULTS.keep, show_default=True,
               help="Keep the last N step checkpoints too (best and latest are always kept).")
 @click.option("--early-stop", type=int, default=None, show_default="off",
@@ -138,7 +141,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")
 @click.pass_context
 def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume: bool,
-          **options: Any) -> None:
+          cache_dir: Optional[str], **options: Any) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
@@ -151,6 +154,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
       cat *.py | charrnn train - --out runs/python
       charrnn train --resume runs/tinyshakespeare         # continue where it stopped
       charrnn train --resume runs/tinyshakespeare --max-steps 20000   # ... and train longer
+      torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
     """
     from .train_command import run_training
 
@@ -160,7 +164,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
     model_options = {k: v for k, v in options.items() if k in model_fields}
     train_options = {k: v for k, v in options.items() if k not in model_fields}
     outcome = run_training(corpus=corpus, out=out, resume=resume, model_options=model_options,
-                           train_options=train_options, given=given)
+                           train_options=train_options, given=given, cache_dir=cache_dir)
     sys.exit(outcome)
 
 

@@ -17,9 +17,69 @@ from . import events
 PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 
-def stderr_console() -> Console:
-    """The one console for progress, notices and errors."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+def stderr_console(quiet: bool = False) -> Console:
+    """The one console for progress, notices and errors (`quiet`: prints nothing, e.g. torchrun ranks > 0)."""
+    # emoji=False: generated text such as ":X:" must not turn into an emoji in the preview.
+    return Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)
+
+
+class CorpusProgressDisplay:
+    """Shows the streaming passes over a corpus once they take more than a moment.
+
+    On a terminal: a transient Rich progress bar (MB done, MB/s); elsewhere one
+    line per pass that took longer than `PLAIN_AFTER_SECONDS`.
+    """
+
+    SHOW_AFTER_SECONDS = 0.5
+    PLAIN_AFTER_SECONDS = 2.0
+    LABELS = {"reading": "reading corpus", "encoding": "encoding tokens"}
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Optional[Progress] = None
+        self._tasks: dict[str, object] = {}
+        self._started: dict[str, float] = {}
+        self._last: Optional[events.CorpusProgress] = None
+
+    def __call__(self, event: events.CorpusProgress) -> None:
+        now = time.monotonic()
+        if self._last is not None and self._last.phase != event.phase:
+            self._finish_phase(now)
+        started = self._started.setdefault(event.phase, now)
+        self._last = event
+        if not self.console.is_terminal or now - started < self.SHOW_AFTER_SECONDS:
+            return
+        if self._progress is None:
+            from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True, refresh_per_second=8)
+            self._progress.start()
+        if event.phase not in self._tasks:
+            self._tasks[event.phase] = self._progress.add_task(
+                self.LABELS.get(event.phase, event.phase), total=max(1, event.total_bytes))
+        self._progress.update(self._tasks[event.phase], completed=event.done_bytes)
+
+    def _finish_phase(self, now: float) -> None:
+        last = self._last
+        if last is None:
+            return
+        seconds = now - self._started.get(last.phase, now)
+        if not self.console.is_terminal and seconds >= self.PLAIN_AFTER_SECONDS:
+            megabytes = last.done_bytes / 1e6
+            self.console.print(
+                f"{self.LABELS.get(last.phase, last.phase)}: {megabytes:,.1f} MB in {seconds:.1f}s "
+                f"({megabytes / max(seconds, 1e-9):,.1f} MB/s)", markup=False, highlight=False)
+
+    def close(self) -> None:
+        """End the display (idempotent)."""
+        self._finish_phase(time.monotonic())
+        self._last = None
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -70,7 +130,9 @@ class TrainingDisplay:
             f"charrnn: {event.num_parameters:,} parameters, vocabulary {event.vocab_size} "
             f"({event.tokenizer}, {event.chars_per_token:.2f} chars/token), "
             f"{event.train_tokens:,} train / {event.val_tokens:,} val {unit}, "
-            f"batch {event.batch_size} x {event.seq_len}, {event.device} {event.precision} "
+            f"batch {event.batch_size} x {event.seq_len}"
+            + (f" x {event.processes} processes" if event.processes > 1 else "")
+            + f", {event.device} {event.precision} "
             f"{event.threads} threads, {budget}"
             + (f", resuming at step {event.start_step}" if event.start_step else ""),
             markup=False, highlight=False)

@@ -184,41 +184,58 @@ class EvaluationWindows:
 
     The array is cut into `num_streams` contiguous streams and the state is
     carried from window to window, as in training. With `warmup` > 0 the
-    first `warmup_windows` windows hold, for each stream, the tokens just
-    before its start, so that no stream but the first begins cold; their
-    targets are all `IGNORE_TARGET` and the caller should clear stream 0's
-    state after the last of them (`first_is_warmup`). The tail of the last
-    stream is padded with `IGNORE_TARGET`, which the loss skips.
+    first window holds, for each stream, the tokens just before its start,
+    so that no stream but the first begins cold; its targets are all
+    `IGNORE_TARGET` and the caller should clear the state of row
+    `cold_row` after it (`first_is_warmup`). The tail of the last stream is
+    padded with `IGNORE_TARGET`, which the loss skips.
+
+    Windows are cut from `tokens` on demand (it may be a memmap), and with
+    `world_size` > 1 this process (rank) gets a contiguous block of the
+    streams: the ranks' windows together are exactly the one-process windows.
     """
 
-    def __init__(self, tokens: np.ndarray, num_streams: int, window_len: int, warmup: int = 0) -> None:
-        num_predictions = len(tokens) - 1
-        self.num_streams = max(1, min(num_streams, num_predictions))
-        self.stream_len = math.ceil(num_predictions / self.num_streams)
+    def __init__(self, tokens: np.ndarray, num_streams: int, window_len: int, warmup: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.tokens = tokens
+        self.num_predictions = len(tokens) - 1
+        self.num_streams = max(1, min(num_streams, self.num_predictions))
+        self.stream_len = math.ceil(self.num_predictions / self.num_streams)
         self.window_len = window_len
-        padded = self.num_streams * self.stream_len
-        inputs = np.zeros(padded, dtype=np.int64)
-        targets = np.full(padded, IGNORE_TARGET, dtype=np.int64)
-        inputs[:num_predictions] = tokens[:-1]
-        targets[:num_predictions] = tokens[1:]
-        self.inputs = inputs.reshape(self.num_streams, self.stream_len)
-        self.targets = targets.reshape(self.num_streams, self.stream_len)
-        self.warmup = min(warmup, self.stream_len) if self.num_streams > 1 else 0
+        # One warm-up window at most, no longer than the others (bounded memory for large vocabularies).
+        self.warmup = min(warmup, self.stream_len, window_len) if self.num_streams > 1 else 0
         self.first_is_warmup = self.warmup > 0
-        # The warm-up context comes in windows too, so memory stays bounded by window_len.
-        self.warmup_windows = math.ceil(self.warmup / window_len)
+        per_rank = math.ceil(self.num_streams / world_size)
+        first = min(self.num_streams, rank * per_rank)
+        self.streams = np.arange(first, min(self.num_streams, first + per_rank))
+        # Only the stream that starts the text must start cold after the warm-up window.
+        self.cold_row: Optional[int] = 0 if len(self.streams) and self.streams[0] == 0 else None
 
-    def _warmup_context(self) -> np.ndarray:
-        context = np.zeros((self.num_streams, self.warmup), dtype=np.int64)
-        context[1:] = self.inputs[:-1, -self.warmup:]   # the end of the stream before each one
-        return context
+    def __len__(self) -> int:
+        """Number of windows this rank yields (0 when it owns no stream)."""
+        if not len(self.streams):
+            return 0
+        return math.ceil(self.stream_len / self.window_len) + (1 if self.first_is_warmup else 0)
+
+    def _cut(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        valid = positions < self.num_predictions
+        clipped = np.where(valid, positions, 0)
+        inputs = np.where(valid, self.tokens[clipped].astype(np.int64), 0)
+        targets = np.where(valid, self.tokens[clipped + 1].astype(np.int64), IGNORE_TARGET)
+        return inputs, targets
+
+    def _warmup_window(self) -> tuple[np.ndarray, np.ndarray]:
+        # Each stream is warmed up on the end of the stream before it; the first stream on zeros.
+        positions = self.streams[:, None] * self.stream_len + np.arange(-self.warmup, 0)[None, :]
+        context, _ = self._cut(np.where(positions >= 0, positions, self.num_predictions))
+        return context, np.full_like(context, IGNORE_TARGET)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not len(self.streams):
+            return
         if self.first_is_warmup:
-            context = self._warmup_context()
-            for start in range(0, self.warmup, self.window_len):
-                part = context[:, start:start + self.window_len]
-                yield part, np.full_like(part, IGNORE_TARGET)
+            yield self._warmup_window()
+        starts = self.streams[:, None] * self.stream_len
         for start in range(0, self.stream_len, self.window_len):
-            end = start + self.window_len
-            yield self.inputs[:, start:end], self.targets[:, start:end]
+            end = min(start + self.window_len, self.stream_len)
+            yield self._cut(starts + np.arange(start, end)[None, :])

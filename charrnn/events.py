@@ -31,6 +31,7 @@ class TrainingStarted:
     start_step: int
     max_steps: Optional[int]
     budget_seconds: Optional[float]
+    processes: int = 1       # torchrun workers; batch_size is per process
 
 
 @dataclass
@@ -64,3 +65,12 @@ class TrainingFinished:
     best_val_bpc: float
     elapsed: float
     run_dir: Path
+
+
+@dataclass
+class CorpusProgress:
+    """How far a streaming pass over the corpus has got (for a progress bar)."""
+
+    phase: str               # "reading" (validate, hash, vocabulary) or "encoding" (token file)
+    done_bytes: int
+    total_bytes: int

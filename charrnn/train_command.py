@@ -7,15 +7,20 @@ the training itself is `training.Trainer`.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import ModelConfig, TrainConfig
-from .console import TrainingDisplay, finished_message, stderr_console
+from .console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
+from .distributed import TerminationWatchdog, World, check_resume_world_size
 from .errors import RunDirError, UsageProblem
 from .rundir import DEFAULT_RUNS_ROOT, LATEST_WEIGHTS, TRAINING_STATE, RunDir
+from .token_cache import (CorpusFiles, CorpusScan, corpus_files, default_cache_dir, scan_corpus,
+                          spool_stream)
 
 EXIT_CODE_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -70,8 +75,20 @@ def _is_run_dir(path: str) -> bool:
     return (folder / TRAINING_STATE).exists() or not any(folder.glob("*.txt"))
 
 
-def resume_hint(run_dir: RunDir, corpus_source: Optional[str]) -> str:
+def _scan(corpus: str, cache_dir: Path, spooled: list[Path], progress: CorpusProgressDisplay) -> CorpusScan:
+    """Stream the corpus once (UTF-8 check, fingerprint, vocabulary); stdin is spooled to a file first."""
+    if corpus == "-":
+        spooled.append(spool_stream(sys.stdin.buffer, cache_dir))
+        files = CorpusFiles(files=[spooled[-1]], name="stdin", source="-")
+    else:
+        files = corpus_files(corpus)
+    return scan_corpus(files, on_progress=progress)
+
+
+def resume_hint(run_dir: RunDir, corpus_source: Optional[str], world: World = World()) -> str:
     """The command that continues this run."""
+    if world.is_distributed:
+        return f"the same torchrun command with --resume --out {shlex.quote(str(run_dir.path))}"
     if corpus_source == "-":
         return (f"charrnn train - --resume --out {shlex.quote(str(run_dir.path))} "
                 "(with the same corpus on standard input)")
@@ -79,19 +96,42 @@ def resume_hint(run_dir: RunDir, corpus_source: Optional[str]) -> str:
 
 
 def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
-                 train_options: dict[str, Any], given: set[str]) -> int:
+                 train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None) -> int:
     """Train from the command line's options; return the process exit code.
 
     With `resume`, CORPUS may be the run directory itself (`charrnn train --resume RUN_DIR`);
-    otherwise the run is `--out`, or runs/<corpus name>.
+    otherwise the run is `--out`, or runs/<corpus name>. Under torchrun, every process runs
+    this; only rank 0 prepares and locks the run directory and talks.
     """
-    console = stderr_console()
+    spooled: list[Path] = []
+    try:
+        return _run_training(corpus, out, resume, model_options, train_options, given,
+                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled)
+    finally:
+        for path in spooled:
+            path.unlink(missing_ok=True)
+
+
+def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
+                  train_options: dict[str, Any], given: set[str], cache_dir: Path,
+                  spooled: list[Path]) -> int:
+    world = World.from_env()
+    # Under torchrun only rank 0 talks; the others keep quiet unless they fail.
+    console = stderr_console(quiet=not world.is_writer)
     fresh_model = ModelConfig(**model_options).validate()
     fresh_train = TrainConfig(**train_options).validate()
 
-    from .data import prepare_corpus, read_corpus
+    from .token_cache import prepare_streamed_corpus
 
-    source = None
+    if world.is_distributed:
+        if out is None:
+            raise UsageProblem("under torchrun, pass --out RUN_DIR: every process and every restart "
+                               "must find the same run directory")
+        if not resume and _is_restart() and RunDir(Path(out)).state.exists():
+            resume = True   # torchrun restarted the workers: continue from the last checkpoint
+
+    progress = CorpusProgressDisplay(console)
+    source: Optional[CorpusScan] = None
     if resume and corpus is not None and corpus != "-" and not Path(corpus).exists():
         raise RunDirError(f"nothing to resume: {corpus} does not exist")
     if resume and corpus is not None and corpus != "-" and _is_run_dir(corpus):
@@ -101,7 +141,7 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
     elif corpus is not None:
         if corpus != "-" and Path(corpus, TRAINING_STATE).exists():
             raise UsageProblem(f"{corpus} is a run directory: add --resume to continue it")
-        source = read_corpus(corpus)
+        source = _scan(corpus, cache_dir, spooled, progress)
     elif not resume:
         raise UsageProblem("missing argument CORPUS (a text file, a directory of .txt files, or -)")
 
@@ -110,46 +150,51 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
     elif resume:
         if source is None:
             raise UsageProblem("--resume needs the run: charrnn train --resume RUN_DIR")
-        if source.source == "-":
+        if source.corpus.source == "-":
             raise UsageProblem("--resume with a corpus on standard input needs --out RUN_DIR")
-        run_dir = RunDir(DEFAULT_RUNS_ROOT / source.name)
+        run_dir = RunDir(DEFAULT_RUNS_ROOT / source.corpus.name)
     else:
-        run_dir = RunDir(_default_run_dir(source.name))
+        run_dir = RunDir(_default_run_dir(source.corpus.name))
     if resume and not run_dir.state.exists():
         raise RunDirError(f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): "
                           "start it without --resume")
 
     # Prove the folder is writable and take the lock before reading any state or corpus work:
     # a second training into the same folder stops here, before it can touch anything.
-    run_dir.prepare()
-    run_dir.lock()
+    if world.is_writer:
+        run_dir.prepare()
+        run_dir.lock()
     try:
         if resume:
             source, model_config, train_config, tokenizer, resume_state = _plan_resume(
-                run_dir, source, model_options, train_options, given)
+                run_dir, source, model_options, train_options, given, world,
+                lambda corpus_source: _scan(corpus_source, cache_dir, spooled, progress))
         else:
             if run_dir.state.exists():
                 raise RunDirError(f"{run_dir.path} already holds a run: add --resume to continue it, "
                                   "or choose another --out")
             model_config, train_config, tokenizer, resume_state = fresh_model, fresh_train, None, None
-        prepared = prepare_corpus(source, train_config.tokenizer, train_config.val_fraction,
-                                  train_config.vocab_size, tokenizer=tokenizer)
+        prepared = prepare_streamed_corpus(source, train_config.tokenizer, train_config.val_fraction,
+                                           train_config.vocab_size, tokenizer=tokenizer,
+                                           cache_dir=cache_dir, on_progress=progress)
+        progress.close()
         return _train_until_stopped(console, prepared, model_config, train_config, run_dir,
-                                    resume_state, source.source)
+                                    resume_state, source.corpus.source, world)
     finally:
+        progress.close()
         run_dir.unlock()
 
 
-def _plan_resume(run_dir: RunDir, source, model_options: dict[str, Any], train_options: dict[str, Any],
-                 given: set[str]):
+def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: dict[str, Any],
+                 train_options: dict[str, Any], given: set[str], world: World, scan):
     """Load the saved state, check the command line agrees with it, and return what training needs."""
     from .checkpoint import load_training_state
-    from .data import read_corpus
     from .errors import CharrnnError, CheckpointError
     from .tokenizers import tokenizer_from_dict
     from .training import check_resume_compatible
 
     state = load_training_state(run_dir.state)
+    check_resume_world_size(state, world)
     try:
         saved_train = TrainConfig.from_dict(json.loads(state["train_config"])).validate()
         saved_model = ModelConfig.from_dict(json.loads(state["model_config"])).validate()
@@ -167,7 +212,7 @@ def _plan_resume(run_dir: RunDir, source, model_options: dict[str, Any], train_o
         if state["corpus_source"] == "-":
             raise UsageProblem("this run read its corpus from standard input: pipe it in again with "
                                f"charrnn train - --resume --out {shlex.quote(str(run_dir.path))}")
-        source = read_corpus(state["corpus_source"])
+        source = scan(state["corpus_source"])
     check_resume_compatible(state, source.fingerprint, given_model)
     train_config = TrainConfig.from_dict(
         {**saved_train.to_dict(), **{k: v for k, v in train_options.items() if k in given}}).validate()
@@ -175,31 +220,54 @@ def _plan_resume(run_dir: RunDir, source, model_options: dict[str, Any], train_o
 
 
 def _train_until_stopped(console, prepared, model_config: ModelConfig, train_config: TrainConfig,
-                         run_dir: RunDir, resume_state, corpus_source: str) -> int:
+                         run_dir: RunDir, resume_state, corpus_source: str, world: World) -> int:
     """Run the trainer with the signal handlers in place; report how it ended."""
+    from .hardware import resolve_device
     from .training import Trainer
 
-    display = TrainingDisplay(console)
+    display = TrainingDisplay(console) if world.is_writer else None
     stop = StopRequest(console)
     stop.install()
+    # torchrun sends SIGTERM to the survivors of a failed worker: never hang in a collective then.
+    watchdog = TerminationWatchdog() if world.is_distributed else None
+    if watchdog is not None:
+        watchdog.install()
     try:
-        trainer = Trainer(prepared, model_config, train_config, run_dir, on_event=display,
-                          should_stop=stop, resume_state=resume_state)
-        finished = trainer.run()
+        trainer = Trainer(prepared, model_config, train_config, run_dir,
+                          on_event=display if display is not None else _ignore_event,
+                          should_stop=stop, resume_state=resume_state, world=world)
+        with world.process_group(world.device_for(resolve_device(train_config.device))):
+            finished = trainer.run()
     except KeyboardInterrupt:
         # A second Ctrl-C: whatever was being written is abandoned, the previous files are whole.
-        display.close()
+        if display is not None:
+            display.close()
         saved = (f"the last complete checkpoint in {run_dir.path} is intact; resume with: "
-                 f"{resume_hint(run_dir, corpus_source)}" if run_dir.state.exists()
+                 f"{resume_hint(run_dir, corpus_source, world)}" if run_dir.state.exists()
                  else "nothing had been saved yet")
         console.print(f"Error: stopped at once: {saved}", markup=False, highlight=False)
         return EXIT_CODE_FOR_SIGNAL[signal.SIGINT]
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+        if watchdog is not None:
+            watchdog.uninstall()
         stop.uninstall()
     if finished.reason == "interrupted":
         console.print(f"interrupted at step {finished.step}, saved in {run_dir.path}; resume with: "
-                      f"{resume_hint(run_dir, corpus_source)}", markup=False, highlight=False)
+                      f"{resume_hint(run_dir, corpus_source, world)}", markup=False, highlight=False)
         return EXIT_CODE_FOR_SIGNAL.get(stop.signal_number, 130)
     console.print(finished_message(finished), markup=False, highlight=False)
     return 0
+
+
+def _ignore_event(event: object) -> None:
+    """The progress display of ranks other than 0: they train silently."""
+
+
+def _is_restart() -> bool:
+    """True when torchrun has restarted the workers after a failure (TORCHELASTIC_RESTART_COUNT > 0)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False

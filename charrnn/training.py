@@ -24,6 +24,7 @@ from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
 from .data import IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size
+from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
 from .model import CharRNN, State, count_parameters, detach_state
@@ -87,14 +88,21 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 
 
 def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
-             autocast: Callable[[], Any] = contextlib.nullcontext) -> EvaluationResult:
-    """Loss over every token of `tokens` after the first, in nats per token and bits per character."""
+             autocast: Callable[[], Any] = contextlib.nullcontext,
+             world: World = World()) -> EvaluationResult:
+    """Loss over every token of `tokens` after the first, in nats per token and bits per character.
+
+    In a distributed run each rank evaluates its share of the streams and the
+    sums are added up, so every rank gets the figure of the whole split.
+    """
     started = time.perf_counter()
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
+    # Large vocabularies: shorter windows, so one window's logits stay a bounded size.
     window_len = max(1, min(EVAL_WINDOW, EVAL_MAX_LOGITS // (EVAL_STREAMS * model.config.vocab_size)))
-    windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP)
+    windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP,
+                                rank=world.rank, world_size=world.world_size)
     try:
         with torch.inference_mode(), autocast():
             state: Optional[State] = None
@@ -102,10 +110,10 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
                 inputs_t = torch.from_numpy(inputs).to(device)
                 targets_t = torch.from_numpy(targets).to(device)
                 logits, state = model(inputs_t, state)
-                if index < windows.warmup_windows:
-                    if index == windows.warmup_windows - 1:
-                        # Stream 0 starts the text: it must start from a blank state, not from padding.
-                        state = _zero_stream(state, 0)
+                if index == 0 and windows.first_is_warmup:
+                    # Stream 0 starts the text: it must start from a blank state, not from padding.
+                    if windows.cold_row is not None:
+                        state = _zero_stream(state, windows.cold_row)
                     continue
                 total_nats += float(F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1),
@@ -113,6 +121,7 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
                 total_tokens += int((targets_t != IGNORE_TARGET).sum())
     finally:
         model.train(was_training)
+    total_nats, total_tokens = world.sum(total_nats, total_tokens)
     return EvaluationResult(
         loss=total_nats / max(1, total_tokens),
         bits_per_char=total_nats / math.log(2) / max(1, num_chars),
@@ -149,7 +158,7 @@ class Trainer:
     def __init__(self, corpus: PreparedCorpus, model_config: ModelConfig, train_config: TrainConfig,
                  run_dir: RunDir, on_event: Callable[[object], None] = lambda event: None,
                  should_stop: Callable[[], bool] = lambda: False,
-                 resume_state: Optional[dict[str, Any]] = None) -> None:
+                 resume_state: Optional[dict[str, Any]] = None, world: World = World()) -> None:
         self.corpus = corpus
         self.train_config = train_config.validate()
         self.model_config = model_config
@@ -159,24 +168,31 @@ class Trainer:
         self.on_event = on_event
         self.should_stop = should_stop
         self.resume_state = resume_state
+        # Distributed runs: this process's rank; only the writer (rank 0) writes files.
+        self.world = world
+        self._agreed_elapsed: Optional[float] = None
 
     # -- set-up -------------------------------------------------------------------------
 
     def _setup(self) -> None:
         config = self.train_config
-        self.device = resolve_device(config.device)
+        self.device = self.world.device_for(resolve_device(config.device))
         self.threads = configure_threads(config.threads)
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
+        if self.world.is_distributed:
+            torch.manual_seed(config.seed + self.world.rank)   # each rank its own dropout masks
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        self.batch_size = fit_batch_size(len(self.corpus.train_tokens), config.batch_size, config.seq_len)
+        self.batch_size = fit_batch_size(len(self.corpus.train_tokens), config.batch_size, config.seq_len,
+                                         self.world.world_size)
         if self.batch_size < config.batch_size:
             self.on_event(events.Notice(
                 f"the corpus is small: --batch-size lowered from {config.batch_size} to "
                 f"{self.batch_size} so every stream holds a whole window"))
-        self.stream = BatchStream(self.corpus.train_tokens, self.batch_size, config.seq_len)
+        self.stream = BatchStream(self.corpus.train_tokens, self.batch_size, config.seq_len,
+                                  self.world.rank, self.world.world_size)
         self.chars_per_token = self.corpus.train_chars / max(1, len(self.corpus.train_tokens))
         self.step = 0
         self.elapsed_before = 0.0
@@ -193,6 +209,8 @@ class Trainer:
             # Records after the saved step belong to work that was lost: it will be redone.
             self.run_dir.forget_metrics_after(self.step)
         self._current_lr = learning_rate(config, self.step, 0.0)
+        # What the training step runs: the model itself, or its DDP wrapper (which averages gradients).
+        self.train_model = wrap_model(self.model, self.world, self.device)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -204,8 +222,11 @@ class Trainer:
             saved_batch_size = int(state.get("batch_size", self.batch_size))
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.hidden = _state_from_list(state["hidden"], self.device)
-            torch.set_rng_state(state["torch_rng"])
+            self.hidden = _state_from_list(self._own_streams(state["hidden"]), self.device)
+            rng_by_rank = state.get("torch_rng_by_rank")
+            # clone(): a row of the saved matrix is a view with an offset, which set_rng_state misreads.
+            torch.set_rng_state(rng_by_rank[self.world.rank].clone() if rng_by_rank is not None
+                                else state["torch_rng"])
             if self.device.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"])
             if self.device.type == "mps" and state.get("mps_rng") is not None:
@@ -219,7 +240,7 @@ class Trainer:
             self.skipped_steps = int(state.get("skipped_steps", 0))
             self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
             self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
             raise CheckpointError(
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})") from None
         if saved_batch_size != self.batch_size:
@@ -227,8 +248,18 @@ class Trainer:
                 f"cannot resume: the run trained {saved_batch_size} streams side by side, "
                 f"this one would train {self.batch_size} (keep --batch-size and --seq-len)")
 
+    def _own_streams(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Saved states hold every rank's streams side by side (batch dim 1); keep this rank's.
+        first = self.world.rank * self.batch_size
+        return [part[:, first:first + self.batch_size] for part in parts]
+
     def training_state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly from the current step (plain types and tensors only)."""
+        """Everything needed to continue exactly from the current step (plain types and tensors only).
+
+        In a distributed run every rank must call this (it gathers the ranks' hidden
+        states and random generators); rank 0 saves the result.
+        """
+        world = self.world
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -251,8 +282,11 @@ class Trainer:
             "interval": asdict(self.interval),
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "hidden": _state_to_list(self.hidden),
+            "hidden": [world.gather_along(part, 1) for part in _state_to_list(self.hidden)],
             "torch_rng": torch.get_rng_state(),
+            "torch_rng_by_rank": world.gather_along(torch.get_rng_state()[None], 0)
+            if world.is_distributed else None,
+            "world_size": world.world_size,
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             "mps_rng": torch.mps.get_rng_state() if self.device.type == "mps" else None,
         }
@@ -261,6 +295,11 @@ class Trainer:
 
     def elapsed(self) -> float:
         """Training wall-clock seconds, including those of earlier sessions of a resumed run."""
+        if self._agreed_elapsed is not None:
+            return self._agreed_elapsed   # distributed: one clock for all ranks (same lr, same stop)
+        return self._local_elapsed()
+
+    def _local_elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self._started)
 
     def progress(self) -> float:
@@ -285,7 +324,8 @@ class Trainer:
             chars_per_token=self.chars_per_token, train_tokens=len(self.corpus.train_tokens),
             val_tokens=len(self.corpus.val_tokens), batch_size=self.batch_size, seq_len=config.seq_len,
             device=str(self.device), precision=self.precision, threads=self.threads,
-            start_step=self.step, max_steps=config.max_steps, budget_seconds=budget))
+            start_step=self.step, max_steps=config.max_steps, budget_seconds=budget,
+            processes=self.world.world_size))
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         last_eval_seconds: Optional[float] = None
         reason = "done"
@@ -294,15 +334,21 @@ class Trainer:
             if config.max_steps is not None and self.step >= config.max_steps:
                 reason = "done"
                 break
+            time_up = False
             if budget is not None:
                 # Stop early enough that the final evaluation and save also fit in the budget.
                 # (An evaluation's cost includes its preview and checkpoint saves; add one step.)
                 reserve = 1.2 * (last_eval_seconds if last_eval_seconds is not None
                                  else self._guess_eval_seconds()) + self._last_step_seconds
-                if self.elapsed() + reserve >= budget:
-                    reason = "time"
-                    break
-            if self.should_stop():
+                time_up = self.elapsed() + reserve >= budget
+            stop_requested = self.should_stop()
+            if self.world.is_distributed:
+                # All ranks must stop at the same step, or some would wait in a collective forever.
+                time_up, stop_requested = self._agree(time_up, stop_requested)
+            if time_up:
+                reason = "time"
+                break
+            if stop_requested:
                 reason = "interrupted"
                 break
             if (config.early_stop is not None
@@ -358,7 +404,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self._current_lr
         with self._autocast():
-            logits, hidden = self.model(inputs_t, self.hidden)
+            logits, hidden = self.train_model(inputs_t, self.hidden)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -383,12 +429,18 @@ class Trainer:
             return True
         return False
 
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Share the clock and the stop flags: every rank gets the maximum over all ranks."""
+        agreed = self.world.agree(self._local_elapsed(), *(float(flag) for flag in flags))
+        self._agreed_elapsed = agreed[0]
+        return [value > 0 for value in agreed[1:]]
+
     # -- speed bookkeeping ----------------------------------------------------------------
 
     chars_per_second = 0.0
 
     def _record_speed(self, step_seconds: float) -> None:
-        chars = self.batch_size * self.train_config.seq_len * self.chars_per_token
+        chars = self.batch_size * self.world.world_size * self.train_config.seq_len * self.chars_per_token
         current = chars / max(step_seconds, 1e-9)
         # An exponential average: steady enough to read, quick to follow a change.
         self.chars_per_second = current if not self.chars_per_second else (
@@ -409,18 +461,28 @@ class Trainer:
         """Evaluate, log, checkpoint and report; return the seconds all of that took."""
         started = time.perf_counter()
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
-        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device)
+        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device,
+                          world=self.world)
+        train_loss = self.interval.mean_loss()
+        if self.world.is_distributed:
+            self._agree()                                     # the clock moved on during evaluation
+            train_loss = self.world.sum(train_loss)[0] / self.world.world_size
         is_best = result.loss < self.best_val_loss
         if is_best:
             self.best_val_loss, self.best_val_bpc = result.loss, result.bits_per_char
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
+        if not self.world.is_writer:
+            self.interval = IntervalStats()
+            self.last_eval_step = self.step
+            self._save(is_best, {})                           # takes part in gathering the state
+            return time.perf_counter() - started
         preview = self._preview()
-        train_loss = self.interval.mean_loss()
         record = {
             "step": self.step, "elapsed": round(self.elapsed(), 3),
-            "chars_seen": int(self.step * self.batch_size * self.train_config.seq_len * self.chars_per_token),
+            "chars_seen": int(self.step * self.batch_size * self.world.world_size
+                              * self.train_config.seq_len * self.chars_per_token),
             "train_loss": train_loss, "val_loss": result.loss, "val_bpc": result.bits_per_char,
             "chars_per_second": round(self.chars_per_second, 1), "eval_seconds": round(result.seconds, 3),
             "learning_rate": self._current_lr,
@@ -453,6 +515,9 @@ class Trainer:
             raise TrainingDiverged(
                 f"the weights became non-finite at step {self.step}; nothing was saved over "
                 f"the last good checkpoint in {self.run_dir.path}")
+        state = self.training_state()   # before the early return: gathering it involves every rank
+        if not self.world.is_writer:
+            return
         info = {"step": self.step, "corpus": self.corpus.name,
                 "best_val_loss": self.best_val_loss, "best_val_bpc": self.best_val_bpc,
                 "elapsed": round(self.elapsed(), 1),
@@ -465,7 +530,7 @@ class Trainer:
             save_weights(self.run_dir.step_weights(self.step), self.model, tokenizer, info)
             self.run_dir.prune_step_weights(self.train_config.keep)
         # The state goes last: a resume never starts from weights newer than its state.
-        save_training_state(self.run_dir.state, self.training_state())
+        save_training_state(self.run_dir.state, state)
 
 
 def check_resume_compatible(state: dict[str, Any], corpus_fingerprint: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 # Tests must not fight over the two cores: one thread for torch here and in every subprocess.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
+# Token files go to a private folder, never to the user's ~/.cache.
+os.environ.setdefault("CHARRNN_CACHE_DIR", tempfile.mkdtemp(prefix="charrnn-test-cache-"))
 
 import torch  # noqa: E402
 

@@ -1,0 +1,248 @@
+"""Training across processes and machines with PyTorch's own engine (DistributedDataParallel).
+
+`torchrun` starts one process per worker and tells each who it is through
+environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, ...).
+`World.from_env()` reads them; without them charrnn runs as one process and
+nothing here does anything. The trainer asks this module for the few
+collective operations it needs, so the training loop reads the same in both cases:
+
+- the process group (gloo on CPU, nccl on CUDA) with a timeout, so a lost peer
+  ends the job with an error instead of hanging it;
+- `agree`: every rank takes the same stop decision at the same step (a rank that
+  stopped alone would leave the others waiting in a collective forever);
+- sums for evaluation, and gathers of per-rank state for the checkpoint.
+
+The engine has no authentication: run it on trusted networks only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from .errors import CharrnnError
+
+DEFAULT_TIMEOUT_SECONDS = 600.0
+# After SIGTERM, how long a worker may take to stop and save before it exits anyway.
+# torchrun kills the survivors of a failed worker with SIGKILL 30 s after its SIGTERM.
+TERMINATION_GRACE_SECONDS = 20.0
+
+
+class DistributedError(CharrnnError):
+    """Another process of a distributed run failed, or the process group could not form."""
+
+
+@dataclass(frozen=True)
+class World:
+    """Who this process is among the processes of one training run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Only rank 0 writes files, metrics and the progress display."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, environ: Optional[dict[str, str]] = None) -> "World":
+        """The world torchrun describes in the environment, or a world of one."""
+        env = os.environ if environ is None else environ
+        if "RANK" not in env or "WORLD_SIZE" not in env:
+            return cls()
+        try:
+            world = cls(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")),
+                        world_size=int(env["WORLD_SIZE"]))
+        except ValueError:
+            raise DistributedError("RANK, LOCAL_RANK and WORLD_SIZE must be integers "
+                                   "(they are set by torchrun)") from None
+        if world.world_size < 1 or not 0 <= world.rank < world.world_size:
+            raise DistributedError(f"RANK {world.rank} is outside WORLD_SIZE {world.world_size}")
+        return world
+
+    # -- the process group ---------------------------------------------------------------
+
+    def device_for(self, device: torch.device) -> torch.device:
+        """The device this rank trains on: its own GPU (LOCAL_RANK) on a multi-GPU machine."""
+        if self.is_distributed and device.type == "cuda":
+            return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
+        return device
+
+    @contextlib.contextmanager
+    def process_group(self, device: torch.device) -> Iterator[None]:
+        """Join the process group (gloo on CPU, nccl on CUDA) for the duration of the block."""
+        if not self.is_distributed:
+            yield
+            return
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        seconds = float(os.environ.get("CHARRNN_DIST_TIMEOUT", DEFAULT_TIMEOUT_SECONDS))
+        timeout = datetime.timedelta(seconds=seconds)
+        try:
+            store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            # torchrun keeps one key-value store across restarts: without a prefix per attempt,
+            # a restarted worker would read the dead workers' addresses and fail to connect.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"charrnn/attempt-{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                    timeout=timeout)
+        except (RuntimeError, ValueError) as error:
+            raise DistributedError(f"cannot join the distributed run: {_first_line(error)}") from None
+        try:
+            yield
+        except RuntimeError as error:
+            if not _is_communication_error(error):
+                raise
+            raise DistributedError(
+                f"lost contact with another training process: {_first_line(error)}") from None
+        finally:
+            try:
+                dist.destroy_process_group()
+            except Exception:  # tearing down after a failure must not hide the failure
+                pass
+
+    # -- collectives ---------------------------------------------------------------------
+
+    def agree(self, *flags: float) -> list[float]:
+        """Every rank gets the maximum of each value over all ranks (one small all-reduce)."""
+        if not self.is_distributed:
+            return list(flags)
+        import torch.distributed as dist
+
+        values = torch.tensor(flags, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values.tolist()
+
+    def sum(self, *values: float) -> list[float]:
+        """Every rank gets the sum of each value over all ranks."""
+        if not self.is_distributed:
+            return list(values)
+        import torch.distributed as dist
+
+        totals = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        return totals.tolist()
+
+    def gather_along(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """The ranks' tensors (same shape) concatenated along `dim`, in rank order, on every rank."""
+        if not self.is_distributed:
+            return tensor
+        import torch.distributed as dist
+
+        device = self._collective_device()
+        local = tensor.detach().to(device).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        return torch.cat(parts, dim=dim).cpu()
+
+    def _collective_device(self) -> torch.device:
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def check_resume_world_size(state: dict, world: World) -> None:
+    """Refuse, in one line, to resume a run with another number of processes.
+
+    Each process owns a fixed block of the data streams and its own hidden state;
+    with another count the streams would be cut differently and the state would
+    not map onto them.
+    """
+    saved = int(state.get("world_size", 1))
+    if saved != world.world_size:
+        def processes(count: int) -> str:
+            return "1 process" if count == 1 else f"{count} processes"
+        raise DistributedError(
+            f"cannot resume: this run was trained with {processes(saved)} but this launch has "
+            f"{processes(world.world_size)}; resume it with the same number "
+            f"({'torchrun --nproc-per-node ... with ' + str(saved) + ' in total' if saved > 1 else 'without torchrun'})")
+
+
+def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """The model DistributedDataParallel-wrapped for training (the model itself when alone)."""
+    if not world.is_distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    # DDP copies rank 0's weights to every rank here, so all start identical.
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+class TerminationWatchdog:
+    """Makes sure a worker told to stop (SIGTERM) exits within a grace period.
+
+    torchrun sends SIGTERM to the survivors when a worker dies. A survivor may be
+    blocked inside a collective with the dead peer, where Python signal handlers
+    cannot run; Python's C-level handler still writes the signal number to the
+    wakeup fd at once, and this thread, reading that fd, ends the process if the
+    orderly stop has not happened in `grace` seconds. The last checkpoint is intact.
+    """
+
+    def __init__(self, grace: float = TERMINATION_GRACE_SECONDS) -> None:
+        self.grace = grace
+        self._reader: Optional[socket.socket] = None
+        self._writer: Optional[socket.socket] = None
+        self._previous_fd = -1
+
+    def install(self) -> None:
+        """Start watching (call from the main thread, after the signal handlers are installed)."""
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="charrnn-sigterm-watchdog", daemon=True).start()
+
+    def uninstall(self) -> None:
+        """Stop watching."""
+        if self._writer is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            self._writer.close()
+            self._writer = None
+
+    def _watch(self) -> None:
+        assert self._reader is not None
+        while True:
+            try:
+                data = self._reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                timer = threading.Timer(self.grace, os._exit, args=(128 + signal.SIGTERM,))
+                timer.daemon = True
+                timer.start()
+                return
+
+
+def _is_communication_error(error: RuntimeError) -> bool:
+    """True for the errors a collective raises when a peer died or the network failed."""
+    import torch.distributed as dist
+
+    if isinstance(error, (dist.DistError, dist.DistBackendError)):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "peer"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
