@@ -88,7 +88,6 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 
 
 def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
-             autocast: Callable[[], Any] = contextlib.nullcontext,
              world: World = World()) -> EvaluationResult:
     """Loss over every token of `tokens` after the first, in nats per token and bits per character.
 
@@ -104,7 +103,7 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
     windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP,
                                 rank=world.rank, world_size=world.world_size)
     try:
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode():
             state: Optional[State] = None
             for index, (inputs, targets) in enumerate(windows):
                 inputs_t = torch.from_numpy(inputs).to(device)
