@@ -88,7 +88,11 @@ class RecurrentStepper:
                 self.inputs[layer][:, :hidden] = hidden_all[layer - 1]
         if self.kind == "lstm":
             self.cells = [state[1][layer].float().clone() for layer in range(self.num_layers)]  # type: ignore[index]
+            # Preallocated results and their views: a step then allocates nothing and slices nothing.
+            self._gates = [torch.empty(batch, 4 * hidden) for _ in range(self.num_layers)]
+            self._cell_tanh = torch.empty(batch, hidden)
         self.top_hidden = self.inputs[-1][:, hidden:]
+        self._logits = torch.empty(batch, self.head_weight_t.shape[1])
 
     def state(self) -> State:
         """The current state in the fused layers' layout."""
@@ -98,7 +102,12 @@ class RecurrentStepper:
         return hidden.clone()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Read one token per stream (int64, shape (batch,)); return the next-token logits (batch, vocab)."""
+        """Read one token per stream (int64, shape (batch,)); return the next-token logits (batch, vocab).
+
+        The logits live in a buffer the next step overwrites: use them before stepping again.
+        """
+        if self.kind == "lstm":
+            return self._lstm_step(tokens)
         hidden = self.hidden_size
         for layer in range(self.num_layers):
             buffer = self.inputs[layer]
@@ -111,13 +120,7 @@ class RecurrentStepper:
                 projected = torch.addmm(self.biases[layer], buffer, self.stacked_weights_t[layer])
             else:
                 projected = torch.addmm(self.biases[layer], buffer[:, :hidden], self.input_weights_t[layer])
-            if self.kind == "lstm":
-                gates = torch.sigmoid(projected[:, : 3 * hidden])
-                candidate = torch.tanh(projected[:, 3 * hidden:])
-                cell = self.cells[layer]
-                cell.mul_(gates[:, hidden: 2 * hidden]).addcmul_(gates[:, :hidden], candidate)
-                new_state = gates[:, 2 * hidden:].mul_(torch.tanh(cell))
-            elif self.kind == "gru":
+            if self.kind == "gru":
                 from_state = torch.addmm(self.hidden_biases[layer], state, self.hidden_weights_t[layer])
                 reset_update = torch.sigmoid(projected[:, : 2 * hidden] + from_state[:, : 2 * hidden])
                 candidate = torch.tanh(projected[:, 2 * hidden:].addcmul_(reset_update[:, :hidden],
@@ -128,7 +131,28 @@ class RecurrentStepper:
             state.copy_(new_state)
             if layer + 1 < self.num_layers:
                 self.inputs[layer + 1][:, :hidden] = new_state
-        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t)
+        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t, out=self._logits)
+
+    def _lstm_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        # The LSTM is the default cell, so it gets a path with every result written in place:
+        # at batch 1 the per-call overhead is as large as the arithmetic.
+        hidden = self.hidden_size
+        for layer in range(self.num_layers):
+            buffer, gates, cell = self.inputs[layer], self._gates[layer], self.cells[layer]
+            state = buffer[:, hidden:]
+            if layer == 0:
+                torch.index_select(self.first_layer_table, 0, tokens, out=gates)
+                gates.addmm_(state, self.hidden_weights_t[0])
+            else:
+                torch.addmm(self.biases[layer], buffer, self.stacked_weights_t[layer], out=gates)
+            gates[:, : 3 * hidden].sigmoid_()                   # input, forget, output gates
+            candidate = gates[:, 3 * hidden:].tanh_()
+            cell.mul_(gates[:, hidden: 2 * hidden]).addcmul_(gates[:, :hidden], candidate)
+            torch.tanh(cell, out=self._cell_tanh)
+            torch.mul(gates[:, 2 * hidden: 3 * hidden], self._cell_tanh, out=state)
+            if layer + 1 < self.num_layers:
+                self.inputs[layer + 1][:, :hidden] = state
+        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t, out=self._logits)
 
 
 def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
