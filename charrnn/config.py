@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import ConfigError
@@ -206,11 +206,3 @@ class SampleConfig(_JsonDataclass):
         if self.seed is not None:
             _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         return self
-
-
-@dataclass
-class RunSettings:
-    """Everything `train` needs besides the corpus: grouped for passing around."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 
@@ -48,9 +48,10 @@ def _decode_utf8(raw: bytes, where: str) -> str:
     return text[1:] if text.startswith("\ufeff") else text  # drop a byte-order mark
 
 
-def _read_bytes(path: Path) -> bytes:
+def open_corpus_file(path: Path) -> BinaryIO:
+    """Open a corpus file for reading bytes, or raise one clear `CorpusError`."""
     try:
-        return path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise CorpusError(f"corpus not found: {path}") from None
     except PermissionError:
@@ -59,6 +60,11 @@ def _read_bytes(path: Path) -> bytes:
         raise CorpusError(f"cannot read {path}: it is a directory") from None
     except OSError as error:
         raise CorpusError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open_corpus_file(path) as handle:
+        return handle.read()
 
 
 def read_corpus(source: str) -> Corpus:

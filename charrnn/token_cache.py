@@ -38,7 +38,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import numpy as np
 
 from .atomic import atomic_write_bytes, temp_path_for
-from .data import PreparedCorpus
+from .data import PreparedCorpus, open_corpus_file
 from .errors import CharrnnError, CorpusError
 from .events import CorpusProgress
 from .tokenizers import CharTokenizer, Tokenizer, fit_tokenizer, token_dtype
@@ -113,19 +113,6 @@ def spool_stream(stream: BinaryIO, folder: Path) -> Path:
     return Path(name)
 
 
-def _open(path: Path) -> BinaryIO:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise CorpusError(f"corpus not found: {path}") from None
-    except PermissionError:
-        raise CorpusError(f"cannot read {path}: permission denied") from None
-    except IsADirectoryError:
-        raise CorpusError(f"cannot read {path}: it is a directory") from None
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror or error}") from None
-
-
 def _complete_length(data: bytes) -> int:
     """Length of the prefix of `data` that does not end inside a UTF-8 sequence."""
     for back in range(1, min(4, len(data)) + 1):
@@ -154,7 +141,7 @@ def iter_text_chunks(corpus: CorpusFiles, chunk_bytes: int = CHUNK_BYTES,
     UTF-8 raises `CorpusError` naming the file, byte offset and line.
     """
     for path in corpus.files:
-        with _open(path) as handle:
+        with open_corpus_file(path) as handle:
             pending = b""
             offset = 0          # file offset of pending[0]
             lines_before = 0    # newlines before pending[0]
