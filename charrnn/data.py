@@ -131,6 +131,14 @@ def prepare_corpus(corpus: Corpus, tokenizer_kind: str, val_fraction: float,
     )
 
 
+PRIOR_SAMPLE_TOKENS = 1 << 24
+
+
+def token_counts(tokens: np.ndarray, vocab_size: int, limit: int = PRIOR_SAMPLE_TOKENS) -> np.ndarray:
+    """How often each id occurs in the first `limit` tokens (enough for a prior; bounded memory)."""
+    return np.bincount(np.asarray(tokens[:limit], dtype=np.int64), minlength=vocab_size)[:vocab_size]
+
+
 def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int, world_size: int = 1) -> int:
     """The largest batch (per process) <= `batch_size` that gives every stream one whole window.
 

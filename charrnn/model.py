@@ -42,6 +42,18 @@ class CharRNN(nn.Module):
         self.output_dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
+    def set_output_prior(self, token_counts: torch.Tensor) -> None:
+        """Start the output bias at the log of each token's training frequency (add-one smoothed).
+
+        Then the first step already predicts the unigram distribution, instead of
+        spending hundreds of Adam steps (each moves a weight by about the learning
+        rate) pushing down the logits of tokens that never occur: the byte
+        tokeniser has 256 outputs, most of them unused in a given corpus.
+        """
+        counts = token_counts.to(self.head.bias.dtype) + 1.0
+        with torch.no_grad():
+            self.head.bias.copy_(torch.log(counts / counts.sum()).to(self.head.bias.device))
+
     def initial_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
         """The all-zero state a stream starts from."""
         device = device or self.head.weight.device

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
-from .data import IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size
+from .data import (IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size,
+                   token_counts)
 from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
@@ -180,6 +181,9 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
+        # Same counts on every rank (the same prefix of the same file): the replicas start equal.
+        self.model.set_output_prior(torch.from_numpy(
+            token_counts(self.corpus.train_tokens, self.model_config.vocab_size)))
         if self.world.is_distributed:
             torch.manual_seed(config.seed + self.world.rank)   # each rank its own dropout masks
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,

@@ -80,3 +80,21 @@ def test_training_output_never_reaches_stdout(in_tmp, pattern_corpus):
     assert (in_tmp / "runs" / "pattern" / "best.safetensors").is_file()
     metrics = (in_tmp / "runs" / "pattern" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2
+
+
+def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tmp_path):
+    text = "abracadabra, said the cat.\n" * 60
+    losses = {}
+    for kind in ("char", "byte"):
+        corpus = prepare_corpus(Corpus(text, "p", "p"), kind, 0.1)
+        trainer = Trainer(corpus, ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0),
+                          TrainConfig(seq_len=16, batch_size=4, max_steps=1, eval_every=100, threads=1,
+                                      precision="fp32"), RunDir(tmp_path / kind))
+        trainer._setup()
+        probabilities = torch.softmax(trainer.model.head.bias.detach(), dim=0)
+        counts = np.bincount(corpus.train_tokens, minlength=corpus.tokenizer.vocab_size) + 1.0
+        torch.testing.assert_close(probabilities, torch.from_numpy(counts / counts.sum()).float())
+        from charrnn.training import evaluate
+        losses[kind] = evaluate(trainer.model, corpus.val_tokens, corpus.val_chars, torch.device("cpu")).loss
+    # Untrained, both predict about the letter frequencies: 256 byte outputs do not start far behind 65.
+    assert abs(losses["byte"] - losses["char"]) < 0.25, losses
