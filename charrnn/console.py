@@ -187,7 +187,9 @@ class TrainingDisplay:
         line = (f"step {event.step} | val loss {event.val_loss:.4f} nats/token | "
                 f"{event.val_bpc:.4f} bits/char{' (best)' if event.is_best else ''} | "
                 f"train loss {_number(event.train_loss, 4)} | eval {event.eval_seconds:.1f}s")
-        preview = event.preview.strip("\n").replace("\n", " ⏎ ")[:160]
+        # One line of preview: never wider than the terminal (indent and "sample: " included).
+        width = max(20, min(160, self.console.width - 12)) if self.live else 160
+        preview = event.preview.strip("\n").replace("\n", " ⏎ ")[:width]
         if self._progress is not None:
             self._progress.update(self._task, val=_number(event.val_loss), bpc=_number(event.val_bpc))
             self._progress.console.print(line, markup=False, highlight=False)
