@@ -36,15 +36,19 @@ class Corpus:
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def describe_utf8_error(where: str, data: bytes, error: UnicodeDecodeError,
+                        offset: int = 0, lines_before: int = 0) -> str:
+    """`<where> is not valid UTF-8: byte 0x.. at offset N (line L)`, for a chunk that starts at `offset`."""
+    line = lines_before + data.count(b"\n", 0, error.start) + 1
+    bad = data[error.start:error.start + 1].hex()
+    return f"{where} is not valid UTF-8: byte 0x{bad} at offset {offset + error.start} (line {line})"
+
+
 def _decode_utf8(raw: bytes, where: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        bad = raw[error.start:error.start + 1].hex()
-        raise CorpusError(
-            f"{where} is not valid UTF-8: byte 0x{bad} at offset {error.start} (line {line})"
-        ) from None
+        raise CorpusError(describe_utf8_error(where, raw, error)) from None
     return text[1:] if text.startswith("\ufeff") else text  # drop a byte-order mark
 
 

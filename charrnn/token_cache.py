@@ -38,7 +38,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import numpy as np
 
 from .atomic import atomic_write_bytes, temp_path_for
-from .data import PreparedCorpus, open_corpus_file
+from .data import PreparedCorpus, describe_utf8_error, open_corpus_file
 from .errors import CharrnnError, CorpusError
 from .events import CorpusProgress
 from .tokenizers import CharTokenizer, Tokenizer, fit_tokenizer, token_dtype
@@ -167,11 +167,8 @@ def iter_text_chunks(corpus: CorpusFiles, chunk_bytes: int = CHUNK_BYTES,
                     try:
                         text = complete.decode("utf-8")
                     except UnicodeDecodeError as error:
-                        line = lines_before + complete.count(b"\n", 0, error.start) + 1
-                        bad = complete[error.start:error.start + 1].hex()
-                        raise CorpusError(
-                            f"{path} is not valid UTF-8: byte 0x{bad} at offset "
-                            f"{offset + error.start} (line {line})") from None
+                        raise CorpusError(describe_utf8_error(str(path), complete, error, offset,
+                                                              lines_before)) from None
                     yield text, complete
                     lines_before += complete.count(b"\n")
                     offset += len(complete)
