@@ -65,7 +65,13 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="charrnn")
+    try:
+        cli(prog_name="charrnn")
+    except SystemExit as exit_request:
+        if "RANK" in os.environ:          # started by torchrun: see distributed.end_worker_process
+            from .distributed import end_worker_process
+            end_worker_process(exit_request.code)
+        raise
 
 
 # -- train ------------------------------------------------------------------------------

@@ -169,3 +169,15 @@ def test_survivor_of_a_dead_worker_stops_promptly_with_one_error_line(corpus, tm
     assert "Error: lost contact with another training process" in stderr
     assert "[rank0]: Traceback" not in stderr and "RuntimeError" not in stderr
     assert (run / "state.pt").is_file() and (run / "best.safetensors").is_file()
+
+
+def test_a_worker_ends_with_its_exit_code_and_its_message_flushed(corpus, tmp_path):
+    # Workers skip the interpreter's shutdown (distributed.end_worker_process); the exit code
+    # and the one error line must come through all the same.
+    environment = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    result = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus)], cwd=tmp_path,
+                            env=environment, capture_output=True, timeout=60)
+    assert result.returncode == 2
+    assert error_lines(result.stderr.decode()) == [
+        "Error: under torchrun, pass --out RUN_DIR: every process and every restart must find the "
+        "same run directory"]
