@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -139,7 +140,9 @@ class RunDir:
             self._write_metrics(kept)
 
     def _write_metrics(self, records: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(record) + "\n" for record in records)
+        # Strict JSON, so that jq, pandas and browsers read it: a value that is not a finite
+        # number (the train loss of an interval whose every step was skipped) becomes null.
+        text = "".join(json.dumps(_finite_or_null(record), allow_nan=False) + "\n" for record in records)
         atomic_write_bytes(self.metrics, text.encode("utf-8"))
 
     def prune_step_weights(self, keep: int) -> None:
@@ -182,3 +185,8 @@ def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -
             f"no trained model under {runs_root}/: train one first, e.g. "
             "`charrnn train data/tinyshakespeare.txt`, or name a checkpoint")
     return max(candidates)[1]
+
+
+def _finite_or_null(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in record.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -189,3 +190,11 @@ def test_early_stop_after_n_evaluations_without_improvement(tmp_path):
 def test_early_stop_option_is_validated():
     result = run_cli("train", "x.txt", "--early-stop", "0")
     assert result.exit_code == 2 and error_lines(result.stderr) == ["Error: --early-stop must be >= 1, got 0"]
+
+
+def test_metrics_file_is_strict_json_even_when_a_figure_is_not_finite(tmp_path):
+    run_dir = RunDir(tmp_path)
+    run_dir.append_metrics({"step": 5, "train_loss": math.nan, "val_loss": 1.5})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl")) == {
+        "step": 5, "train_loss": None, "val_loss": 1.5}
