@@ -113,6 +113,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).")
 @click.option("--warmup-steps", type=int, default=_TRAIN_DEFAULTS.warmup_steps, show_default=True,
               help="Steps of linear learning-rate warm-up.")
+@click.option("--min-lr-fraction", type=float, default=_TRAIN_DEFAULTS.min_lr_fraction, show_default=True,
+              help="The cosine decay ends at --lr times this.")
 @click.option("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay, show_default=True,
               help="AdamW weight decay.")
 @click.option("--grad-clip", type=float, default=_TRAIN_DEFAULTS.grad_clip, show_default=True,
@@ -123,8 +125,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Wall-clock budget, evaluation included, e.g. 90s, 5m, 1h.")
 @click.option("--val-fraction", type=float, default=_TRAIN_DEFAULTS.val_fraction, show_default=True,
               help="The last fraction of the corpus, held out for validation.")
-@click.option("--eval-every", type=int, default=None, show_default="8 times per run",
+@click.option("--eval-every", type=int, default=None, show_default="8 times per run, at most 10% of the time",
               help="Steps between evaluations and checkpoints.")
+@click.option("--eval-tokens", type=int, default=_TRAIN_DEFAULTS.eval_tokens, show_default=True,
+              help="Validation tokens each evaluation covers: the first N of the split (0 = all). "
+                   "Keeps evaluation cheap on big corpora.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
               help="Run directory for checkpoints and metrics.")
 @click.option("--resume", is_flag=True, default=False,

@@ -137,6 +137,10 @@ class TrainingDisplay:
             + (f", resuming at step {event.start_step}" if event.start_step else ""),
             markup=False, highlight=False)
         self.console.print(f"run directory: {event.run_dir}", markup=False)
+        if event.eval_tokens < event.val_tokens:
+            self.console.print(
+                f"evaluating the first {event.eval_tokens:,} of the {event.val_tokens:,} validation "
+                f"{unit} each time (--eval-tokens; 0 = all)", markup=False, highlight=False)
         if self.live:
             self._progress = Progress(
                 TextColumn("step {task.fields[step]}"),

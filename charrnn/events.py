@@ -23,6 +23,7 @@ class TrainingStarted:
     chars_per_token: float
     train_tokens: int
     val_tokens: int
+    eval_tokens: int         # the first eval_tokens of the val split are evaluated
     batch_size: int
     seq_len: int
     device: str

@@ -64,7 +64,9 @@ def _default_run_dir(corpus_name: str) -> Path:
 
 # Train options that cannot change on resume: they fix the split, the tokens, the data
 # windows or the random streams, so a different value would not continue the same run.
-FIXED_ON_RESUME = ("val_fraction", "tokenizer", "vocab_size", "seq_len", "batch_size", "seed")
+# Changing these would change the data windows, the tokens or what "best" is measured on.
+FIXED_ON_RESUME = ("val_fraction", "eval_tokens", "tokenizer", "vocab_size", "seq_len", "batch_size",
+                   "seed")
 
 
 def _is_run_dir(path: str) -> bool:

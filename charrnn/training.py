@@ -26,6 +26,7 @@ from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
 from .data import (IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size,
                    token_counts)
 from .distributed import World, wrap_model
+from .token_cache import count_chars
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
 from .model import CharRNN, State, count_parameters, detach_state
@@ -40,6 +41,8 @@ EVAL_WARMUP = 64            # tokens of preceding context that warm up each eval
 # The result does not change (the state is carried from window to window), only the memory.
 EVAL_MAX_LOGITS = 1 << 25
 PREVIEW_CHARS = 200
+# With a time budget, evaluations are spaced so they take at most this share of it.
+MAX_EVAL_SHARE = 0.1
 MAX_BAD_STEPS_IN_A_ROW = 5
 
 
@@ -129,6 +132,19 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
     )
 
 
+def evaluation_split(corpus: PreparedCorpus, limit: int) -> tuple[np.ndarray, int]:
+    """The validation tokens each evaluation covers, and the characters behind their predictions.
+
+    The first `limit` tokens of the split (all of it when `limit` is 0 or the split is
+    shorter): always the same contiguous text, so every evaluation of a run, and every
+    run with the same limit on the same corpus, is measured on the same text.
+    """
+    if limit == 0 or len(corpus.val_tokens) <= limit:
+        return corpus.val_tokens, corpus.val_chars
+    tokens = corpus.val_tokens[:limit]
+    return tokens, count_chars(corpus.tokenizer, tokens[1:])
+
+
 def _zero_stream(state: State, stream: int) -> State:
     parts = state if isinstance(state, tuple) else (state,)
     cleared = []
@@ -197,6 +213,7 @@ class Trainer:
         self.stream = BatchStream(self.corpus.train_tokens, self.batch_size, config.seq_len,
                                   self.world.rank, self.world.world_size)
         self.chars_per_token = self.corpus.train_chars / max(1, len(self.corpus.train_tokens))
+        self.eval_tokens, self.eval_chars = evaluation_split(self.corpus, config.eval_tokens)
         self.step = 0
         self.elapsed_before = 0.0
         self.best_val_loss = math.inf
@@ -325,7 +342,7 @@ class Trainer:
             run_dir=self.run_dir.path, num_parameters=count_parameters(self.model),
             vocab_size=self.corpus.tokenizer.vocab_size, tokenizer=self.corpus.tokenizer.kind,
             chars_per_token=self.chars_per_token, train_tokens=len(self.corpus.train_tokens),
-            val_tokens=len(self.corpus.val_tokens), batch_size=self.batch_size, seq_len=config.seq_len,
+            val_tokens=len(self.corpus.val_tokens), eval_tokens=len(self.eval_tokens), batch_size=self.batch_size, seq_len=config.seq_len,
             device=str(self.device), precision=self.precision, threads=self.threads,
             start_step=self.step, max_steps=config.max_steps, budget_seconds=budget,
             processes=self.world.world_size))
@@ -428,7 +445,10 @@ class Trainer:
         if config.max_steps is not None:
             return self.step % max(1, config.max_steps // EVALS_PER_RUN) == 0
         if self.elapsed() >= self._next_timed_eval:
-            self._next_timed_eval = self.elapsed() + config.budget_seconds() / EVALS_PER_RUN
+            # About EVALS_PER_RUN evaluations, but spaced so that evaluating (measured on the
+            # shared clock, so every rank decides alike) stays within MAX_EVAL_SHARE of the time.
+            spacing = max(config.budget_seconds() / EVALS_PER_RUN, self._eval_clock_seconds / MAX_EVAL_SHARE)
+            self._next_timed_eval = self.elapsed() + spacing
             return True
         return False
 
@@ -454,18 +474,24 @@ class Trainer:
         if not self.chars_per_second:
             return 0.0
         tokens_per_second = self.chars_per_second / self.chars_per_token
-        return len(self.corpus.val_tokens) / (3.0 * tokens_per_second) + 1.0
+        return len(self.eval_tokens) / (3.0 * tokens_per_second) + 1.0
 
     # -- evaluation and checkpoints ---------------------------------------------------------
 
     _last_step_seconds = 0.0
+    _eval_clock_seconds = 0.0     # what the last evaluation cost, on the (shared) training clock
 
     def _evaluate_and_save(self) -> float:
         """Evaluate, log, checkpoint and report; return the seconds all of that took."""
+        clock_started = self.elapsed()
+        seconds = self._evaluate_save_and_report()
+        self._eval_clock_seconds = self.elapsed() - clock_started
+        return seconds
+
+    def _evaluate_save_and_report(self) -> float:
         started = time.perf_counter()
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
-        result = evaluate(self.model, self.corpus.val_tokens, self.corpus.val_chars, self.device,
-                          world=self.world)
+        result = evaluate(self.model, self.eval_tokens, self.eval_chars, self.device, world=self.world)
         train_loss = self.interval.mean_loss()
         if self.world.is_distributed:
             self._agree()                                     # the clock moved on during evaluation

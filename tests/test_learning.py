@@ -98,3 +98,25 @@ def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tm
         losses[kind] = evaluate(trainer.model, corpus.val_tokens, corpus.val_chars, torch.device("cpu")).loss
     # Untrained, both predict about the letter frequencies: 256 byte outputs do not start far behind 65.
     assert abs(losses["byte"] - losses["char"]) < 0.25, losses
+
+
+def test_timed_evaluations_are_spaced_to_take_a_small_share_of_the_budget(tmp_path, monkeypatch):
+    import time
+
+    import charrnn.training
+
+    real_evaluate = charrnn.training.evaluate
+
+    def slow_evaluate(*args, **kwargs):       # as if the validation split were large
+        time.sleep(0.4)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(charrnn.training, "evaluate", slow_evaluate)
+    corpus = prepare_corpus(Corpus(PATTERN * 40, "p", "p"), "char", 0.1)
+    trainer = Trainer(corpus, ModelConfig(hidden_size=16, embedding_size=8, num_layers=1),
+                      TrainConfig(seq_len=16, batch_size=4, max_time=4.0, threads=1, precision="fp32"),
+                      RunDir(tmp_path))
+    trainer.run()
+    # 8 evaluations of 0.4 s would be 80% of the 4 s: after the first, they come >= 4 s apart.
+    assert len(trainer.run_dir.read_metrics()) <= 3
+    assert trainer.step > 0

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,3 +130,24 @@ def test_bad_tokenizer_options_are_one_line_errors(mixed_corpus, tmp_path, args,
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
     assert not (tmp_path / "run" / "latest.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["char", "byte"])
+def test_eval_tokens_measures_the_first_tokens_of_the_split_in_honest_bits_per_char(
+        mixed_corpus, tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(charrnn.training, "EVAL_STREAMS", 1)
+    result = _train(mixed_corpus, tmp_path / "run", kind, "--val-fraction", "0.1", "--eval-tokens", "41")
+    assert "evaluating the first 41 of the" in result.stderr
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    loaded = load_weights(tmp_path / "run" / "latest.safetensors")
+
+    val_text = MIXED_CORPUS[int(len(MIXED_CORPUS) * (1.0 - 0.1)):]
+    ids = loaded.tokenizer.encode(val_text)[:41]
+    with torch.no_grad():
+        logits, _ = loaded.model(torch.tensor(ids[:-1], dtype=torch.long)[None])
+        total_nats = float(F.cross_entropy(logits[0], torch.tensor(ids[1:], dtype=torch.long),
+                                           reduction="sum"))
+    # Characters that start within the predicted tokens 1..40 (a byte counts at a character's first byte).
+    num_chars = int(loaded.tokenizer.char_counts(np.asarray(ids[1:])).sum())
+    assert last["val_loss"] == pytest.approx(total_nats / 40, rel=1e-5)
+    assert last["val_bpc"] == pytest.approx(total_nats / math.log(2) / num_chars, rel=1e-5)
