@@ -94,6 +94,17 @@ def read_corpus(source: str) -> Corpus:
     return Corpus(text=text, name=name, source=source)
 
 
+COUNT_CHUNK_TOKENS = 4 << 20
+
+
+def count_chars(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
+    """Characters behind `tokens`, counted a chunk at a time (bounded memory)."""
+    if tokenizer.kind == "char":
+        return len(tokens)
+    return sum(int(tokenizer.char_counts(np.asarray(tokens[start:start + COUNT_CHUNK_TOKENS])).sum())
+               for start in range(0, len(tokens), COUNT_CHUNK_TOKENS))
+
+
 @dataclass
 class PreparedCorpus:
     """A corpus encoded and split, ready for training and evaluation."""

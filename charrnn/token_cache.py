@@ -38,7 +38,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import numpy as np
 
 from .atomic import atomic_write_bytes, temp_path_for
-from .data import PreparedCorpus, describe_utf8_error, open_corpus_file
+from .data import COUNT_CHUNK_TOKENS, PreparedCorpus, count_chars, describe_utf8_error, open_corpus_file
 from .errors import CharrnnError, CorpusError
 from .events import CorpusProgress
 from .tokenizers import CharTokenizer, Tokenizer, fit_tokenizer, token_dtype
@@ -442,17 +442,6 @@ def cached_token_file(scan: CorpusScan, tokenizer: Tokenizer, cache_dir: Optiona
 
 
 # -- the split and the prepared corpus -------------------------------------------------------
-
-
-COUNT_CHUNK_TOKENS = 4 << 20
-
-
-def count_chars(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
-    """Characters behind `tokens`, counted a chunk at a time (bounded memory)."""
-    if tokenizer.kind == "char":
-        return len(tokens)
-    return sum(int(tokenizer.char_counts(np.asarray(tokens[start:start + COUNT_CHUNK_TOKENS])).sum())
-               for start in range(0, len(tokens), COUNT_CHUNK_TOKENS))
 
 
 def token_index_at_char(tokenizer: Tokenizer, tokens: np.ndarray, char_index: int) -> int:

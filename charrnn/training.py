@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
-from .data import (IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, fit_batch_size,
-                   token_counts)
+from .data import (IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, count_chars,
+                   fit_batch_size, token_counts)
 from .distributed import World, wrap_model
-from .token_cache import count_chars
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
 from .model import CharRNN, State, count_parameters, detach_state
