@@ -146,7 +146,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Random seed (same seed and --max-steps: same run).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=_TRAIN_DEFAULTS.device,
               show_default=True, help="Where to train; auto picks a GPU when there is one.")
-@click.option("--threads", type=int, default=None, show_default="physical cores",
+@click.option("--threads", type=int, default=None,
+              show_default="physical cores, shared among torchrun's processes; OMP_NUM_THREADS if set",
               help="CPU threads for torch.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=_TRAIN_DEFAULTS.precision,
               show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")

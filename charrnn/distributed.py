@@ -48,6 +48,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    local_world_size: int = 1     # processes of this run on this machine (they share its cores)
 
     @property
     def is_distributed(self) -> bool:
@@ -66,9 +67,10 @@ class World:
             return cls()
         try:
             world = cls(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")),
-                        world_size=int(env["WORLD_SIZE"]))
+                        world_size=int(env["WORLD_SIZE"]),
+                        local_world_size=max(1, int(env.get("LOCAL_WORLD_SIZE", "1"))))
         except ValueError:
-            raise DistributedError("RANK, LOCAL_RANK and WORLD_SIZE must be integers "
+            raise DistributedError("RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers "
                                    "(they are set by torchrun)") from None
         if world.world_size < 1 or not 0 <= world.rank < world.world_size:
             raise DistributedError(f"RANK {world.rank} is outside WORLD_SIZE {world.world_size}")

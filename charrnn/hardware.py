@@ -26,13 +26,29 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (default: physical cores) and return the number used.
+def default_threads(processes_on_this_machine: int = 1) -> int:
+    """Threads for one process: OMP_NUM_THREADS when set, else its share of the physical cores.
+
+    torchrun sets OMP_NUM_THREADS=1 for its workers unless the user set it; without it,
+    N processes on one machine each get cores // N, never more threads than cores in all.
+    """
+    try:
+        from_environment = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        from_environment = 0
+    if from_environment > 0:
+        return from_environment
+    return max(1, physical_cores() // max(1, processes_on_this_machine))
+
+
+def configure_threads(threads: int | None, processes_on_this_machine: int = 1) -> int:
+    """Set torch's intra-op threads (default: `default_threads`) and return the number used.
 
     More threads than physical cores, or a second thread pool fighting the
-    first, slows recurrent training badly; so inter-op work stays on one thread.
+    first, slows recurrent training badly (a 2-process run on 2 cores with 2
+    threads each ran at a fraction of its speed); so inter-op work stays on one thread.
     """
-    count = threads or physical_cores()
+    count = threads or default_threads(processes_on_this_machine)
     torch.set_num_threads(count)
     try:
         torch.set_num_interop_threads(1)

@@ -192,7 +192,7 @@ class Trainer:
     def _setup(self) -> None:
         config = self.train_config
         self.device = self.world.device_for(resolve_device(config.device))
-        self.threads = configure_threads(config.threads)
+        self.threads = configure_threads(config.threads, self.world.local_world_size)
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
