@@ -246,6 +246,7 @@ def end_worker_process(code: object) -> None:
     SIGABRT), which torchrun reports as a failed run. It happened in about 1 run in 10
     of a 2-process test on this machine. Every file of the run is complete and
     synced by now, so skipping the shutdown loses nothing: flush the output and exit.
+    (So `atexit` handlers do not run in torchrun workers: clean up before returning.)
     """
     try:
         if not World.from_env().is_distributed:
