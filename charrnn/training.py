@@ -259,6 +259,8 @@ class Trainer:
             self.skipped_steps = int(state.get("skipped_steps", 0))
             self.bad_steps_in_a_row = int(state.get("bad_steps_in_a_row", 0))
             self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+            self._eval_clock_seconds = float(state.get("eval_clock_seconds", 0.0))
+            self._last_step_seconds = float(state.get("step_seconds", 0.0))
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
             raise CheckpointError(
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})") from None
@@ -298,6 +300,9 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "bad_steps_in_a_row": self.bad_steps_in_a_row,
             "evals_without_improvement": self.evals_without_improvement,
+            # What an evaluation and a step cost: a resumed run keeps its budget's reserve for them.
+            "eval_clock_seconds": self._eval_clock_seconds,
+            "step_seconds": self._last_step_seconds,
             "interval": asdict(self.interval),
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -346,7 +351,8 @@ class Trainer:
             start_step=self.step, max_steps=config.max_steps, budget_seconds=budget,
             processes=self.world.world_size))
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        last_eval_seconds: Optional[float] = None
+        # Known from the saved state when resuming, so a run whose budget is spent stays done.
+        last_eval_seconds: Optional[float] = self._eval_clock_seconds or None
         reason = "done"
         self.model.train()
         while True:

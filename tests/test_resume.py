@@ -198,3 +198,13 @@ def test_metrics_file_is_strict_json_even_when_a_figure_is_not_finite(tmp_path):
     line = (tmp_path / "metrics.jsonl").read_text()
     assert json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl")) == {
         "step": 5, "train_loss": None, "val_loss": 1.5}
+
+
+def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path):
+    losses, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
+    assert finished.reason == "time" and losses
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".safetensors"}
+    more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
+    # The saved cost of an evaluation keeps the reserve: no extra step, no evaluation past the budget.
+    assert more_losses == [] and again.step == finished.step and again.reason == "time"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".safetensors"} == before
