@@ -351,8 +351,6 @@ class Trainer:
             start_step=self.step, max_steps=config.max_steps, budget_seconds=budget,
             processes=self.world.world_size))
         parameters = [p for p in self.model.parameters() if p.requires_grad]
-        # Known from the saved state when resuming, so a run whose budget is spent stays done.
-        last_eval_seconds: Optional[float] = self._eval_clock_seconds or None
         reason = "done"
         self.model.train()
         while True:
@@ -362,9 +360,10 @@ class Trainer:
             time_up = False
             if budget is not None:
                 # Stop early enough that the final evaluation and save also fit in the budget.
-                # (An evaluation's cost includes its preview and checkpoint saves; add one step.)
-                reserve = 1.2 * (last_eval_seconds if last_eval_seconds is not None
-                                 else self._guess_eval_seconds()) + self._last_step_seconds
+                # (An evaluation's cost includes its preview and checkpoint saves; add one step.
+                # It is restored with the state, so resuming a run whose budget is spent stays done.)
+                reserve = (1.2 * (self._eval_clock_seconds or self._guess_eval_seconds())
+                           + self._last_step_seconds)
                 time_up = self.elapsed() + reserve >= budget
             stop_requested = self.should_stop()
             if self.world.is_distributed:
@@ -392,7 +391,7 @@ class Trainer:
                 elapsed=self.elapsed(), chars_per_second=self.chars_per_second,
                 progress=min(1.0, self.progress())))
             if self._evaluation_due():
-                last_eval_seconds = self._evaluate_and_save()
+                self._evaluate_and_save()
         if reason in ("done", "time") and self.last_eval_step != self.step:
             self._evaluate_and_save()
         elif reason == "interrupted" and self.last_eval_step != self.step:
@@ -486,15 +485,13 @@ class Trainer:
     _last_step_seconds = 0.0
     _eval_clock_seconds = 0.0     # what the last evaluation cost, on the (shared) training clock
 
-    def _evaluate_and_save(self) -> float:
-        """Evaluate, log, checkpoint and report; return the seconds all of that took."""
+    def _evaluate_and_save(self) -> None:
+        """Evaluate, log, checkpoint and report; remember what all of that cost."""
         clock_started = self.elapsed()
-        seconds = self._evaluate_save_and_report()
+        self._evaluate_save_and_report()
         self._eval_clock_seconds = self.elapsed() - clock_started
-        return seconds
 
-    def _evaluate_save_and_report(self) -> float:
-        started = time.perf_counter()
+    def _evaluate_save_and_report(self) -> None:
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
         result = evaluate(self.model, self.eval_tokens, self.eval_chars, self.device, world=self.world)
         train_loss = self.interval.mean_loss()
@@ -511,7 +508,7 @@ class Trainer:
             self.interval = IntervalStats()
             self.last_eval_step = self.step
             self._save(is_best, {})                           # takes part in gathering the state
-            return time.perf_counter() - started
+            return
         preview = self._preview()
         record = {
             "step": self.step, "elapsed": round(self.elapsed(), 3),
@@ -531,7 +528,6 @@ class Trainer:
         self.on_event(events.EvaluationDone(
             step=self.step, train_loss=train_loss, val_loss=result.loss, val_bpc=result.bits_per_char,
             is_best=is_best, elapsed=self.elapsed(), eval_seconds=result.seconds, preview=preview))
-        return time.perf_counter() - started
 
     def _preview(self) -> str:
         model = self.model
