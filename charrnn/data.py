@@ -130,20 +130,23 @@ def prepare_corpus(corpus: Corpus, tokenizer_kind: str, val_fraction: float,
         tokenizer = fit_tokenizer(tokenizer_kind, train_text, text, vocab_size)
     train_tokens = tokenizer.encode(train_text)
     val_tokens = tokenizer.encode(val_text)
+    return split_corpus(tokenizer, train_tokens, val_tokens, len(train_text), total_chars=len(text),
+                        val_fraction=val_fraction, fingerprint=corpus.fingerprint, name=corpus.name,
+                        source=corpus.source)
+
+
+def split_corpus(tokenizer: Tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, train_chars: int,
+                 *, total_chars: int, val_fraction: float, fingerprint: str, name: str,
+                 source: str) -> PreparedCorpus:
+    """The `PreparedCorpus` of an encoded split (in memory or memory-mapped), once the
+    validation part is known to be evaluable; counts the characters behind its predictions."""
     if len(val_tokens) < 2:
         raise CorpusError(
-            f"the validation part (last {val_fraction:.0%} of {len(text)} characters) is too "
+            f"the validation part (last {val_fraction:.0%} of {total_chars} characters) is too "
             "short to evaluate: use a longer corpus or a larger --val-fraction")
-    return PreparedCorpus(
-        tokenizer=tokenizer,
-        train_tokens=train_tokens,
-        val_tokens=val_tokens,
-        val_chars=count_chars(tokenizer, val_tokens[1:]),
-        train_chars=len(train_text),
-        fingerprint=corpus.fingerprint,
-        name=corpus.name,
-        source=corpus.source,
-    )
+    return PreparedCorpus(tokenizer=tokenizer, train_tokens=train_tokens, val_tokens=val_tokens,
+                          val_chars=count_chars(tokenizer, val_tokens[1:]), train_chars=train_chars,
+                          fingerprint=fingerprint, name=name, source=source)
 
 
 PRIOR_SAMPLE_TOKENS = 1 << 24

@@ -38,7 +38,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import numpy as np
 
 from .atomic import atomic_write_bytes, temp_path_for
-from .data import COUNT_CHUNK_TOKENS, PreparedCorpus, count_chars, describe_utf8_error, open_corpus_file
+from .data import (COUNT_CHUNK_TOKENS, PreparedCorpus, describe_utf8_error, open_corpus_file,
+                   split_corpus)
 from .errors import CharrnnError, CorpusError
 from .events import CorpusProgress
 from .tokenizers import CharTokenizer, Tokenizer, fit_tokenizer, token_dtype
@@ -475,18 +476,6 @@ def prepare_streamed_corpus(scan: CorpusScan, tokenizer_kind: str, val_fraction:
     tokens = token_file.open()
     train_chars = split_char_index(scan.num_chars, val_fraction)
     split = token_index_at_char(tokenizer, tokens, train_chars)
-    train_tokens, val_tokens = tokens[:split], tokens[split:]
-    if len(val_tokens) < 2:
-        raise CorpusError(
-            f"the validation part (last {val_fraction:.0%} of {scan.num_chars} characters) is too "
-            "short to evaluate: use a longer corpus or a larger --val-fraction")
-    return PreparedCorpus(
-        tokenizer=tokenizer,
-        train_tokens=train_tokens,
-        val_tokens=val_tokens,
-        val_chars=count_chars(tokenizer, val_tokens[1:]),
-        train_chars=train_chars,
-        fingerprint=scan.fingerprint,
-        name=scan.corpus.name,
-        source=scan.corpus.source,
-    )
+    return split_corpus(tokenizer, tokens[:split], tokens[split:], train_chars, total_chars=scan.num_chars,
+                        val_fraction=val_fraction, fingerprint=scan.fingerprint, name=scan.corpus.name,
+                        source=scan.corpus.source)
