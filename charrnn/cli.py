@@ -6,7 +6,6 @@ torch is imported inside the commands, so `charrnn --help` stays instant.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
