@@ -124,23 +124,20 @@ class World:
 
     def agree(self, *flags: float) -> list[float]:
         """Every rank gets the maximum of each value over all ranks (one small all-reduce)."""
-        if not self.is_distributed:
-            return list(flags)
-        import torch.distributed as dist
-
-        values = torch.tensor(flags, dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return values.tolist()
+        return self._all_reduce(flags, "MAX")
 
     def sum(self, *values: float) -> list[float]:
         """Every rank gets the sum of each value over all ranks."""
+        return self._all_reduce(values, "SUM")
+
+    def _all_reduce(self, values: tuple[float, ...], operation: str) -> list[float]:
         if not self.is_distributed:
             return list(values)
         import torch.distributed as dist
 
-        totals = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        return totals.tolist()
+        reduced = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(reduced, op=getattr(dist.ReduceOp, operation))
+        return reduced.tolist()
 
     def gather_along(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         """The ranks' tensors (same shape) concatenated along `dim`, in rank order, on every rank."""
