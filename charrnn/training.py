@@ -16,15 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from .config import EVALS_PER_RUN, ModelConfig, SampleConfig, TrainConfig
-from .data import (IGNORE_TARGET, BatchStream, EvaluationWindows, PreparedCorpus, count_chars,
-                   fit_batch_size, token_counts)
+from .data import BatchStream, PreparedCorpus, fit_batch_size, token_counts
+from .evaluation import evaluate, evaluation_split
 from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
@@ -32,13 +31,6 @@ from .model import CharRNN, State, count_parameters, detach_state
 from .rundir import RunDir
 from .sampling import generate_text
 
-EVAL_STREAMS = 128          # evaluation batch: large, since no gradients are kept
-EVAL_WINDOW = 256
-EVAL_WARMUP = 64            # tokens of preceding context that warm up each evaluation stream
-# Logits of one evaluation window are streams x window x vocab floats: with a 60,000-piece
-# vocabulary a full window would need gigabytes, so large vocabularies get shorter windows.
-# The result does not change (the state is carried from window to window), only the memory.
-EVAL_MAX_LOGITS = 1 << 25
 PREVIEW_CHARS = 200
 # With a time budget, evaluations are spaced so they take at most this share of it.
 MAX_EVAL_SHARE = 0.1
@@ -74,86 +66,6 @@ class IntervalStats:
         return self.grad_norm_sum / self.good_steps if self.good_steps else math.nan
 
 
-@dataclass
-class EvaluationResult:
-    loss: float          # nats per token
-    bits_per_char: float
-    seconds: float
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_fraction` as progress reaches 1."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-    floor = config.lr * config.min_lr_fraction
-    return floor + (config.lr - floor) * cosine
-
-
-def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
-             world: World = World()) -> EvaluationResult:
-    """Loss over every token of `tokens` after the first, in nats per token and bits per character.
-
-    In a distributed run each rank evaluates its share of the streams and the
-    sums are added up, so every rank gets the figure of the whole split.
-    """
-    started = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    total_nats, total_tokens = 0.0, 0
-    # Large vocabularies: shorter windows, so one window's logits stay a bounded size.
-    window_len = max(1, min(EVAL_WINDOW, EVAL_MAX_LOGITS // (EVAL_STREAMS * model.config.vocab_size)))
-    windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP,
-                                rank=world.rank, world_size=world.world_size)
-    try:
-        with torch.inference_mode():
-            state: Optional[State] = None
-            for index, (inputs, targets) in enumerate(windows):
-                inputs_t = torch.from_numpy(inputs).to(device)
-                targets_t = torch.from_numpy(targets).to(device)
-                logits, state = model(inputs_t, state)
-                if index == 0 and windows.first_is_warmup:
-                    # Stream 0 starts the text: it must start from a blank state, not from padding.
-                    if windows.cold_row is not None:
-                        state = _zero_stream(state, windows.cold_row)
-                    continue
-                total_nats += float(F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1),
-                    ignore_index=IGNORE_TARGET, reduction="sum"))
-                total_tokens += int((targets_t != IGNORE_TARGET).sum())
-    finally:
-        model.train(was_training)
-    total_nats, total_tokens = world.sum(total_nats, total_tokens)
-    return EvaluationResult(
-        loss=total_nats / max(1, total_tokens),
-        bits_per_char=total_nats / math.log(2) / max(1, num_chars),
-        seconds=time.perf_counter() - started,
-    )
-
-
-def evaluation_split(corpus: PreparedCorpus, limit: int) -> tuple[np.ndarray, int]:
-    """The validation tokens each evaluation covers, and the characters behind their predictions.
-
-    The first `limit` tokens of the split (all of it when `limit` is 0 or the split is
-    shorter): always the same contiguous text, so every evaluation of a run, and every
-    run with the same limit on the same corpus, is measured on the same text.
-    """
-    if limit == 0 or len(corpus.val_tokens) <= limit:
-        return corpus.val_tokens, corpus.val_chars
-    tokens = corpus.val_tokens[:limit]
-    return tokens, count_chars(corpus.tokenizer, tokens[1:])
-
-
-def _zero_stream(state: State, stream: int) -> State:
-    parts = state if isinstance(state, tuple) else (state,)
-    cleared = []
-    for part in parts:
-        part = part.clone()
-        part[:, stream] = 0
-        cleared.append(part)
-    return tuple(cleared) if isinstance(state, tuple) else cleared[0]  # type: ignore[return-value]
-
-
 def _state_to_list(state: Optional[State]) -> list[torch.Tensor]:
     if state is None:
         return []
@@ -165,6 +77,15 @@ def _state_from_list(parts: list[torch.Tensor], device: torch.device) -> Optiona
         return None
     moved = [p.to(device) for p in parts]
     return tuple(moved) if len(moved) == 2 else moved[0]  # type: ignore[return-value]
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_fraction` as progress reaches 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    floor = config.lr * config.min_lr_fraction
+    return floor + (config.lr - floor) * cosine
 
 
 class Trainer:

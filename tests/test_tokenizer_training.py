@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import charrnn.training
+import charrnn.evaluation
 from charrnn.checkpoint import load_weights, read_metadata
 from charrnn.tokenizers import tokenizer_from_dict
 
@@ -82,7 +82,7 @@ def test_resume_refuses_another_tokenizer(mixed_corpus, tmp_path):
 def test_bits_per_char_from_training_equals_a_direct_computation(mixed_corpus, tmp_path, monkeypatch, kind):
     # One evaluation stream: training-time evaluation then reads the validation text in one
     # pass, exactly like the direct computation below.
-    monkeypatch.setattr(charrnn.training, "EVAL_STREAMS", 1)
+    monkeypatch.setattr(charrnn.evaluation, "EVAL_STREAMS", 1)
     _train(mixed_corpus, tmp_path / "run", kind, "--val-fraction", "0.1")
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     loaded = load_weights(tmp_path / "run" / "latest.safetensors")
@@ -135,7 +135,7 @@ def test_bad_tokenizer_options_are_one_line_errors(mixed_corpus, tmp_path, args,
 @pytest.mark.parametrize("kind", ["char", "byte"])
 def test_eval_tokens_measures_the_first_tokens_of_the_split_in_honest_bits_per_char(
         mixed_corpus, tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(charrnn.training, "EVAL_STREAMS", 1)
+    monkeypatch.setattr(charrnn.evaluation, "EVAL_STREAMS", 1)
     result = _train(mixed_corpus, tmp_path / "run", kind, "--val-fraction", "0.1", "--eval-tokens", "41")
     assert "evaluating the first 41 of the" in result.stderr
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -1,0 +1,54 @@
+"""What every command that writes to stdout shares: escapes, UTF-8 stdin, and a pipe that may close."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ..errors import UsageProblem
+
+
+def unescape(text: str) -> str:
+    """Turn the two escapes users type on a command line (\\n, \\t) into the characters."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def read_stdin_text(what: str) -> str:
+    """Standard input as UTF-8, whatever the locale says (a clear error for other bytes)."""
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageProblem(f"{what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                           f"{error.start})") from None
+
+
+def write_stream(chunks) -> None:
+    """Stream text to stdout, flushing at line ends and at least every 50 ms; a closed pipe ends quietly."""
+    out = sys.stdout
+    try:
+        out.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?', not a crash
+    except (AttributeError, ValueError):
+        pass
+    last_flush = time.monotonic()
+    wrote_anything = ended_with_newline = False
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            out.write(chunk)
+            wrote_anything, ended_with_newline = True, chunk.endswith("\n")
+            now = time.monotonic()
+            if "\n" in chunk or now - last_flush > 0.05:
+                out.flush()
+                last_flush = now
+        if out.isatty() and wrote_anything and not ended_with_newline:
+            out.write("\n")  # leave the shell prompt on a line of its own
+        out.flush()
+    except BrokenPipeError:
+        # The reader (head, less, ...) has gone: that is a normal end. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        sys.exit(0)

@@ -1,0 +1,117 @@
+"""`charrnn train`: options map onto ModelConfig / TrainConfig; the work is in `train_command`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import click
+
+from ..config import DEFAULT_SUBWORD_VOCAB_SIZE, MODEL_KINDS, TOKENIZER_KINDS, ModelConfig, TrainConfig, parse_duration
+from .group import cli
+
+
+
+
+_MODEL_DEFAULTS = ModelConfig()
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[float]:
+    return None if value is None else parse_duration(value)
+
+
+@cli.command()
+@click.argument("corpus", required=False)
+@click.option("--model", type=click.Choice(MODEL_KINDS), default=_MODEL_DEFAULTS.model, show_default=True,
+              help="Recurrent cell: lstm, gru, or rnn (tanh).")
+@click.option("--num-layers", type=int, default=_MODEL_DEFAULTS.num_layers, show_default=True,
+              help="Stacked recurrent layers.")
+@click.option("--hidden-size", type=int, default=_MODEL_DEFAULTS.hidden_size, show_default=True,
+              help="Units per recurrent layer.")
+@click.option("--embedding-size", type=int, default=_MODEL_DEFAULTS.embedding_size, show_default=True,
+              help="Size of the token embedding fed to the first layer.")
+@click.option("--dropout", type=float, default=_MODEL_DEFAULTS.dropout, show_default=True,
+              help="Dropout between layers and before the output layer.")
+@click.option("--tokenizer", type=click.Choice(TOKENIZER_KINDS), default=_TRAIN_DEFAULTS.tokenizer,
+              show_default=True,
+              help="Unit of text: char (Unicode characters of the corpus), byte (256 UTF-8 bytes: any "
+                   "text and any prime work), bpe or unigram (sentencepiece subword pieces learned "
+                   "from the training part: more context per window, faster sampling).")
+@click.option("--vocab-size", type=int, default=None,
+              show_default=f"{DEFAULT_SUBWORD_VOCAB_SIZE} for bpe/unigram",
+              help="Pieces in a bpe or unigram vocabulary (at least 259: 256 byte pieces, <unk> "
+                   "and newline are always in it). Not for char or byte.")
+@click.option("--seq-len", type=int, default=_TRAIN_DEFAULTS.seq_len, show_default=True,
+              help="Truncated-BPTT window: tokens per stream per step.")
+@click.option("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size, show_default=True,
+              help="Contiguous streams trained side by side.")
+@click.option("--lr", type=float, default=_TRAIN_DEFAULTS.lr, show_default=True,
+              help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).")
+@click.option("--warmup-steps", type=int, default=_TRAIN_DEFAULTS.warmup_steps, show_default=True,
+              help="Steps of linear learning-rate warm-up.")
+@click.option("--min-lr-fraction", type=float, default=_TRAIN_DEFAULTS.min_lr_fraction, show_default=True,
+              help="The cosine decay ends at --lr times this.")
+@click.option("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay, show_default=True,
+              help="AdamW weight decay.")
+@click.option("--grad-clip", type=float, default=_TRAIN_DEFAULTS.grad_clip, show_default=True,
+              help="Clip the global gradient norm to this (0 = off).")
+@click.option("--max-steps", type=int, default=None, show_default="no limit",
+              help="Stop after this many steps (the learning-rate schedule then runs over steps).")
+@click.option("--max-time", callback=_duration, default=None, show_default="5m if --max-steps is not given",
+              help="Wall-clock budget, evaluation included, e.g. 90s, 5m, 1h.")
+@click.option("--val-fraction", type=float, default=_TRAIN_DEFAULTS.val_fraction, show_default=True,
+              help="The last fraction of the corpus, held out for validation.")
+@click.option("--eval-every", type=int, default=None, show_default="8 times per run, at most 10% of the time",
+              help="Steps between evaluations and checkpoints.")
+@click.option("--eval-tokens", type=int, default=_TRAIN_DEFAULTS.eval_tokens, show_default=True,
+              help="Validation tokens each evaluation covers: the first N of the split (0 = all). "
+                   "Keeps evaluation cheap on big corpora.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
+              help="Run directory for checkpoints and metrics.")
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
+                   "(or CORPUS / --out RUN_DIR naming the run).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="CHARRNN_CACHE_DIR", default=None,
+              show_default="~/.cache/charrnn",
+              help="Folder for encoded token files (reused while the corpus is unchanged).")
+@click.option("--keep", type=int, default=_TRAIN_DEFAULTS.keep, show_default=True,
+              help="Keep the last N step checkpoints too (best and latest are always kept).")
+@click.option("--early-stop", type=int, default=None, show_default="off",
+              help="Stop when validation has not improved for N evaluations in a row.")
+@click.option("--seed", type=int, default=_TRAIN_DEFAULTS.seed, show_default=True,
+              help="Random seed (same seed and --max-steps: same run).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=_TRAIN_DEFAULTS.device,
+              show_default=True, help="Where to train; auto picks a GPU when there is one.")
+@click.option("--threads", type=int, default=None,
+              show_default="physical cores, shared among torchrun's processes; OMP_NUM_THREADS if set",
+              help="CPU threads for torch.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=_TRAIN_DEFAULTS.precision,
+              show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")
+@click.pass_context
+def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume: bool,
+          cache_dir: Optional[str], **options: Any) -> None:
+    """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
+
+    Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
+
+    \b
+    Examples:
+      charrnn train data/tinyshakespeare.txt --max-time 5m
+      charrnn train lyrics/ --model gru --hidden-size 256 --out runs/lyrics
+      charrnn train data/tinyshakespeare.txt --tokenizer bpe --vocab-size 512
+      cat *.py | charrnn train - --out runs/python
+      charrnn train --resume runs/tinyshakespeare         # continue where it stopped
+      charrnn train --resume runs/tinyshakespeare --max-steps 20000   # ... and train longer
+      torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
+    """
+    from ..train_command import run_training
+
+    given = {name for name in options
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    model_fields = {f for f in ModelConfig().to_dict() if f != "vocab_size"}
+    model_options = {k: v for k, v in options.items() if k in model_fields}
+    train_options = {k: v for k, v in options.items() if k not in model_fields}
+    outcome = run_training(corpus=corpus, out=out, resume=resume, model_options=model_options,
+                           train_options=train_options, given=given, cache_dir=cache_dir)
+    sys.exit(outcome)
