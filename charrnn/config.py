@@ -19,6 +19,9 @@ MODEL_KINDS = ("lstm", "gru", "rnn")
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
 SENTENCEPIECE_KINDS = ("bpe", "unigram")   # learned subword vocabularies (--vocab-size applies)
 DEFAULT_SUBWORD_VOCAB_SIZE = 1024
+# No vocabulary may have more ids than this (--vocab-size, and a char vocabulary that
+# fine-tuning grows): beyond it the embedding and output layers alone outgrow most machines.
+MAX_VOCAB_SIZE = 1_000_000
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -172,8 +175,8 @@ class TrainConfig(_JsonDataclass):
             _require(self.tokenizer in SENTENCEPIECE_KINDS,
                      f"--vocab-size applies to --tokenizer {' or '.join(SENTENCEPIECE_KINDS)} only "
                      f"(the {self.tokenizer!r} vocabulary is fixed by the corpus or by UTF-8)")
-            _require(2 <= self.vocab_size <= 1_000_000,
-                     f"--vocab-size must be 2..1000000, got {self.vocab_size}")
+            _require(2 <= self.vocab_size <= MAX_VOCAB_SIZE,
+                     f"--vocab-size must be 2..{MAX_VOCAB_SIZE}, got {self.vocab_size}")
         _require(self.keep >= 0, f"--keep must be >= 0, got {self.keep}")
         if self.early_stop is not None:
             _require(self.early_stop >= 1, f"--early-stop must be >= 1, got {self.early_stop}")

@@ -113,16 +113,37 @@ class Tokenizer(ABC):
 
 
 class CharTokenizer(Tokenizer):
-    """One id per Unicode code point seen in the corpus, in code-point order."""
+    """One id per Unicode code point seen in the corpus.
+
+    A fitted vocabulary is in code-point order. A fine-tuned model's vocabulary is
+    its parent's followed by the characters the new corpus added (`extended_by`):
+    old characters keep their ids, so the parent's weights keep their meaning.
+    """
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str]) -> None:
-        self.chars = sorted(set(chars))
+    def __init__(self, chars: Iterable[str], keep_order: bool = False) -> None:
+        chars = list(chars)
+        if keep_order:
+            if len(set(chars)) != len(chars):
+                raise TokenizerError("a character vocabulary lists a character twice")
+            self.chars = chars
+        else:
+            self.chars = sorted(set(chars))
         if not self.chars:
             raise TokenizerError("cannot build a character vocabulary from empty text")
-        self._code_points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        code_points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        # encode() looks code points up in sorted order, then maps the sorted position to the id.
+        self._sorted_order = np.argsort(code_points, kind="stable")
+        self._code_points = code_points[self._sorted_order]
+        self._id_for_sorted = self._sorted_order.astype(np.int64)
         self._char_for_id = self.chars  # a list indexes faster than a dict here
+
+    def extended_by(self, new_chars: Iterable[str]) -> "CharTokenizer":
+        """This vocabulary with `new_chars` it lacks appended (in code-point order), ids unchanged."""
+        known = set(self.chars)
+        added = sorted(set(new_chars) - known)
+        return CharTokenizer(self.chars + added, keep_order=True)
 
     @classmethod
     def fit(cls, text: str) -> "CharTokenizer":
@@ -136,11 +157,11 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str) -> np.ndarray:
         code_points = _code_points(text)
-        ids = np.searchsorted(self._code_points, code_points)
-        ids_in_range = np.minimum(ids, len(self._code_points) - 1)
-        if not np.array_equal(self._code_points[ids_in_range], code_points):
+        positions = np.searchsorted(self._code_points, code_points)
+        positions_in_range = np.minimum(positions, len(self._code_points) - 1)
+        if not np.array_equal(self._code_points[positions_in_range], code_points):
             self.check_encodable(text)
-        return ids.astype(token_dtype(self.vocab_size))
+        return self._id_for_sorted[positions].astype(token_dtype(self.vocab_size))
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self._char_for_id
@@ -195,7 +216,7 @@ def tokenizer_from_dict(values: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokeniser from `Tokenizer.to_dict()` output (as stored in a checkpoint)."""
     kind = values.get("kind")
     if kind == "char":
-        return CharTokenizer(values["chars"])
+        return CharTokenizer(values["chars"], keep_order=True)
     if kind == "byte":
         return ByteTokenizer()
     if kind in SENTENCEPIECE_KINDS:
