@@ -3,22 +3,22 @@
     runs/<name>/
       best.safetensors      weights with the best validation loss (what `sample` reads)
       latest.safetensors    weights of the latest checkpoint
-      step-000400.safetensors ...  the last --keep step checkpoints
+      step-0000400.safetensors ...  the last --keep step checkpoints
       state.pt              everything needed to resume exactly (torch.load weights_only)
-      metrics.jsonl         one JSON line per evaluation
+      metrics.jsonl         one JSON line per evaluation, appended as they come
       .lock                 held (flock) by the one training writing here
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
+from .atomic import TEMP_MARKER, is_temp_file
 from .errors import CheckpointError, RunDirError
+from .metrics_log import MetricsReading, append_metrics_record, forget_records_after, read_metrics_file
 
 DEFAULT_RUNS_ROOT = Path("runs")
 BEST_WEIGHTS = "best.safetensors"
@@ -26,6 +26,11 @@ LATEST_WEIGHTS = "latest.safetensors"
 TRAINING_STATE = "state.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+STEP_WEIGHTS = re.compile(r"step-(\d+)\.safetensors")
+
+
+class RunDirBusy(RunDirError):
+    """Another live training holds the run directory's lock."""
 
 
 class RunDir:
@@ -55,6 +60,51 @@ class RunDir:
         """The weights file kept for one step."""
         return self.path / f"step-{step:07d}.safetensors"
 
+    def run_files(self) -> list[str]:
+        """Names of the files a run writes that the folder holds: state, weights, metrics."""
+        if not self.path.is_dir():
+            return []
+        names = sorted(path.name for path in self.path.glob("*.safetensors"))
+        return names + [path.name for path in (self.state, self.metrics) if path.exists()]
+
+    def refuse_to_start_over(self) -> None:
+        """Raise unless a new run may start here: a run's files are never overwritten or appended to.
+
+        Call it before taking the lock (it then changes nothing in the folder, not even `.lock`)
+        and again once the lock is held (a run may have saved in between).
+        """
+        if self.state.exists():
+            raise RunDirError(f"{self.path} already holds a run: add --resume to continue it, "
+                              "or choose another --out")
+        found = self.run_files()
+        if not found:
+            return
+        holder = self.live_lock_holder() if self._lock_handle is None else None
+        if holder is not None:   # a live training that has not saved its state yet
+            raise RunDirBusy(_busy_message(self.path, holder))
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise RunDirError(
+            f"{self.path} holds {shown} but no {TRAINING_STATE} to resume from, and a new run would "
+            "overwrite them: choose another --out, or move those files away")
+
+    def live_lock_holder(self) -> Optional[str]:
+        """The pid of the live process holding the lock, or None; never takes or changes the lock file."""
+        import fcntl
+
+        try:
+            handle = open(self.path / LOCK, "r", encoding="utf-8")
+        except OSError:
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "unknown"
+        except OSError:
+            return None
+        finally:
+            handle.close()   # closing also releases the shared lock taken just to look
+        return None
+
     def prepare(self) -> None:
         """Create the folder and prove it is writable, before any training starts."""
         try:
@@ -62,17 +112,24 @@ class RunDir:
             # Named like a temp file, so that if we are killed right here the next run removes it.
             probe = self.path / f".write-probe{TEMP_MARKER}{os.getpid()}"
             probe.write_bytes(b"")
-            probe.unlink()
+            probe.unlink(missing_ok=True)   # a lock holder cleaning temp files may have beaten us
         except OSError as error:
             raise RunDirError(
                 f"cannot write to run directory {self.path}: {error.strerror or error}") from None
 
     def lock(self) -> None:
-        """Take the run's lock, or raise if another live process holds it (the kernel frees it on death).
+        """Take the run's lock, or raise `RunDirBusy` if another live process holds it.
 
-        Once the lock is ours, temp files left by a killed run are removed: only
-        the lock holder may do that, since another writer's temp files are live.
+        The kernel frees the lock when its holder dies, however it dies. Once the lock is
+        ours, temp files left by a killed run are removed: only the lock holder may do that,
+        since another writer's temp files are live.
         """
+        holder = self.try_lock()
+        if holder is not None:
+            raise RunDirBusy(_busy_message(self.path, holder))
+
+    def try_lock(self) -> Optional[str]:
+        """Take the lock and return None, or return the pid of the live process that holds it."""
         import fcntl  # POSIX only; imported here so the module loads everywhere
 
         try:
@@ -85,15 +142,17 @@ class RunDir:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise RunDirError(
-                f"another training is already writing to {self.path} (pid {holder}); "
-                "wait for it to finish or choose another --out") from None
+            return holder
+        except OSError as error:   # e.g. ENOLCK: a file system that refuses locks
+            handle.close()
+            raise RunDirError(f"cannot lock run directory {self.path}: {error.strerror or error}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock_handle = handle
         self.remove_stray_temp_files()
+        return None
 
     def remove_stray_temp_files(self) -> None:
         """Delete temp files that an interrupted atomic write left behind."""
@@ -111,44 +170,34 @@ class RunDir:
             self._lock_handle = None
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The evaluation records so far (a damaged line is skipped, not fatal)."""
-        try:
-            text = self.metrics.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return []
-        except OSError as error:
-            raise RunDirError(f"cannot read {self.metrics}: {error.strerror or error}") from None
-        records = []
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        """The evaluation records so far; `read_metrics_reading` also tells which lines are damaged."""
+        return read_metrics_file(self.metrics).records
+
+    def read_metrics_reading(self) -> MetricsReading:
+        """The evaluation records so far and the numbers of the lines that could not be read."""
+        return read_metrics_file(self.metrics)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Add one evaluation record as a JSON line (the file is rewritten atomically)."""
-        self._write_metrics(self.read_metrics() + [record])
+        """Append one evaluation record to metrics.jsonl (see `metrics_log.append_metrics_record`)."""
+        append_metrics_record(self.metrics, record)
 
     def forget_metrics_after(self, step: int) -> None:
-        """Drop records of steps after `step`: a resumed run will evaluate them again."""
-        records = self.read_metrics()
-        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
-        if len(kept) != len(records):
-            self._write_metrics(kept)
-
-    def _write_metrics(self, records: list[dict[str, Any]]) -> None:
-        # Strict JSON, so that jq, pandas and browsers read it: a value that is not a finite
-        # number (the train loss of an interval whose every step was skipped) becomes null.
-        text = "".join(json.dumps(_finite_or_null(record), allow_nan=False) + "\n" for record in records)
-        atomic_write_bytes(self.metrics, text.encode("utf-8"))
+        """On resume: drop the records of steps after `step`, keep every other line as it is
+        (damaged lines included; see `metrics_log.forget_records_after`)."""
+        forget_records_after(self.metrics, step)
 
     def prune_step_weights(self, keep: int) -> None:
-        """Delete all but the newest `keep` step checkpoints (best and latest are separate files)."""
-        kept = sorted(self.path.glob("step-*.safetensors"))
-        for old in kept[:max(0, len(kept) - keep)]:
+        """Delete all but the newest `keep` step checkpoints (best and latest are separate files).
+
+        Newest by step number, not by name: `step-10000000` sorts before `step-9999999` as text.
+        """
+        numbered = []
+        for path in self.path.glob("step-*.safetensors"):
+            match = STEP_WEIGHTS.fullmatch(path.name)
+            if match:
+                numbered.append((int(match.group(1)), path))
+        numbered.sort()
+        for _, old in numbered[:max(0, len(numbered) - keep)]:
             try:
                 old.unlink()
             except OSError:
@@ -160,6 +209,28 @@ class RunDir:
             if candidate.is_file():
                 return candidate
         return None
+
+
+def claim_default_run_dir(runs_root: Path, name: str) -> RunDir:
+    """Prepare and lock runs/<name>, or the first of <name>-2, -3, ... that is free.
+
+    Free means holding no run's files and not locked by a live training (one that has not
+    saved yet holds only its lock). The look is repeated under the lock, so two trainings
+    started together never share a folder.
+    """
+    number = 1
+    while True:
+        candidate = RunDir(runs_root / (name if number == 1 else f"{name}-{number}"))
+        number += 1
+        if candidate.run_files():
+            continue
+        candidate.prepare()
+        if candidate.try_lock() is not None:
+            continue
+        if candidate.run_files():
+            candidate.unlock()
+            continue
+        return candidate
 
 
 def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
@@ -187,6 +258,6 @@ def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -
     return max(candidates)[1]
 
 
-def _finite_or_null(record: dict[str, Any]) -> dict[str, Any]:
-    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
-            for key, value in record.items()}
+def _busy_message(path: Path, holder: str) -> str:
+    return (f"another training is already writing to {path} (pid {holder}); "
+            "wait for it to finish or choose another --out")
