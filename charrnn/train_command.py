@@ -151,7 +151,7 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
     if resume and not run_dir.state.exists():
         raise RunDirError(f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): "
                           "start it without --resume")
-    if not resume and run_dir is not None and world.is_writer and not run_dir.state.exists():
+    if not resume and run_dir is not None and not run_dir.state.exists():
         run_dir.refuse_to_start_over()   # weights without a state: refuse before touching anything
     if not resume:
         # Sizes that cannot fit stop here, before minutes of corpus work (the exact check,
@@ -173,8 +173,7 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
                 run_dir, source, model_options, train_options, given, world,
                 lambda corpus_source: _scan(corpus_source, cache_dir, spooled, progress))
         else:
-            if world.is_writer:
-                run_dir.refuse_to_start_over()   # again under the lock: a run may have saved meanwhile
+            run_dir.refuse_to_start_over()   # again under the lock: a run may have saved meanwhile
             model_config, train_config, tokenizer, resume_state = fresh_model, fresh_train, None, None
         prepared = prepare_streamed_corpus(source, train_config.tokenizer, train_config.val_fraction,
                                            train_config.vocab_size, tokenizer=tokenizer,

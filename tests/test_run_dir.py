@@ -180,3 +180,18 @@ def test_keep_zero_removes_every_step_checkpoint(tmp_path):
         run_dir.step_weights(step).write_bytes(b"weights")
     run_dir.prune_step_weights(keep=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_that_refuses_locks_is_one_error_line(tmp_path, pattern_corpus, monkeypatch):
+    import errno
+    import fcntl
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    out = tmp_path / "run"
+    result = run_cli("train", str(pattern_corpus), "--out", str(out), *QUICK)
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        f"Error: cannot lock run directory {out}: {os.strerror(errno.ENOLCK)}"]
