@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,23 @@ def test_default_run_skips_a_folder_locked_by_a_training_that_has_not_saved_yet(
     assert result.exit_code == 0, result.stderr
     assert (in_tmp / "runs" / "pattern-2" / "state.pt").exists()
     assert [path.name for path in live.path.iterdir()] == [".lock"]
+
+
+def test_default_run_skips_a_folder_locked_by_another_live_process(in_tmp, pattern_corpus):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from charrnn.rundir import RunDir; "
+         "run = RunDir('runs/pattern'); run.prepare(); run.lock(); print('locked', flush=True); "
+         "sys.stdin.read()"],
+        cwd=in_tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = run_cli("train", str(pattern_corpus), *QUICK)
+    finally:
+        holder.stdin.close()            # the holder ends, and the kernel frees its lock
+        holder.wait(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert (in_tmp / "runs" / "pattern-2" / "state.pt").exists()
+    assert not (in_tmp / "runs" / "pattern" / "state.pt").exists()
 
 
 def test_default_run_skips_folders_in_use_and_folders_holding_runs(in_tmp, pattern_corpus, trained_run):
