@@ -117,24 +117,26 @@ class PropertyResult:
 
 def find_units(analysis: TextAnalysis, top: int = 3) -> list[PropertyResult]:
     """For each property, the `top` units whose activation correlates best (by absolute value) with it."""
+    features = {prop.name: prop.compute(analysis.text) for prop in PROPERTIES}
+    varying = {name: (feature - feature.mean()) / feature.std()
+               for name, feature in features.items() if feature.std() > 0}
     units: list[UnitRef] = []
-    columns = []
+    correlations: dict[str, list[np.ndarray]] = {name: [] for name in varying}
+    # One (layer, state) block at a time: memory stays one block's worth of per-character values.
     for (layer, part), values in sorted(analysis.activations.items()):
-        columns.append(values)
+        block = _standardise(analysis.per_char(values.astype(np.float64)))
         units.extend(UnitRef(layer, index, part) for index in range(values.shape[1]))
-    per_char = analysis.per_char(np.concatenate(columns, axis=1).astype(np.float64))
-    activations = _standardise(per_char)
+        for name, feature in varying.items():
+            correlations[name].append(feature @ block / len(feature))
     results = []
     for text_property in PROPERTIES:
-        feature = text_property.compute(analysis.text)
-        if feature.std() == 0:
+        if text_property.name not in varying:
             results.append(PropertyResult(text_property, []))
             continue
-        standard_feature = (feature - feature.mean()) / feature.std()
-        correlations = standard_feature @ activations / len(feature)
-        best = np.argsort(-np.abs(correlations), kind="stable")[:top]
+        every = np.concatenate(correlations[text_property.name])
+        best = np.argsort(-np.abs(every), kind="stable")[:top]
         results.append(PropertyResult(text_property, [
-            UnitMatch(text_property, units[i], float(correlations[i])) for i in best]))
+            UnitMatch(text_property, units[i], float(every[i])) for i in best]))
     return results
 
 

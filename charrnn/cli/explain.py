@@ -101,6 +101,8 @@ def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, t
     model_arg, source = _split_arguments(arguments)
     if show and not find_units:
         raise UsageProblem("--show goes with --find-units")
+    if html_path and as_json:
+        raise UsageProblem("--html and --json are two different answers: choose one")
     text = _read_text(source)
     from ..console import stderr_console
 
@@ -169,7 +171,7 @@ def _units_table(results):
         table.add_column(column, justify="right" if column == "correlation" else "left")
     for result in results:
         if not result.matches:
-            table.add_row(result.property.description, "-", "(does not vary in this text)")
+            table.add_row(result.property.description, "not in this text", "-")
         for match in result.matches:
             table.add_row(result.property.description, str(match.unit), f"{match.correlation:+.3f}")
     return table
