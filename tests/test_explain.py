@@ -301,3 +301,20 @@ def test_help_mentions_the_argument_rule():
     result = run_charrnn_process("explain", "--help")
     assert result.returncode == 0
     assert b"with two, the first is the MODEL" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_html_for_a_byte_model_keeps_characters_whole(tmp_path, kind):
+    text = "né€ a😀 (b)\n"
+    path = tmp_path / "byte.safetensors"
+    save_weights(path, tiny_model(kind, 256), ByteTokenizer(), {})
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    page = tmp_path / "p.html"
+    result = run_cli("explain", str(path), str(tmp_path / "t.txt"), "--html", str(page), "--top", "1")
+    assert result.exit_code == 0, result.stderr
+    data = read_embedded_data(page.read_text(encoding="utf-8"))
+    assert [segment["text"] for segment in data["segments"]] == list(text)
+    assert all(key.endswith(":hidden") for key in [view["key"] for view in data["views"]][1:])
+    assert len(data["views"]) > 1
+    labels = {label for segment in data["segments"] for label, _ in segment["top"]}
+    assert all(label.startswith("<0x") or len(label) == 1 for label in labels)
