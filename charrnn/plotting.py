@@ -137,7 +137,8 @@ def draw_curves(runs: list[RunCurves], x_axis: str = "steps", image: str = "png"
         loss_axes.plot(xs, run.series("val_loss"), color=colour, linestyle="--", marker="o", markersize=2,
                        label=f"{run.name} validation")
     bpc_axes.set_ylabel("validation bits/char")
-    bpc_axes.set_title("charrnn runs: " + ", ".join(run.name for run in runs), fontsize=10)
+    names = ", ".join(run.name for run in runs)
+    bpc_axes.set_title(f"charrnn: {names}" if len(names) <= 90 else f"charrnn: {len(runs)} runs", fontsize=10)
     loss_axes.set_ylabel("loss (nats/token)\ntrain solid, validation dashed")
     loss_axes.set_xlabel({"steps": "training step", "chars": "characters of corpus seen",
                           "time": f"training time ({'minutes' if in_minutes else 'seconds'})"}[x_axis])
