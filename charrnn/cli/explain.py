@@ -10,7 +10,7 @@ from typing import Optional
 
 import click
 
-from ..errors import CorpusError, UsageProblem
+from ..errors import CharrnnError, CorpusError, UsageProblem
 from .group import cli
 from .output import read_stdin_text, write_stream
 
@@ -137,7 +137,7 @@ def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, t
         try:
             atomic_write_bytes(Path(html_path), page.encode("utf-8"))
         except OSError as error:
-            raise CorpusError(f"cannot write {html_path}: {error.strerror or error}") from None
+            raise CharrnnError(f"cannot write {html_path}: {error.strerror or error}") from None
         notes.print(f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
                     f"(surprise and {len(views) - 1} units)", markup=False, highlight=False)
         return
