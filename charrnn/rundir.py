@@ -7,6 +7,7 @@
       state.pt              everything needed to resume exactly (torch.load weights_only)
       metrics.jsonl         one JSON line per evaluation
       .lock                 held (flock) by the one training writing here
+      end.json              how the last training session ended (reason and step)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LATEST_WEIGHTS = "latest.safetensors"
 TRAINING_STATE = "state.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+END_RECORD = "end.json"
 
 
 class RunDir:
@@ -154,6 +156,39 @@ class RunDir:
             except OSError:
                 pass
 
+    def is_locked(self) -> bool:
+        """True while a live process holds the run's lock (a training is writing here).
+
+        On Linux the kernel's table of locks (/proc/locks) is read, so looking never takes the
+        lock: a training starting at that moment cannot find it taken by us. Elsewhere a shared
+        lock is tried and released at once.
+        """
+        try:
+            status = os.stat(self.path / LOCK)
+        except OSError:
+            return False
+        try:
+            with open("/proc/locks", encoding="ascii", errors="replace") as table:
+                held = table.read()
+        except OSError:
+            return _probe_lock(self.path / LOCK)
+        wanted = (f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}")
+        return any(len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted
+                   for fields in (line.split() for line in held.splitlines()))
+
+    def record_end(self, reason: str, step: int) -> None:
+        """Note how a training session ended ("done", "time", "early-stop", "interrupted") at `step`."""
+        atomic_write_bytes(self.path / END_RECORD,
+                           json.dumps({"reason": reason, "step": step}).encode("utf-8"))
+
+    def read_end(self) -> Optional[dict[str, Any]]:
+        """The last `record_end`, or None (none written, or unreadable)."""
+        try:
+            record = json.loads((self.path / END_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
     def weights_for_sampling(self) -> Optional[Path]:
         """The best weights, else the latest, else None."""
         for candidate in (self.best, self.latest):
@@ -185,6 +220,20 @@ def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -
             f"no trained model under {runs_root}/: train one first, e.g. "
             "`charrnn train data/tinyshakespeare.txt`, or name a checkpoint")
     return max(candidates)[1]
+
+
+def _probe_lock(path: Path) -> bool:
+    import fcntl
+
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except OSError:
+        return False
 
 
 def _finite_or_null(record: dict[str, Any]) -> dict[str, Any]:

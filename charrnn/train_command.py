@@ -255,6 +255,8 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
         if watchdog is not None:
             watchdog.uninstall()
         stop.uninstall()
+    if world.is_writer:
+        run_dir.record_end(finished.reason, finished.step)   # `charrnn runs`: finished or stopped
     if finished.reason == "interrupted":
         console.print(f"interrupted at step {finished.step}, saved in {run_dir.path}; resume with: "
                       f"{resume_hint(run_dir, corpus_source, world)}", markup=False, highlight=False)

@@ -6,5 +6,6 @@ torch is imported inside the commands, so `charrnn --help` stays instant.
 
 from .group import cli, main
 from . import train, sample  # noqa: E402,F401  (registers the commands)
+from . import evaluate, score, info, runs  # noqa: E402,F401
 
 __all__ = ["cli", "main"]
