@@ -38,7 +38,24 @@ def read_header(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is a directory, not a checkpoint") from None
     except OSError as error:
         raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
-    return read_metadata(start, path)
+    metadata = read_metadata(start, path)
+    _check_length(start, path)
+    return metadata
+
+
+def _check_length(start: bytes, path: Path) -> None:
+    """A file cut short (or padded) is damaged: its size must be where the last tensor ends."""
+    header = json.loads(start[8:])
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    expected = len(start) + max(ends, default=0)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if size != expected:
+        raise CheckpointError(f"{path} is corrupted (it holds {size} bytes where its header "
+                              f"describes {expected})")
 
 
 def _parse(metadata: dict[str, str], path: Path) -> tuple[ModelConfig, Tokenizer, dict[str, Any]]:
