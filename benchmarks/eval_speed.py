@@ -4,7 +4,7 @@ Prints characters per second of evaluation (the model part, as training's valida
 end to end with reading and encoding) and lines per second of scoring for short and long
 lines, batched (as `charrnn score` runs) and one line at a time.
 
-    python benchmarks/eval_speed.py [--threads N] [--chars 200000]
+    python benchmarks/eval_speed.py [--threads N] [--chars 200000] [--lines 4000]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=physical_cores())
     parser.add_argument("--chars", type=int, default=200_000, help="characters evaluated")
+    parser.add_argument("--lines", type=int, default=4000, help="short lines scored (a tenth as many long)")
     args = parser.parse_args()
     threads = configure_threads(args.threads)
     text = CORPUS.read_text(encoding="utf-8")
@@ -55,8 +56,8 @@ def main() -> None:
           f"{result.chars / end_to_end:,.0f} chars/s end to end, {result.chars:,} chars")
 
     lines = [line for line in text.splitlines()]
-    short = [line for line in lines if 0 < len(line) <= 20][:4000]
-    long = [(line + " ") * 5 for line in lines if len(line) >= 40][:400]
+    short = [line for line in lines if 0 < len(line) <= 20][:args.lines]
+    long = [(line + " ") * 5 for line in lines if len(line) >= 40][:max(10, args.lines // 10)]
     scorer = LineScorer(model, tokenizer, device)
     for name, chosen in (("short lines (<= 20 chars)", short), ("long lines (~240 chars)", long)):
         batched = lines_per_second(scorer, chosen)
