@@ -24,7 +24,7 @@ from .evaluation import evaluate
 from .model import CharRNN
 from .tokenizers import CharTokenizer, Tokenizer, describe_char, token_dtype
 
-SPILL_BYTES = 32 << 20        # token arrays larger than this go to a temporary file
+SPILL_BYTES = 16 << 20        # token arrays larger than this go to a temporary file
 
 
 @dataclass
@@ -140,15 +140,20 @@ class _CharEncoder:
 
     def __init__(self, tokenizer: CharTokenizer) -> None:
         code_points = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
-        self.table = np.full(max(int(code_points.max()) + 1, 128), -1, dtype=np.int64)
-        self.table[code_points] = np.arange(len(code_points))
+        self.table = np.full(max(int(code_points.max()) + 1, 128), -1, dtype=np.int32)
+        self.table[code_points] = np.arange(len(code_points), dtype=np.int32)
         self.unknown: set[int] = set()
         self.unknown_count = 0
 
-    def encode(self, text: str, skip_unknown: bool) -> np.ndarray:
-        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-        inside = code_points < len(self.table)
-        ids = np.where(inside, self.table[np.where(inside, code_points, 0)], -1)
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of the known characters of `text` (int32; unknown ones are noted and left out)."""
+        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        if len(code_points) and int(code_points.max()) < len(self.table):
+            ids = self.table[code_points]
+        else:
+            inside = code_points < len(self.table)
+            ids = np.full(len(code_points), -1, dtype=np.int32)
+            ids[inside] = self.table[code_points[inside]]
         missing = ids < 0
         if missing.any():
             self.unknown.update(np.unique(code_points[missing]).tolist())
@@ -169,7 +174,7 @@ def encode_text(tokenizer: Tokenizer, chunks: Iterable[str], name: str, skip_unk
         if isinstance(tokenizer, CharTokenizer):
             encoder = _CharEncoder(tokenizer)
             for text in chunks:
-                sink.add(encoder.encode(text, skip_unknown))
+                sink.add(encoder.encode(text))
             if encoder.unknown and not skip_unknown:
                 raise UnknownCharacters(name, [chr(c) for c in sorted(encoder.unknown)], encoder.unknown_count)
             return sink, encoder.unknown_count

@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterator, Union
 from .data import describe_utf8_error
 from .errors import CorpusError
 
-READ_BYTES = 4 << 20          # bytes read per step: memory use is a small multiple of this
+READ_BYTES = 1 << 20          # bytes read per step: memory use is a small multiple of this
 UTF8_BOM = b"\xef\xbb\xbf"
 STDIN = "-"
 

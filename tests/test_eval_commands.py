@@ -161,3 +161,28 @@ def test_damaged_model_and_stdin_twice(shakespeare_run, tmp_path):
     twice = run_cli("eval", str(damaged), "-", "-")
     assert twice.exit_code == 2
     assert error_lines(twice.stderr) == ["Error: standard input (-) can be read only once"]
+
+
+def test_a_huge_single_line_is_encoded_in_bounded_memory(trained_run, tmp_path):
+    """A 24 MB file without a newline: encoding never holds it whole (the tokens spill to disk)."""
+    import tracemalloc
+
+    path = tmp_path / "one-line.txt"
+    piece = ("the lazy dog " * 80_000).encode("utf-8")           # about 1 MB
+    with open(path, "wb") as out:
+        for _ in range(24):
+            out.write(piece)
+    model = load(trained_run, device="cpu")
+    tracemalloc.start()
+    try:
+        sink, skipped = text_evaluation.encode_text(model.tokenizer, iter_text_chunks(TextSource.of(path)),
+                                                    str(path), temp_folder=tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        assert sink.num_tokens == 24 * len(piece) and skipped == 0
+        assert sink.file is not None                       # spilled, not kept in memory
+        assert peak < 40_000_000, f"peak {peak / 1e6:.0f} MB for a 24 MB line"
+    finally:
+        sink.close()
