@@ -105,8 +105,9 @@ class LineScorer:
 
     def _score_block(self, block: list[str]) -> list[LineScore]:
         encoded = [self._encode(line) for line in block]
-        scores = [LineScore(line=line, total_bits=math.inf, chars=len(ids) if self._char_table is not None
-                            else len(line) + 1, unknown_chars=unknown)
+        # Characters scored: the line's and its newline, less those left out by skip_unknown.
+        scores = [LineScore(line=line, total_bits=math.inf, unknown_chars=unknown,
+                            chars=len(line) + 1 - (unknown if self.skip_unknown else 0))
                   for line, (ids, unknown) in zip(block, encoded)]
         todo = [index for index, (_, unknown) in enumerate(encoded) if unknown == 0 or self.skip_unknown]
         todo.sort(key=lambda index: len(encoded[index][0]), reverse=True)
