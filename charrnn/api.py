@@ -82,20 +82,23 @@ class Model:
 
     # -- measuring --------------------------------------------------------------------------
 
-    def score_lines(self, lines: Iterable[str], skip_unknown: bool = False) -> Iterator[LineScore]:
+    def score_lines(self, lines: Iterable[str], skip_unknown: bool = False,
+                    carry_state: bool = False) -> Iterator[LineScore]:
         """A `LineScore` per line, in order, streamed (lines are batched internally).
 
-        Each line is scored alone, after a newline; a line with characters the model never saw
-        scores infinite bits unless `skip_unknown` leaves those characters out.
+        Each line is scored alone, after a newline (with `carry_state`, after all the lines
+        before it); a line with characters the model never saw scores infinite bits unless
+        `skip_unknown` leaves those characters out.
         """
-        return LineScorer(self.module, self.tokenizer, self.device, skip_unknown).score(lines)
+        return LineScorer(self.module, self.tokenizer, self.device, skip_unknown).score(lines, carry_state)
 
-    def score(self, text: Union[str, Iterable[str]], skip_unknown: bool = False) -> list[LineScore]:
+    def score(self, text: Union[str, Iterable[str]], skip_unknown: bool = False,
+              carry_state: bool = False) -> list[LineScore]:
         """Scores of every line of `text` (a string, split at newlines, or an iterable of lines)."""
         lines = text.split("\n") if isinstance(text, str) else text
         if isinstance(text, str) and text.endswith("\n"):
             lines = lines[:-1]
-        return list(self.score_lines(lines, skip_unknown))
+        return list(self.score_lines(lines, skip_unknown, carry_state))
 
     def evaluate(self, text_or_path: Union[str, os.PathLike], skip_unknown: bool = False) -> TextEvaluation:
         """Bits per character and loss per token on a text: a `str` is the text itself, a
@@ -111,9 +114,10 @@ class Model:
         return evaluate_chunks(self.module, self.tokenizer, iter_text_chunks(source), self.device,
                                name=source.name, skip_unknown=skip_unknown, temp_folder=default_temp_folder())
 
-    def score_file(self, path: PathLike, skip_unknown: bool = False) -> Iterator[LineScore]:
+    def score_file(self, path: PathLike, skip_unknown: bool = False,
+                   carry_state: bool = False) -> Iterator[LineScore]:
         """`score_lines` over the lines of a file (or `-` for standard input), read as they come."""
-        return self.score_lines(iter_lines(TextSource.of(path)), skip_unknown)
+        return self.score_lines(iter_lines(TextSource.of(path)), skip_unknown, carry_state)
 
 
 def load(path: Optional[PathLike] = None, device: str = "auto") -> Model:

@@ -77,8 +77,15 @@ class LineScorer:
             self._char_table = np.full(max(int(code_points.max()) + 1, 128), -1, dtype=np.int64)
             self._char_table[code_points] = np.arange(len(code_points))
 
-    def score(self, lines: Iterable[str]) -> Iterator[LineScore]:
-        """A `LineScore` per line, in order, computed a block at a time."""
+    def score(self, lines: Iterable[str], carry_state: bool = False) -> Iterator[LineScore]:
+        """A `LineScore` per line, in order, computed a block at a time.
+
+        With `carry_state`, each line is scored after all the lines before it (one stream,
+        as the text reads), one line at a time.
+        """
+        if carry_state:
+            yield from self._score_carrying_state(lines)
+            return
         block: list[str] = []
         size = 0
         for line in lines:
@@ -151,3 +158,24 @@ class LineScorer:
         finally:
             self.model.train(was_training)
         return (totals / math.log(2)).tolist()
+
+    def _score_carrying_state(self, lines: Iterable[str]) -> Iterator[LineScore]:
+        state, previous = self.prime_state, self.prime_last
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for line in lines:
+                ids, unknown = self._encode(line)
+                score = LineScore(line=line, total_bits=math.inf, unknown_chars=unknown,
+                                  chars=len(line) + 1 - (unknown if self.skip_unknown else 0))
+                if unknown == 0 or self.skip_unknown:
+                    inputs = torch.from_numpy(np.concatenate([[previous], ids[:-1]]).astype(np.int64))
+                    targets = torch.from_numpy(ids.astype(np.int64))
+                    with torch.inference_mode():
+                        logits, state = self.model(inputs[None].to(self.device), state)
+                        nats = F.cross_entropy(logits[0].float(), targets.to(self.device), reduction="sum")
+                    score.total_bits = float(nats) / math.log(2)
+                    previous = int(ids[-1])
+                yield score
+        finally:
+            self.model.train(was_training)

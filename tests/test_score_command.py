@@ -121,3 +121,19 @@ def test_too_many_files_is_a_usage_error(trained_run, tmp_path):
     missing = run_cli("score", str(trained_run), str(tmp_path / "nope.txt"))
     assert missing.exit_code == 1
     assert error_lines(missing.stderr) == [f"Error: file not found: {tmp_path / 'nope.txt'}"]
+
+
+def test_carry_state_scores_the_lines_as_one_text(trained_run):
+    """With --carry-state the lines' bits add up to the bits of the whole text after a newline."""
+    model = load(trained_run, device="cpu")
+    lines = ["the quick brown fox", "jumps over", "", "the lazy dog."]
+    carried = model.score(lines, carry_state=True)
+    text = "\n" + "\n".join(lines) + "\n"
+    ids = torch.from_numpy(model.tokenizer.encode(text).astype("int64"))[None]
+    with torch.inference_mode():
+        logits, _ = model.module(ids[:, :-1])
+    whole_bits = float(F.cross_entropy(logits[0], ids[0, 1:], reduction="sum")) / math.log(2)
+    assert sum(s.total_bits for s in carried) == pytest.approx(whole_bits, rel=1e-5)
+    assert carried[0].total_bits == pytest.approx(model.score(lines)[0].total_bits, rel=1e-5)
+    result = run_cli("score", str(trained_run), "--carry-state", input="\n".join(lines) + "\n")
+    assert [row[2] for row in _parse(result.stdout)] == lines

@@ -22,12 +22,15 @@ from .output import write_stream
                    "when it is one, else the most recent run under runs/.")
 @click.option("--skip-unknown", is_flag=True,
               help="Score lines without the characters a char model never saw (else such a line scores inf).")
+@click.option("--carry-state", is_flag=True,
+              help="Score each line after all the lines before it (one stream, not batched) instead of alone.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (JSON lines).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where to score; auto picks a GPU when there is one.")
 @click.option("--threads", type=int, default=None, show_default="physical cores",
               help="CPU threads for torch.")
-def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, as_json: bool,
+def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, carry_state: bool,
+                  as_json: bool,
                   device: str, threads: Optional[int]) -> None:
     """For every line of FILE (default: standard input), in order: bits_per_char TAB total_bits TAB line.
 
@@ -56,7 +59,7 @@ def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_un
     configure_threads(threads)
     model = load(model_argument, device=device)
     source = TextSource.of(files[0] if files else "-")
-    scores = model.score_file(files[0] if files else "-", skip_unknown=skip_unknown)
+    scores = model.score_file(files[0] if files else "-", skip_unknown=skip_unknown, carry_state=carry_state)
     unknown = {"lines": 0}
 
     def output() -> Iterator[str]:
