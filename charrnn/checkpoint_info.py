@@ -18,7 +18,7 @@ from .checkpoint import MAX_HEADER_BYTES, expected_tensor_shapes, read_metadata
 from .config import ModelConfig
 from .errors import CharrnnError, CheckpointError
 from .rundir import RunDir
-from .tokenizers import Tokenizer, describe_char, tokenizer_from_dict
+from .tokenizers import Tokenizer, tokenizer_from_dict
 
 CHAR_SAMPLE = 64
 
@@ -120,11 +120,6 @@ def describe_weights(path: Path) -> dict[str, Any]:
             "train_config": train_config,
         },
     }
-
-
-def describe_characters(tokenizer: Tokenizer) -> list[str]:
-    """Every character of a char vocabulary, named as in error messages."""
-    return [describe_char(c) for c in getattr(tokenizer, "chars", [])]
 
 
 def run_files(run_dir: Path) -> list[dict[str, Any]]:
