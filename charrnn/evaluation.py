@@ -33,6 +33,8 @@ class EvaluationResult:
     loss: float          # nats per token
     bits_per_char: float
     seconds: float
+    total_nats: float = 0.0      # summed over every predicted token
+    num_predictions: int = 0     # tokens predicted (every token after the first)
 
 
 def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
@@ -73,6 +75,8 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
         loss=total_nats / max(1, total_tokens),
         bits_per_char=total_nats / math.log(2) / max(1, num_chars),
         seconds=time.perf_counter() - started,
+        total_nats=total_nats,
+        num_predictions=total_tokens,
     )
 
 

@@ -7,16 +7,19 @@
       state.pt              everything needed to resume exactly (torch.load weights_only)
       metrics.jsonl         one JSON line per evaluation, appended as they come
       .lock                 held (flock) by the one training writing here
+      end.json              how the last training session ended (reason and step)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import TEMP_MARKER, is_temp_file
+from .atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from .errors import CheckpointError, RunDirError
 from .metrics_log import MetricsReading, append_metrics_record, forget_records_after, read_metrics_file
 
@@ -26,6 +29,7 @@ LATEST_WEIGHTS = "latest.safetensors"
 TRAINING_STATE = "state.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+END_RECORD = "end.json"
 STEP_WEIGHTS = re.compile(r"step-(\d+)\.safetensors")
 
 
@@ -88,22 +92,13 @@ class RunDir:
             "overwrite them: choose another --out, or move those files away")
 
     def live_lock_holder(self) -> Optional[str]:
-        """The pid of the live process holding the lock, or None; never takes or changes the lock file."""
-        import fcntl
-
-        try:
-            handle = open(self.path / LOCK, "r", encoding="utf-8")
-        except OSError:
+        """The pid of the live process holding the lock, or None; never changes the lock file."""
+        if not self.is_locked():
             return None
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "unknown"
+            return (self.path / LOCK).read_text(encoding="utf-8").strip() or "unknown"
         except OSError:
-            return None
-        finally:
-            handle.close()   # closing also releases the shared lock taken just to look
-        return None
+            return "unknown"
 
     def prepare(self) -> None:
         """Create the folder and prove it is writable, before any training starts."""
@@ -130,14 +125,12 @@ class RunDir:
 
     def try_lock(self) -> Optional[str]:
         """Take the lock and return None, or return the pid of the live process that holds it."""
-        import fcntl  # POSIX only; imported here so the module loads everywhere
-
         try:
             handle = open(self.path / LOCK, "a+", encoding="utf-8")
         except OSError as error:
             raise RunDirError(f"cannot lock run directory {self.path}: {error.strerror or error}") from None
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive_soon(handle.fileno())
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
@@ -203,6 +196,23 @@ class RunDir:
             except OSError:
                 pass
 
+    def is_locked(self) -> bool:
+        """True while a live process holds the run's lock (a training is writing here)."""
+        return _flock_held(self.path / LOCK)
+
+    def record_end(self, reason: str, step: int) -> None:
+        """Note how a training session ended ("done", "time", "early-stop", "interrupted") at `step`."""
+        atomic_write_bytes(self.path / END_RECORD,
+                           json.dumps({"reason": reason, "step": step}).encode("utf-8"))
+
+    def read_end(self) -> Optional[dict[str, Any]]:
+        """The last `record_end`, or None (none written, or unreadable)."""
+        try:
+            record = json.loads((self.path / END_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
     def weights_for_sampling(self) -> Optional[Path]:
         """The best weights, else the latest, else None."""
         for candidate in (self.best, self.latest):
@@ -258,6 +268,45 @@ def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -
     return max(candidates)[1]
 
 
+# A process that only looks (`is_locked`) holds a shared lock for microseconds: a lock
+# still refused after this long belongs to a training.
+LOCK_PATIENCE_SECONDS = 0.2
+
+
+def _flock_exclusive_soon(descriptor: int) -> None:
+    """Take an exclusive flock, retrying briefly; raise BlockingIOError if it stays held."""
+    import fcntl
+
+    deadline = time.monotonic() + LOCK_PATIENCE_SECONDS
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _busy_message(path: Path, holder: str) -> str:
     return (f"another training is already writing to {path} (pid {holder}); "
             "wait for it to finish or choose another --out")
+
+
+def _flock_held(path: Path) -> bool:
+    """True while some live process holds a flock on `path`.
+
+    Looking takes a shared lock for an instant; `try_lock` waits out such an instant,
+    so `charrnn runs` looking never makes a training that starts at that moment fail.
+    """
+    import fcntl
+
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except OSError:
+        return False

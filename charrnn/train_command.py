@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import ModelConfig, TrainConfig
 from .console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
@@ -89,17 +89,19 @@ def resume_hint(run_dir: RunDir, corpus_source: Optional[str], world: World = Wo
 
 
 def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
-                 train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None) -> int:
+                 train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None,
+                 on_run_dir: Callable[[Path], None] = lambda path: None) -> int:
     """Train from the command line's options; return the process exit code.
 
     With `resume`, CORPUS may be the run directory itself (`charrnn train --resume RUN_DIR`);
     otherwise the run is `--out`, or runs/<corpus name>. Under torchrun, every process runs
-    this; only rank 0 prepares and locks the run directory and talks.
+    this; only rank 0 prepares and locks the run directory and talks. `on_run_dir` hears
+    which run directory was taken (the Python API returns the model trained there).
     """
     spooled: list[Path] = []
     try:
         return _run_training(corpus, out, resume, model_options, train_options, given,
-                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled)
+                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled, on_run_dir)
     finally:
         for path in spooled:
             path.unlink(missing_ok=True)
@@ -107,7 +109,7 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
 
 def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
                   train_options: dict[str, Any], given: set[str], cache_dir: Path,
-                  spooled: list[Path]) -> int:
+                  spooled: list[Path], on_run_dir: Callable[[Path], None]) -> int:
     world = World.from_env()
     # Under torchrun only rank 0 talks; the others keep quiet unless they fail.
     console = stderr_console(quiet=not world.is_writer)
@@ -166,6 +168,7 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
         else:
             run_dir.prepare()
             run_dir.lock()
+    on_run_dir(run_dir.path)
     try:
         source = _scan(corpus, cache_dir, spooled, progress) if corpus is not None else None
         if resume:
@@ -272,6 +275,8 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
         if watchdog is not None:
             watchdog.uninstall()
         stop.uninstall()
+    if world.is_writer:
+        run_dir.record_end(finished.reason, finished.step)   # `charrnn runs`: finished or stopped
     if finished.reason == "interrupted":
         console.print(f"interrupted at step {finished.step}, saved in {run_dir.path}; resume with: "
                       f"{resume_hint(run_dir, corpus_source, world)}", markup=False, highlight=False)
