@@ -260,11 +260,9 @@ class _RawBytes(Tokenizer):
 
 
 def test_split_of_a_byte_level_tokeniser_is_the_byte_offset_of_the_split_character(tmp_path, monkeypatch):
-    import charrnn.data as data
-    import charrnn.token_cache as token_cache
+    import charrnn.corpus_encoding as corpus_encoding
 
-    for module in (data, token_cache):                             # split points inside count chunks
-        monkeypatch.setattr(module, "COUNT_CHUNK_TOKENS", 7)
+    monkeypatch.setattr(corpus_encoding, "COUNT_CHUNK_TOKENS", 7)  # split points inside count chunks
     text = MIXED * 5
     path = _write(tmp_path / "mixed.txt", text)
     scan = scan_corpus(corpus_files(str(path)))
