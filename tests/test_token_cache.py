@@ -82,6 +82,18 @@ def test_streamed_and_in_memory_paths_give_the_same_arrays(tmp_path, val_fractio
     assert streamed.fingerprint == in_memory.fingerprint
 
 
+@pytest.mark.parametrize("kind, vocab_size", [("byte", None), ("bpe", 320)])
+def test_in_memory_api_is_the_streamed_pipeline_for_every_tokeniser(tmp_path, kind, vocab_size):
+    path = _write(tmp_path / "mixed.txt", MIXED * 40)
+    scan = scan_corpus(corpus_files(str(path)))
+    streamed = prepare_streamed_corpus(scan, kind, 0.2, vocab_size, cache_dir=tmp_path / "cache")
+    in_memory = prepare_corpus(read_corpus(str(path)), kind, 0.2, vocab_size)
+    assert streamed.tokenizer.to_dict() == in_memory.tokenizer.to_dict()
+    assert np.array_equal(streamed.train_tokens, in_memory.train_tokens)
+    assert np.array_equal(streamed.val_tokens, in_memory.val_tokens)
+    assert (streamed.train_chars, streamed.val_chars) == (in_memory.train_chars, in_memory.val_chars)
+
+
 def test_directory_corpus_streams_every_txt_file_in_order(tmp_path):
     folder = tmp_path / "lyrics"
     folder.mkdir()
