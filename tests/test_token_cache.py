@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from charrnn import events
-from charrnn.data import IGNORE_TARGET, BatchStream, Corpus, EvaluationWindows, prepare_corpus, read_corpus
+from charrnn.data import IGNORE_TARGET, BatchStream, EvaluationWindows, prepare_corpus, read_corpus
 from charrnn.errors import CorpusError
 from charrnn.tokenizers import Tokenizer
 from charrnn.token_cache import (cached_token_file, corpus_files, iter_text_chunks,
