@@ -68,7 +68,8 @@ def prepare_corpus(corpus: Corpus, tokenizer_kind: str, val_fraction: float,
     """Split the text (validation = last `val_fraction`), fit or reuse a tokeniser, encode: in memory.
 
     The text goes through the pipeline `charrnn train` uses (`corpus_encoding.prepare_tokens`),
-    read as a file holding it would be; only the ids stay in an array instead of the token cache.
+    read as a file holding it would be (a leading byte-order mark is dropped); only the ids stay in
+    an array instead of the token cache.
     """
     data = corpus.text.encode("utf-8", "surrogatepass")   # a lone surrogate: a clear UTF-8 error
     scan = scan_corpus(CorpusBytes(data, name=corpus.name, source=corpus.source))
