@@ -116,7 +116,7 @@ def corpus_files(source: str) -> CorpusFiles:
 # -- text a chunk at a time --------------------------------------------------------------------
 
 
-def _complete_length(data: bytes) -> int:
+def complete_utf8_length(data: bytes) -> int:
     """Length of the prefix of `data` that does not end inside a UTF-8 sequence."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
@@ -165,7 +165,7 @@ def iter_text_chunks(corpus: CorpusFiles | CorpusBytes, chunk_bytes: Optional[in
                     if data.startswith(UTF8_BOM):
                         data, offset = data[len(UTF8_BOM):], offset + len(UTF8_BOM)
                     first = False
-                cut = len(data) if at_end else _complete_length(data)
+                cut = len(data) if at_end else complete_utf8_length(data)
                 complete, pending = data[:cut], data[cut:]
                 if complete:
                     try:

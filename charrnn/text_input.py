@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
-from .data import describe_utf8_error
+from .corpus import UTF8_BOM, complete_utf8_length, describe_utf8_error
 from .errors import CorpusError
 
 READ_BYTES = 1 << 20          # bytes read per step: memory use is a small multiple of this
-UTF8_BOM = b"\xef\xbb\xbf"
 STDIN = "-"
 
 
@@ -49,17 +48,6 @@ class TextSource:
             raise CorpusError(f"cannot read {self.path}: permission denied") from None
         except OSError as error:
             raise CorpusError(f"cannot read {self.path}: {error.strerror or error}") from None
-
-
-def _complete_length(data: bytes) -> int:
-    """Length of the prefix of `data` that does not end inside a UTF-8 sequence."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 == 0x80:
-            continue                          # a continuation byte: the sequence started earlier
-        needed = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
-        return len(data) - back if needed > back else len(data)
-    return len(data)
 
 
 class _Utf8Checker:
@@ -109,7 +97,7 @@ def iter_text_chunks(source: TextSource, chunk_bytes: int = READ_BYTES) -> Itera
             if checker.first and len(data) < len(UTF8_BOM) and UTF8_BOM.startswith(data):
                 pending = data                   # too short yet to tell whether a BOM starts it
                 continue
-            cut = _complete_length(data)
+            cut = complete_utf8_length(data)
             pending = data[cut:]
             if cut:
                 yield checker.decode(data[:cut])
