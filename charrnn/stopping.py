@@ -29,11 +29,13 @@ class StopMatcher:
         if not self.stops:
             return text, None
         pending = self._pending + text
-        found_at, found = -1, None
+        # The stop string completed first ends the sample (on a tie, the longer one).
+        found_at, found, found_end = -1, None, 0
         for stop in self.stops:
             position = pending.find(stop)
-            if position >= 0 and (found is None or position < found_at):
-                found_at, found = position, stop
+            end = position + len(stop)
+            if position >= 0 and (found is None or (end, position) < (found_end, found_at)):
+                found_at, found, found_end = position, stop, end
         if found is not None:
             self._pending = ""
             return pending[:found_at] + (found if self.keep_stop else ""), found
