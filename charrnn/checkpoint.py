@@ -152,11 +152,14 @@ def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[i
     if missing or unexpected:
         problem = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
         raise CheckpointError(f"{path} is corrupted ({problem})")
+    # One float type for the whole file: float32, or a 16-bit type the file was stored in.
+    stored = tensors["embedding.weight"].dtype
+    stored = stored if stored in STORED_FLOAT_DTYPES else torch.float32
     for name, tensor in tensors.items():
-        if tensor.dtype not in STORED_FLOAT_DTYPES or tuple(tensor.shape) != expected[name]:
+        if tensor.dtype != stored or tuple(tensor.shape) != expected[name]:
             raise CheckpointError(
                 f"{path} is corrupted (tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, "
-                f"expected torch.float32 {expected[name]})")
+                f"expected {stored} {expected[name]})")
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} is corrupted (tensor {name} has non-finite values)")
 

@@ -51,14 +51,14 @@ def main() -> None:
             for name, tensor in loaded.model.state_dict().items()}
     full_bpc = validation_bits_per_char(args.weights, text)
     info = json.loads(metadata.get("info", "{}"))
-    info.update({"stored_dtype": "float16", "val_bits_per_char_float32": round(full_bpc, 4)})
+    info.update({"stored_dtype": "float16", "val_bits_per_char_float32": round(full_bpc, 5)})
     metadata["info"] = json.dumps(info)
     atomic_write_bytes(args.out, save_safetensors_bytes(half, metadata=metadata))
     half_bpc = validation_bits_per_char(args.out, text)
-    info["val_bits_per_char_float16"] = round(half_bpc, 4)
+    info["val_bits_per_char_float16"] = round(half_bpc, 5)
     metadata["info"] = json.dumps(info)
     atomic_write_bytes(args.out, save_safetensors_bytes(half, metadata=metadata))
-    print(f"validation bits/char: float32 {full_bpc:.4f}, float16 {half_bpc:.4f}; "
+    print(f"validation bits/char: float32 {full_bpc:.5f}, float16 {half_bpc:.5f}; "
           f"{args.weights.stat().st_size / 1e6:.2f} MB -> {args.out.stat().st_size / 1e6:.2f} MB ({args.out})")
 
 
