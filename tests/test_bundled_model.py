@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 import zipfile
 
@@ -63,6 +65,14 @@ def test_sample_without_runs_uses_the_bundled_model_and_says_nothing_off_a_termi
     assert named.stdout == result.stdout
 
 
+def test_the_bundled_model_is_announced_on_a_terminal(tmp_path):
+    from test_stop_and_lines import run_with_terminal_stderr
+
+    finished, told = run_with_terminal_stderr("sample", "-n", "20", "--seed", "3", cwd=tmp_path)
+    assert finished.returncode == 0 and len(finished.stdout.decode()) == 20
+    assert "bundled model" in told and "--seed" not in told   # seeded: no seed notice
+
+
 def test_an_existing_path_wins_over_a_bundled_name(in_tmp, trained_run):
     (in_tmp / "shakespeare").symlink_to(trained_run, target_is_directory=True)
     assert resolve_weights("shakespeare").resolve() == trained_run.resolve() / "best.safetensors"
@@ -70,12 +80,15 @@ def test_an_existing_path_wins_over_a_bundled_name(in_tmp, trained_run):
     assert missing.exit_code == 1 and "checkpoint not found: no-such-model" in error_lines(missing.stderr)[0]
 
 
-def test_the_wheel_carries_the_bundled_model():
-    """pyproject's package data names the model; a wheel built from it holds it (checked once by hand:
-    `pip wheel . --no-deps`, installed in a fresh venv, `cd / && charrnn sample -n 200`)."""
+def test_the_wheel_carries_the_bundled_model(tmp_path):
+    """A wheel built from the project holds the model (installing that wheel in a fresh venv and
+    running `cd / && charrnn sample -n 200` was checked by hand: see the README)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     package_data = project["tool"]["setuptools"]["package-data"]["charrnn.pretrained"]
     assert "*.safetensors" in package_data and "README.md" in package_data
-    wheels = sorted((REPO / "dist").glob("charrnn-*.whl")) if (REPO / "dist").is_dir() else []
-    for wheel in wheels:   # a wheel built here (make dist-check) must hold the model too
-        assert "charrnn/pretrained/shakespeare.safetensors" in zipfile.ZipFile(wheel).namelist()
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                            "--quiet", "-w", str(tmp_path)], capture_output=True, timeout=300)
+    assert built.returncode == 0, built.stderr.decode()[-2000:]
+    (wheel,) = tmp_path.glob("charrnn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "charrnn/pretrained/shakespeare.safetensors" in names and "charrnn/pretrained/README.md" in names

@@ -191,13 +191,13 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, args, stdin, expected):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0]
 
 
-def test_seed_is_told_on_a_terminal_only(trained_run):
-    """An unseeded run names its seed on stderr when stderr is a terminal; the pipe gets only text."""
+def run_with_terminal_stderr(*args: str, cwd=None) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `charrnn ARGS` with stdout a pipe and stderr a (pseudo-)terminal; return what the terminal got."""
     import pty
 
     main, secondary = pty.openpty()
-    finished = subprocess.run([sys.executable, "-m", "charrnn", "sample", str(trained_run), "-n", "50",
-                               "--temperature", "2"], stdout=subprocess.PIPE, stderr=secondary, timeout=120)
+    finished = subprocess.run([sys.executable, "-m", "charrnn", *args], stdout=subprocess.PIPE,
+                              stderr=secondary, cwd=cwd, timeout=120)
     os.close(secondary)
     told = b""
     try:
@@ -206,9 +206,15 @@ def test_seed_is_told_on_a_terminal_only(trained_run):
     except OSError:   # the terminal is closed once everything is read
         pass
     os.close(main)
+    return finished, told.decode("utf-8", errors="replace")
+
+
+def test_seed_is_told_on_a_terminal_only(trained_run):
+    """Defect 14: an unseeded run names its seed on stderr when stderr is a terminal; the pipe gets only text."""
+    finished, told = run_with_terminal_stderr("sample", str(trained_run), "-n", "50", "--temperature", "2")
     assert finished.returncode == 0
-    seed = int(told.decode().split()[1])
-    assert f"reproduce with --seed {seed}".encode() in told
+    seed = int(told.split()[1])
+    assert f"reproduce with --seed {seed}" in told
     again = run_charrnn_process("sample", str(trained_run), "-n", "50", "--temperature", "2", "--seed", str(seed))
     assert again.stdout == finished.stdout and again.stderr == b""
     assert run_charrnn_process("sample", str(trained_run), "-n", "5").stderr == b""   # not a terminal: quiet
