@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -243,3 +244,24 @@ def test_tokens_that_write_nothing_are_never_sampled(tmp_path, kind):
                                    timeout=60)
     assert finished.returncode == 0, finished.stderr
     assert len(finished.stdout.decode("utf-8")) == 40
+
+
+def test_each_line_answers_a_slow_producer_line_by_line(trained_run):
+    """A batch takes the lines that are ready: one typed line gets its answer before the next is typed."""
+    process = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", str(trained_run), "--each-line",
+                                "--stop", "\\n", "--greedy"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    watchdog = threading.Timer(60, process.kill)   # a readline that never returns must not hang the suite
+    watchdog.start()
+    try:
+        answers = []
+        for prime in (b"the quick", b"over"):
+            process.stdin.write(prime + b"\n")
+            process.stdin.flush()
+            answers.append(process.stdout.readline())   # would block for ever if it waited for a full batch
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert answers == [b"the quick brown fox jumps over the lazy dog.\n", b"over the lazy dog.\n"]
