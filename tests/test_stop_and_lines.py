@@ -265,3 +265,21 @@ def test_each_line_answers_a_slow_producer_line_by_line(trained_run):
         watchdog.cancel()
         process.kill()
     assert answers == [b"the quick brown fox jumps over the lazy dog.\n", b"over the lazy dog.\n"]
+
+
+def test_unreadable_input_file_is_one_line(trained_run, tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "primes.txt"
+    path.write_text("the\n", encoding="utf-8")
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    result = run_cli("sample", str(trained_run), "--each-line", "--input", str(path))
+    lines = error_lines(result.stderr)
+    assert result.exit_code == 2 and len(lines) == 1 and "Permission denied" in lines[0]

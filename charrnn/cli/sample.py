@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Iterator, Optional
@@ -131,21 +132,24 @@ def _output(loaded, config: SampleConfig, each_line: bool, input_file: Optional[
     if not each_line and output_format == "text":
         yield from generate_text(loaded.model, loaded.tokenizer, config)
         return
-    batches = None
-    if each_line:
-        from .line_input import read_line_batches
+    with contextlib.ExitStack() as open_files:
+        batches = None
+        if each_line:
+            from .line_input import read_line_batches
 
-        if input_file is not None:
-            stream = open(input_file, "rb")
-            what = input_file
-        else:
-            stream, what = sys.stdin.buffer, "standard input"
-        batches = read_line_batches(stream, config.batch_size, what)
-    records = generate_records(loaded.model, loaded.tokenizer, config, prime_batches=batches)
-    for number, record in enumerate(records):
-        if output_format == "jsonl":
-            yield json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
-        elif each_line:
-            yield record.prime + record.text + config.separator
-        else:
-            yield (config.separator if number else "") + record.prime + record.text
+            if input_file is not None:
+                try:
+                    stream, what = open_files.enter_context(open(input_file, "rb")), input_file
+                except OSError as error:
+                    raise UsageProblem(f"cannot read --input {input_file}: {error.strerror or error}") from None
+            else:
+                stream, what = sys.stdin.buffer, "standard input"
+            batches = read_line_batches(stream, config.batch_size, what)
+        records = generate_records(loaded.model, loaded.tokenizer, config, prime_batches=batches)
+        for number, record in enumerate(records):
+            if output_format == "jsonl":
+                yield json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
+            elif each_line:
+                yield record.prime + record.text + config.separator
+            else:
+                yield (config.separator if number else "") + record.prime + record.text
