@@ -115,12 +115,15 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
     _check_tensors(tensors, expected_tensor_shapes(model_config), path)
     model = CharRNN(model_config)   # allocated only now: the metadata cannot make us build a giant
-    model.load_state_dict(tensors)
+    model.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, model_config=model_config, info=info, path=path)
 
 
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Training writes float32; a file stored in 16-bit floats (the bundled model, half the size)
+# is read too and computed in float32.
+STORED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def expected_tensor_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -149,11 +152,14 @@ def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[i
     if missing or unexpected:
         problem = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
         raise CheckpointError(f"{path} is corrupted ({problem})")
+    # One float type for the whole file: float32, or a 16-bit type the file was stored in.
+    stored = tensors["embedding.weight"].dtype
+    stored = stored if stored in STORED_FLOAT_DTYPES else torch.float32
     for name, tensor in tensors.items():
-        if tensor.dtype != torch.float32 or tuple(tensor.shape) != expected[name]:
+        if tensor.dtype != stored or tuple(tensor.shape) != expected[name]:
             raise CheckpointError(
                 f"{path} is corrupted (tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, "
-                f"expected torch.float32 {expected[name]})")
+                f"expected {stored} {expected[name]})")
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} is corrupted (tensor {name} has non-finite values)")
 

@@ -201,6 +201,9 @@ class SampleConfig(_JsonDataclass):
     seed: Optional[int] = None    # None = a fresh seed each run
     num_samples: int = 1
     separator: str = "\n\n"
+    stop: tuple[str, ...] = ()   # a sample ends where its text first contains one of these
+    keep_stop: bool = False       # write the stop string that ended a sample
+    batch_size: int = 32          # primes completed side by side (one per input line)
 
     def validate(self) -> "SampleConfig":
         """Check every field; return self so calls can chain."""
@@ -218,4 +221,9 @@ class SampleConfig(_JsonDataclass):
                  "--length -1 (no end) works with one sample only")
         if self.seed is not None:
             _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
+        _require(not isinstance(self.stop, str), "stop must be a list of stop strings, not one string")
+        self.stop = tuple(self.stop)
+        for stop in self.stop:
+            _require(isinstance(stop, str) and stop != "", "--stop must not be empty")
+        _require(1 <= self.batch_size <= 10_000, f"--batch-size must be 1..10000, got {self.batch_size}")
         return self

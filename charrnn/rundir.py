@@ -244,9 +244,14 @@ def claim_default_run_dir(runs_root: Path, name: str) -> RunDir:
 
 
 def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
-    """The weights file to sample from: a file, a run directory, or the most recent run under `runs/`."""
+    """The weights file of MODEL: a file, a run directory, a bundled model's name, or else the most
+    recent run under `runs/`, or else the bundled model. An existing path wins over a bundled name."""
+    from .pretrained import DEFAULT_BUNDLED_MODEL, bundled_weights
+
     if given is not None:
         path = Path(given)
+        if not path.exists() and bundled_weights(given) is not None:
+            return bundled_weights(given)  # type: ignore[return-value]
         if path.is_dir():
             weights = RunDir(path).weights_for_sampling()
             if weights is None:
@@ -261,6 +266,8 @@ def resolve_weights(given: Optional[str], runs_root: Path = DEFAULT_RUNS_ROOT) -
             weights = RunDir(run).weights_for_sampling() if run.is_dir() else None
             if weights is not None:
                 candidates.append((weights.stat().st_mtime, weights))
+    if not candidates and bundled_weights(DEFAULT_BUNDLED_MODEL) is not None:
+        return bundled_weights(DEFAULT_BUNDLED_MODEL)  # type: ignore[return-value]
     if not candidates:
         raise CheckpointError(
             f"no trained model under {runs_root}/: train one first, e.g. "
