@@ -30,6 +30,9 @@ def test_load_resolves_like_the_commands(trained_run, tmp_path, monkeypatch):
     assert by_dir.path == trained_run / "best.safetensors"
     assert charrnn.load(trained_run / "latest.safetensors", device="cpu").path.name == "latest.safetensors"
     monkeypatch.chdir(tmp_path)
+    # With no run at all, the bundled model; and without that (a build that left it out), one clear error.
+    assert charrnn.load().path.name == "shakespeare.safetensors"
+    monkeypatch.setattr("charrnn.pretrained.BUNDLED_MODELS", {"shakespeare": tmp_path / "absent.safetensors"})
     with pytest.raises(CheckpointError, match="no trained model under runs/"):
         charrnn.load()
     (tmp_path / "runs").mkdir()

@@ -41,9 +41,14 @@ def print_json(value: Any) -> None:
 
 
 def looks_like_model(argument: str) -> bool:
-    """True when a command-line argument names a model: a .safetensors file or a run directory."""
+    """True when a command-line argument names a model: a .safetensors file, a run directory, or the
+    name of a bundled model (`shakespeare`) when no file of that name exists."""
+    from ..pretrained import bundled_weights
+
     path = Path(argument)
     if argument.endswith(".safetensors"):
+        return True
+    if not path.exists() and bundled_weights(argument) is not None:
         return True
     return path.is_dir() and ((path / BEST_WEIGHTS).is_file() or (path / LATEST_WEIGHTS).is_file())
 

@@ -29,8 +29,8 @@ def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unk
                  device: str, threads: Optional[int]) -> None:
     """How well a model predicts each FILE: bits per character, loss per token, speed.
 
-    MODEL is the first argument when it is a .safetensors file or a run directory
-    (a folder with best.safetensors); otherwise every argument is a FILE and the
+    MODEL is the first argument when it is a .safetensors file, a run directory
+    (a folder with best.safetensors) or a bundled model's name (shakespeare); otherwise every argument is a FILE and the
     model is --model or the most recent run under runs/. - reads standard input.
     Every character after a file's first is predicted, with the state carried
     through the file: on the text of a run's validation split this is the figure
