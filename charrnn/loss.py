@@ -26,14 +26,16 @@ MAX_CHUNK_LOGITS = 1 << 23
 
 def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
                        ignore_index: int = -100, reduction: str = "mean",
-                       max_chunk_logits: int = MAX_CHUNK_LOGITS) -> torch.Tensor:
+                       max_chunk_logits: Optional[int] = None) -> torch.Tensor:
     """`F.cross_entropy(head(hidden).float(), targets)` without building every logit at once.
 
     `hidden` is (..., hidden_size), `targets` the matching (...) int64 ids; targets
     equal to `ignore_index` count for nothing. `reduction` is "mean" (over the
     counted targets) or "sum". Under autocast the logits are computed in the
-    autocast dtype and the loss in fp32, as the plain expression does.
+    autocast dtype and the loss in fp32, as the plain expression does. At most
+    `max_chunk_logits` (default `MAX_CHUNK_LOGITS`) logits exist at once.
     """
+    max_chunk_logits = max_chunk_logits or MAX_CHUNK_LOGITS
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     hidden = hidden.reshape(-1, hidden.shape[-1])
