@@ -70,10 +70,15 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         hidden_chunk = hidden[start:start + chunk_tokens]
         target_chunk = targets[start:start + chunk_tokens]
         logits = F.linear(hidden_chunk, weight, bias)   # the autocast dtype under autocast
-        log_probs = torch.log_softmax(logits.float(), dim=1)
         counted = target_chunk != ignore_index
         safe_targets = torch.where(counted, target_chunk, torch.zeros_like(target_chunk))
-        picked = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
+        if with_grads:
+            log_probs = torch.log_softmax(logits.float(), dim=1)
+            picked = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
+        else:   # no softmax-sized tensor beyond the logits themselves
+            logits32 = logits.float()
+            picked = logits32.gather(1, safe_targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits32, dim=1)
+            del logits32
         total = total - torch.where(counted, picked, torch.zeros_like(picked)).sum()
         if with_grads:
             # d(sum of -log softmax[target]) / d logits = softmax - one_hot(target), on counted rows.
@@ -86,7 +91,7 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
             grad_weight += (compute.t() @ hidden_chunk.to(logits.dtype)).float()
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
-        del logits, log_probs
+        del logits
     if with_grads:
         grads = (grad_hidden, grad_weight.to(weight.dtype),
                  None if grad_bias is None else grad_bias.to(bias.dtype))
