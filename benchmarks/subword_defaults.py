@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
     """Command-line options of the measurement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpora", default="english,cjk", help="english (data/tinyshakespeare.txt), cjk, mixed")
-    parser.add_argument("--kinds", default="bpe")
+    # char and byte take one run each (their vocabulary is fixed), as a reference
+    parser.add_argument("--kinds", default="bpe", help="comma-separated: char, byte, bpe, unigram")
     parser.add_argument("--vocab-sizes", default="512,1024,2048,4096,8192")
     parser.add_argument("--shares", default="0.5")
     parser.add_argument("--steps", type=int, default=200)
@@ -56,8 +57,9 @@ def corpus_path(name: str, folder: Path) -> Path:
 
 def run(corpus: Path, kind: str, vocab_size: int, share: float, args: argparse.Namespace, out: Path) -> dict:
     """Train one configuration and return its row."""
+    sizing = ["--vocab-size", str(vocab_size)] if kind in ("bpe", "unigram") else []
     command = [sys.executable, "-c", LAUNCHER, str(share), "train", str(corpus), "--tokenizer", kind,
-               "--vocab-size", str(vocab_size), "--max-steps", str(args.steps), "--eval-every", str(args.steps), "--eval-tokens", "0",
+               *sizing, "--max-steps", str(args.steps), "--eval-every", str(args.steps), "--eval-tokens", "0",
                "--hidden-size", str(args.hidden_size), "--num-layers", str(args.num_layers),
                "--threads", "1", "--out", str(out), "--cache-dir", str(out.parent / "cache")]
     log = out.parent / f"{out.name}.log"
@@ -81,13 +83,17 @@ def main() -> None:
         for name in args.corpora.split(","):
             corpus = corpus_path(name, root)
             for kind in args.kinds.split(","):
-                for vocab_size in map(int, args.vocab_sizes.split(",")):
-                    for share in map(float, args.shares.split(",")):
+                # char and byte have one vocabulary (the corpus's characters, the 256 bytes): one run.
+                sizes = list(map(int, args.vocab_sizes.split(","))) if kind in ("bpe", "unigram") else [0]
+                shares = list(map(float, args.shares.split(","))) if kind in ("bpe", "unigram") else [0.5]
+                for vocab_size in sizes:
+                    for share in shares:
                         label = f"{name}-{kind}-{vocab_size}-{share}"
                         print(f"training {label} ...", file=sys.stderr, flush=True)
                         row = run(corpus, kind, vocab_size, share, args, root / label)
                         figure = f"**{row['val_bpc']:.3f}**" if "val_bpc" in row else row["error"]
-                        print(f"| {name} | {kind} | {vocab_size} | {share} | {figure} |", flush=True)
+                        shown = (vocab_size, share) if vocab_size else ("(corpus)" if kind == "char" else 256, "-")
+                        print(f"| {name} | {kind} | {shown[0]} | {shown[1]} | {figure} |", flush=True)
     print(f"\nProduced by: python benchmarks/subword_defaults.py --corpora {args.corpora} --kinds {args.kinds} "
           f"--vocab-sizes {args.vocab_sizes} --shares {args.shares} --steps {args.steps} "
           f"--hidden-size {args.hidden_size} --num-layers {args.num_layers}")

@@ -88,7 +88,10 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
             grad_logits.mul_(counted.unsqueeze(1))
             compute = grad_logits.to(logits.dtype)    # what autograd would carry back through the linear layer
             grad_hidden[start:start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
-            grad_weight += (compute.t() @ hidden_chunk.to(logits.dtype)).float()
+            if compute.dtype == grad_weight.dtype:   # in place: no vocab x hidden temporary per chunk
+                grad_weight.addmm_(compute.t(), hidden_chunk.to(compute.dtype))
+            else:
+                grad_weight += (compute.t() @ hidden_chunk.to(compute.dtype)).float()
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         del logits
@@ -104,16 +107,15 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):  # type: ignore[override]
         total, grads = _chunked_loss(hidden, weight, bias, targets, ignore_index, chunk_tokens, True)
-        ctx.save_for_backward(*[g for g in grads if g is not None])
-        ctx.has_bias = bias is not None
+        # Kept on ctx, not saved for backward, so backward can scale them in place (the weight's
+        # gradient is as big as the output layer) and let go of them: one backward pass only.
+        ctx.grads = grads
         return total
 
     @staticmethod
     def backward(ctx, grad_total):  # type: ignore[override]
-        saved = list(ctx.saved_tensors)
-        grad_hidden, grad_weight = saved[0], saved[1]
-        grad_bias = saved[2] if ctx.has_bias else None
-        return (grad_hidden * grad_total.to(grad_hidden.dtype),
-                grad_weight * grad_total.to(grad_weight.dtype),
-                None if grad_bias is None else grad_bias * grad_total.to(grad_bias.dtype),
-                None, None, None)
+        if ctx.grads is None:
+            raise RuntimeError("head_cross_entropy supports one backward pass per forward")
+        scaled = tuple(None if grad is None else grad.mul_(grad_total.to(grad.dtype)) for grad in ctx.grads)
+        ctx.grads = None
+        return (*scaled, None, None, None)
