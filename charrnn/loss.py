@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Logits built at once: 2**23 floats (32 MB in fp32) bound the memory a chunk needs (its
-# logits, softmax and gradient), and are still large enough for an efficient matmul.
-MAX_CHUNK_LOGITS = 1 << 23
+# Logits built at once: 2**22 floats (16 MB in fp32) bound the memory a chunk needs (its
+# logits, softmax and gradient); a 60,000-symbol chunk still has 69 tokens for its matmul.
+MAX_CHUNK_LOGITS = 1 << 22
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,

@@ -348,10 +348,10 @@ class Trainer:
         self._current_lr = learning_rate(config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = self._current_lr
+        self.optimizer.zero_grad(set_to_none=True)   # before the loss, which builds the head's gradients
         with self._autocast():
             features, hidden = self.train_model(inputs_t, self.hidden, features_only=True)
             loss = head_cross_entropy(features, self.model.head, targets_t)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
