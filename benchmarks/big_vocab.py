@@ -77,7 +77,7 @@ def main() -> None:
     print("| char vocabulary | peak RSS (train + eval) | evaluation per token | vs first row |")
     print("|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['symbols']:,} | {row['peak_rss_mb']:,.0f} MB | {row['eval_us_per_token']:.1f} µs | "
+        print(f"| {row['symbols']:,} | {row['peak_rss_mb']:,.0f} MiB | {row['eval_us_per_token']:.1f} µs | "
               f"{row['eval_us_per_token'] / base:.1f}x |")
     print(f"\nProduced by: python benchmarks/big_vocab.py --symbols {args.symbols} --steps {args.steps} "
           f"--eval-tokens {args.eval_tokens} --threads {args.threads}")
