@@ -100,12 +100,23 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
         kth_best = torch.topk(logits, config.top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     if config.top_p is not None and config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=1)
+        # Only the most likely tokens can be kept: rank the top `candidates` (growing until they
+        # hold top_p of the mass) instead of sorting a whole vocabulary of 60,000 for each token.
+        probs = torch.softmax(logits, dim=1)
+        vocab_size = logits.shape[1]
+        candidates = min(vocab_size, 64)
+        while True:
+            if candidates == vocab_size:   # a flat distribution: one full sort
+                top_probs, order = torch.sort(probs, dim=1, descending=True)
+                break
+            top_probs, order = torch.topk(probs, candidates, dim=1)
+            if bool((top_probs.sum(dim=1) >= config.top_p).all()):
+                break
+            candidates = candidates * 8 if candidates * 8 <= vocab_size // 4 else vocab_size
         # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
-        drop_sorted = (sorted_probs.cumsum(dim=1) - sorted_probs) >= config.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        keep_top = (top_probs.cumsum(dim=1) - top_probs) < config.top_p
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_top)
+        logits = logits.masked_fill(~keep, float("-inf"))
     # Inverse-CDF sampling: a quarter of torch.multinomial's cost at batch 1. `right=True`
     # never lands on a token whose probability is zero.
     cumulative = torch.softmax(logits, dim=1).cumsum_(dim=1)

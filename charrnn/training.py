@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from . import events
 from .checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
@@ -27,6 +26,7 @@ from .evaluation import evaluate, evaluation_split
 from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .hardware import configure_threads, resolve_device, resolve_precision
+from .loss import head_cross_entropy
 from .model import CharRNN, State, count_parameters, detach_state
 from .rundir import RunDir
 from .sampling import generate_text
@@ -348,10 +348,10 @@ class Trainer:
         self._current_lr = learning_rate(config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = self._current_lr
+        self.optimizer.zero_grad(set_to_none=True)   # before the loss, which builds the head's gradients
         with self._autocast():
-            logits, hidden = self.train_model(inputs_t, self.hidden)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
+            features, hidden = self.train_model(inputs_t, self.hidden, features_only=True)
+            loss = head_cross_entropy(features, self.model.head, targets_t)
         loss.backward()
         max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))

@@ -35,10 +35,10 @@ def test_hidden_state_is_carried_between_windows_and_detached(tmp_path):
     trainer._setup()
     original_forward = trainer.model.forward
 
-    def recording_forward(tokens, state=None):
+    def recording_forward(tokens, state=None, **options):
         seen_states.append(tuple(part.clone() for part in state))
         assert all(part.grad_fn is None for part in state), "state entering a window must be detached"
-        logits, new_state = original_forward(tokens, state)
+        logits, new_state = original_forward(tokens, state, **options)
         outputs.append(tuple(part.detach().clone() for part in new_state))
         return logits, new_state
 

@@ -36,8 +36,8 @@ def poison(monkeypatch):
     plan = {"loss": set(), "grad": set(), "calls": 0}
     real_forward = CharRNN.forward
 
-    def forward(self, tokens, state=None):
-        logits, new_state = real_forward(self, tokens, state)
+    def forward(self, tokens, state=None, **options):
+        logits, new_state = real_forward(self, tokens, state, **options)
         if self.training:
             plan["calls"] += 1
             if plan["calls"] in plan["loss"]:
