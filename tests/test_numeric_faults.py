@@ -108,7 +108,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with torch.no_grad():
         next(trainer.model.parameters())[0, 0] = math.inf
     with pytest.raises(TrainingDiverged, match="non-finite at step 4; nothing was saved"):
-        trainer._save(is_best=True, info_extra={})
+        trainer.checkpointer.save(trainer.model, trainer.run_state(), info={}, is_best=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
