@@ -55,7 +55,7 @@ def poison(monkeypatch):
 
 def _trainer(run_path, **overrides):
     corpus = prepare_corpus(Corpus(PATTERN * 60, "p", "p.txt"), "char", 0.1)
-    settings = dict(seq_len=16, batch_size=4, max_steps=8, eval_every=4, warmup_steps=1, threads=1)
+    settings = dict(seq_len=16, batch_size=4, max_steps=8, eval_every=4, warmup_steps=1, threads=1, precision="fp32")
     run_dir = RunDir(run_path)
     run_dir.prepare()
     seen = {"notices": [], "params": {}}
