@@ -7,10 +7,21 @@ evaluation, stop) at the same step.
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import Optional
+from typing import Any, Optional
 
+
+from .config import SampleConfig
 from .distributed import World
+from .errors import CharrnnError
+from .evaluation import EvaluationResult
+from .model import CharRNN
+from .run_state import Counters
+from .sampling import generate_text
+from .tokenizers import Tokenizer
+
+PREVIEW_CHARS = 200
 
 
 class TrainingClock:
@@ -64,3 +75,28 @@ class SpeedMeter:
             return 0.0
         tokens_per_second = self.chars_per_second / self.chars_per_token
         return eval_tokens / (3.0 * tokens_per_second) + 1.0
+
+
+def metrics_record(counters: Counters, result: EvaluationResult, train_loss: float, learning_rate: float,
+                   elapsed: float, speed: SpeedMeter) -> dict[str, Any]:
+    """The line an evaluation adds to metrics.jsonl (call before the interval is reset)."""
+    return {
+        "step": counters.step, "elapsed": round(elapsed, 3),
+        "chars_seen": int(counters.step * speed.chars_per_step),
+        "train_loss": train_loss, "val_loss": result.loss, "val_bpc": result.bits_per_char,
+        "chars_per_second": round(speed.chars_per_second, 1), "eval_seconds": round(result.seconds, 3),
+        "learning_rate": learning_rate,
+        # Pre-clip global gradient norms since the last evaluation: the early sign of trouble.
+        "grad_norm_mean": counters.interval.mean_grad_norm(), "grad_norm_max": counters.interval.grad_norm_max,
+        "skipped_steps": counters.skipped_steps,
+    }
+
+
+def sample_preview(model: CharRNN, tokenizer: Tokenizer, seed: int) -> str:
+    """A short sample shown after each evaluation (on a CPU copy when training on a GPU)."""
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    try:
+        return "".join(generate_text(model, tokenizer, SampleConfig(temperature=0.8, length=PREVIEW_CHARS, seed=seed)))
+    except CharrnnError:
+        return ""

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 
+from .distributed import World
 from .errors import CheckpointError
 
 
@@ -142,3 +143,39 @@ def required_fields() -> dict[str, tuple[type, ...]]:
         if item.name != "counters" and item.default is dataclasses.MISSING:
             required[item.name] = _KINDS[str(item.type)]
     return required
+
+
+# -- the parts of the state that live in torch, not in the counters --------------------------------
+
+def hidden_for_saving(hidden: Any, world: World) -> list[torch.Tensor]:
+    """The carried state as CPU tensors, every rank's streams side by side (all ranks must call it)."""
+    parts = [] if hidden is None else list(hidden if isinstance(hidden, tuple) else (hidden,))
+    return [world.gather_along(part.detach().cpu().clone(), 1) for part in parts]
+
+
+def hidden_from_saved(parts: list[torch.Tensor], world: World, batch_size: int, device: torch.device) -> Any:
+    """This rank's streams of a saved carried state (an LSTM's (h, c), or one tensor), on `device`."""
+    first = world.rank * batch_size
+    own = [part[:, first:first + batch_size].to(device) for part in parts]
+    return (tuple(own) if len(own) == 2 else own[0]) if own else None
+
+
+def generator_states(world: World, device: torch.device) -> dict[str, Optional[torch.Tensor]]:
+    """The random generators' states (all ranks must call it: it gathers each rank's)."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "torch_rng_by_rank": world.gather_along(torch.get_rng_state()[None], 0) if world.is_distributed else None,
+        "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        "mps_rng": torch.mps.get_rng_state() if device.type == "mps" else None,
+    }
+
+
+def restore_generators(record: RunState, world: World, device: torch.device) -> None:
+    """Put the random generators back where `record` has them (this rank's own, when saved by rank)."""
+    # clone(): a row of the saved matrix is a view with an offset, which set_rng_state misreads.
+    torch.set_rng_state(record.torch_rng_by_rank[world.rank].clone()
+                        if record.torch_rng_by_rank is not None else record.torch_rng)
+    if device.type == "cuda" and record.cuda_rng is not None:
+        torch.cuda.set_rng_state(record.cuda_rng)
+    if device.type == "mps" and record.mps_rng is not None:
+        torch.mps.set_rng_state(record.mps_rng)

@@ -23,21 +23,20 @@ import torch.nn.functional as F
 
 from . import events
 from .checkpointer import Checkpointer, TrainingDiverged, check_resume_compatible  # noqa: F401 (re-exported)
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
 from .data import BatchStream, PreparedCorpus, fit_batch_size, token_counts
 from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .evaluation import evaluate, evaluation_split
 from .hardware import configure_threads, resolve_device, resolve_precision
 from .model import CharRNN, State, count_parameters, detach_state
-from .reporting import SpeedMeter, TrainingClock
+from .reporting import SpeedMeter, TrainingClock, metrics_record, sample_preview
 from .rundir import RunDir
-from .run_state import Counters, IntervalStats, RunState
-from .sampling import generate_text
+from .run_state import (Counters, IntervalStats, RunState, generator_states, hidden_for_saving,
+                        hidden_from_saved, restore_generators)
 from .schedule import LearningRateAnchor, Schedule
 from .windows import ShiftedPasses
 
-PREVIEW_CHARS = 200
 MAX_BAD_STEPS_IN_A_ROW = 5
 
 
@@ -206,17 +205,8 @@ class Trainer:
             counters.evals_without_improvement = 0
         else:
             counters.evals_without_improvement += 1
-        record = {
-            "step": counters.step, "elapsed": round(self.clock.elapsed(), 3),
-            "chars_seen": int(counters.step * self.speed.chars_per_step),
-            "train_loss": train_loss, "val_loss": result.loss, "val_bpc": result.bits_per_char,
-            "chars_per_second": round(self.speed.chars_per_second, 1), "eval_seconds": round(result.seconds, 3),
-            "learning_rate": self.learning_rate,
-            # Pre-clip global gradient norms since the last evaluation: the early sign of trouble.
-            "grad_norm_mean": counters.interval.mean_grad_norm(), "grad_norm_max": counters.interval.grad_norm_max,
-            "skipped_steps": counters.skipped_steps,
-        }
-        preview = self._preview() if self.world.is_writer else ""
+        record = metrics_record(counters, result, train_loss, self.learning_rate, self.clock.elapsed(), self.speed)
+        preview = sample_preview(self.model, self.corpus.tokenizer, counters.step) if self.world.is_writer else ""
         counters.interval, counters.last_eval_step = IntervalStats(), counters.step
         self.checkpointer.append_metrics(record)
         self.checkpointer.save(self.model, self.run_state(), is_best=is_best, info=self._info(
@@ -226,14 +216,6 @@ class Trainer:
             is_best=is_best, elapsed=self.clock.elapsed(), eval_seconds=result.seconds, preview=preview))
         counters.eval_clock_seconds = self.clock.elapsed() - started
         self.schedule.evaluated(counters.step, started, counters.eval_clock_seconds)
-
-    def _preview(self) -> str:
-        model = self.model if self.device.type == "cpu" else __import__("copy").deepcopy(self.model).cpu()
-        try:
-            return "".join(generate_text(model, self.corpus.tokenizer, SampleConfig(
-                temperature=0.8, length=PREVIEW_CHARS, seed=self.counters.step)))
-        except CharrnnError:
-            return ""
 
     def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The training summary stored in the weights' metadata."""
@@ -251,8 +233,6 @@ class Trainer:
 
     def run_state(self) -> RunState:
         """The record of the current step (every rank must call it: it gathers the ranks' states)."""
-        world, device = self.world, self.device
-        hidden = [] if self.hidden is None else list(self.hidden if isinstance(self.hidden, tuple) else (self.hidden,))
         return RunState(
             counters=replace(self.counters, interval=replace(self.counters.interval)),
             elapsed=self.clock.elapsed(),
@@ -264,15 +244,10 @@ class Trainer:
             corpus_source=self.corpus.source if self.corpus.source == "-" else os.path.abspath(self.corpus.source),
             model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             optimizer=self.optimizer.state_dict(),
-            hidden=[world.gather_along(part.detach().cpu().clone(), 1) for part in hidden],
-            torch_rng=torch.get_rng_state(),
-            batch_size=self.batch_size,
-            torch_rng_by_rank=world.gather_along(torch.get_rng_state()[None], 0) if world.is_distributed else None,
-            world_size=world.world_size,
-            cuda_rng=torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            mps_rng=torch.mps.get_rng_state() if device.type == "mps" else None,
-            lr_anchor=self.schedule.anchor.to_dict(),
-            shift_passes=self.train_config.shift_passes)
+            hidden=hidden_for_saving(self.hidden, self.world),
+            batch_size=self.batch_size, world_size=self.world.world_size,
+            lr_anchor=self.schedule.anchor.to_dict(), shift_passes=self.train_config.shift_passes,
+            **generator_states(self.world, self.device))
 
     def _restore(self, saved: RunState) -> None:
         """Continue from a saved record: weights, optimiser, carried state, generators, counters, schedule."""
@@ -283,17 +258,8 @@ class Trainer:
         try:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
-            # Saved states hold every rank's streams side by side (batch dim 1); keep this rank's.
-            first = self.world.rank * self.batch_size
-            parts = [part[:, first:first + self.batch_size].to(self.device) for part in saved.hidden]
-            self.hidden = (tuple(parts) if len(parts) == 2 else parts[0]) if parts else None
-            # clone(): a row of the saved matrix is a view with an offset, which set_rng_state misreads.
-            torch.set_rng_state(saved.torch_rng_by_rank[self.world.rank].clone()
-                                if saved.torch_rng_by_rank is not None else saved.torch_rng)
-            if self.device.type == "cuda" and saved.cuda_rng is not None:
-                torch.cuda.set_rng_state(saved.cuda_rng)
-            if self.device.type == "mps" and saved.mps_rng is not None:
-                torch.mps.set_rng_state(saved.mps_rng)
+            self.hidden = hidden_from_saved(saved.hidden, self.world, self.batch_size, self.device)
+            restore_generators(saved, self.world, self.device)
             if saved.lr_anchor is not None:
                 anchor = LearningRateAnchor.from_dict(saved.lr_anchor)
             else:   # written before anchors: the plain cosine over the budget it was saved with

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from charrnn.distributed import World
 from charrnn.errors import CheckpointError
 from charrnn.rundir import RunDir
 from charrnn.run_state import Counters, RunState, required_fields
-from charrnn.schedule import LearningRateAnchor, Schedule
+from charrnn.schedule import Schedule
 from charrnn.training import Trainer
 from charrnn.windows import ShiftedPasses
 
