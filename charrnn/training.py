@@ -111,23 +111,7 @@ class Trainer:
             max_steps=config.max_steps, budget_seconds=schedule.budget_seconds,
             processes=self.world.world_size))
         self.model.train()
-        while True:
-            if schedule.steps_done(counters.step):
-                reason = "done"
-                break
-            # Stop early enough that the final evaluation (with its preview and saves) and one
-            # more step also fit in the budget.
-            reserve = (1.2 * (counters.eval_clock_seconds or self.speed.guess_eval_seconds(len(self.eval_tokens)))
-                       + counters.step_seconds)
-            # All ranks must stop at the same step, or some would wait in a collective forever.
-            time_up, stop_requested = self.clock.agree(
-                schedule.time_up(self.clock.local_elapsed(), reserve), self.should_stop())
-            if time_up or stop_requested:
-                reason = "time" if time_up else "interrupted"
-                break
-            if config.early_stop is not None and counters.evals_without_improvement >= config.early_stop:
-                reason = "early-stop"
-                break
+        while (reason := self._stop_reason()) is None:
             started = time.perf_counter()
             loss, grad_norm = self.train_step()
             counters.step_seconds = time.perf_counter() - started
@@ -146,6 +130,25 @@ class Trainer:
         return events.TrainingFinished(
             step=counters.step, reason=reason, best_val_loss=counters.best_val_loss,
             best_val_bpc=counters.best_val_bpc, elapsed=self.clock.elapsed(), run_dir=self.run_dir.path)
+
+    def _stop_reason(self) -> Optional[str]:
+        """Why training should stop before the next step ("done", "time", "interrupted", "early-stop"), or None."""
+        counters, schedule = self.counters, self.schedule
+        if schedule.steps_done(counters.step):
+            return "done"
+        # Stop early enough that the final evaluation (with its preview and saves) and one
+        # more step also fit in the budget.
+        reserve = (1.2 * (counters.eval_clock_seconds or self.speed.guess_eval_seconds(len(self.eval_tokens)))
+                   + counters.step_seconds)
+        # All ranks must stop at the same step, or some would wait in a collective forever.
+        time_up, stop_requested = self.clock.agree(
+            schedule.time_up(self.clock.local_elapsed(), reserve), self.should_stop())
+        if time_up or stop_requested:
+            return "time" if time_up else "interrupted"
+        early_stop = self.train_config.early_stop
+        if early_stop is not None and counters.evals_without_improvement >= early_stop:
+            return "early-stop"
+        return None
 
     def train_step(self) -> tuple[float, float]:
         """One truncated-BPTT step: next window, forward from the carried state, loss, backward, clip, step."""
