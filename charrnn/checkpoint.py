@@ -24,6 +24,7 @@ from .atomic import atomic_write_bytes
 from .config import ModelConfig
 from .errors import CheckpointError, CharrnnError
 from .model import CharRNN
+from .run_state import required_fields
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT_NAME = "charrnn"
@@ -171,15 +172,6 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-# What a training state must hold, and of which type, before anything reads it.
-_STATE_FIELDS: dict[str, tuple[type, ...]] = {
-    "step": (int,), "elapsed": (int, float), "model_config": (str,), "train_config": (str,),
-    "tokenizer": (str,), "corpus_fingerprint": (str,), "corpus_source": (str,),
-    "best_val_loss": (int, float), "best_val_bpc": (int, float), "model": (dict,),
-    "optimizer": (dict,), "hidden": (list,), "torch_rng": (torch.Tensor,),
-}
-
-
 def load_training_state(path: Path) -> dict[str, Any]:
     """Load a resume state with `weights_only=True`: no code in it can run."""
     path = Path(path)
@@ -203,7 +195,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} was written by a newer charrnn (format {version}; this one reads up to "
             f"{FORMAT_VERSION}): upgrade charrnn to resume it")
-    for name, types in _STATE_FIELDS.items():
+    for name, types in required_fields().items():   # the run-state record says what must be there
         if not isinstance(state.get(name), types) or isinstance(state.get(name), bool):
             raise CheckpointError(f"{path} is corrupted (field {name!r} is missing or has the wrong type)")
     return state

@@ -126,6 +126,9 @@ class TrainConfig(_JsonDataclass):
     # of gigabytes, evaluating all of its 10% split eight times would eat the whole budget.
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     seed: int = 1337
+    # Start every pass over the training text after the first at a random offset (seeded by
+    # the seed and the pass number), so the windows are cut in other places each pass.
+    shift_passes: bool = True
     device: str = "auto"
     threads: Optional[int] = None      # None = the machine's physical cores
     precision: str = "auto"

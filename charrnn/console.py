@@ -196,7 +196,7 @@ class TrainingDisplay:
         if start.budget_seconds is not None:
             estimates.append(start.budget_seconds - event.elapsed)
         if start.max_steps is not None and event.chars_per_second > 0:
-            chars_per_step = start.batch_size * start.seq_len * start.chars_per_token
+            chars_per_step = start.batch_size * start.processes * start.seq_len * start.chars_per_token
             estimates.append((start.max_steps - event.step) * chars_per_step / event.chars_per_second)
         return max(0.0, min(estimates)) if estimates else None
 

@@ -255,10 +255,10 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
     if watchdog is not None:
         watchdog.install()
     try:
-        trainer = Trainer(prepared, model_config, train_config, run_dir,
-                          on_event=display if display is not None else _ignore_event,
-                          should_stop=stop, resume_state=resume_state, world=world)
         with world.process_group(world.device_for(resolve_device(train_config.device))):
+            trainer = Trainer(prepared, model_config, train_config, run_dir,
+                              on_event=display if display is not None else _ignore_event,
+                              should_stop=stop, resume_state=resume_state, world=world)
             finished = trainer.run()
     except KeyboardInterrupt:
         # A second Ctrl-C: whatever was being written is abandoned, the previous files are whole.
