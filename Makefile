@@ -4,6 +4,7 @@
 #   make test    install (with test tools) and run the test suite
 #   make bench   install and print the performance figures of the README
 #   make samples train 5 minutes on the bundled corpus and write samples/ (see samples/README.md)
+#   make pretrained  train the bundled model again (charrnn/pretrained/, see its README.md)
 #
 # torch is pinned to the 2.13.0 release first: on this kind of machine pip takes
 # a CPU build of it from local disk. A bare `torch` requirement on a machine with
@@ -18,8 +19,10 @@ TORCH_INDEX ?=
 DEMO_TIME ?= 2m
 
 SAMPLES_RUN ?= runs/samples-model
+PRETRAINED_RUN ?= runs/pretrained-shakespeare
+PRETRAINED_STEPS ?= 2000
 
-.PHONY: install demo test bench samples clean
+.PHONY: install demo test bench samples pretrained clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +52,14 @@ samples: install
 	  $(BIN)/charrnn sample $(SAMPLES_RUN) --temperature $$temperature --seed 1 --length 2000 \
 	    > samples/temperature-$$temperature.txt; \
 	done
+
+# Steps, not time: the model does not depend on how loaded the machine is (seed 1337, the default).
+pretrained: install
+	rm -rf $(PRETRAINED_RUN)
+	$(BIN)/charrnn train data/tinyshakespeare.txt --hidden-size 256 --max-steps $(PRETRAINED_STEPS) \
+	  --threads 1 --out $(PRETRAINED_RUN)
+	$(BIN)/python tools/build_pretrained.py $(PRETRAINED_RUN)/best.safetensors data/tinyshakespeare.txt \
+	  charrnn/pretrained/shakespeare.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -124,7 +124,7 @@ def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfi
         config = TrainConfig(**{**train_config.to_dict(), "max_steps": steps, "eval_every": steps // 2})
         run_dir = RunDir(Path(folder) / "run")
         run_dir.prepare()
-        Trainer(prepared, ModelConfig(**model_config.to_dict()), config, run_dir, on_event=on_event).run()
+        Trainer(prepared, model_config, config, run_dir, on_event=on_event).run()
     chars_per_step = train_config.batch_size * train_config.seq_len
     return {"chars_per_second": chars_per_step / statistics.median(step_times[3:]),
             "eval_seconds": statistics.median(eval_seconds)}

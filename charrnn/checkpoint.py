@@ -24,6 +24,7 @@ from .atomic import atomic_write_bytes
 from .config import ModelConfig
 from .errors import CheckpointError, CharrnnError
 from .model import CharRNN
+from .run_state import required_fields
 from .tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT_NAME = "charrnn"
@@ -115,12 +116,15 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
     _check_tensors(tensors, expected_tensor_shapes(model_config), path)
     model = CharRNN(model_config)   # allocated only now: the metadata cannot make us build a giant
-    model.load_state_dict(tensors)
+    model.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
     model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, model_config=model_config, info=info, path=path)
 
 
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Training writes float32; a file stored in 16-bit floats (the bundled model, half the size)
+# is read too and computed in float32.
+STORED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def expected_tensor_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -149,11 +153,14 @@ def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[i
     if missing or unexpected:
         problem = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
         raise CheckpointError(f"{path} is corrupted ({problem})")
+    # One float type for the whole file: float32, or a 16-bit type the file was stored in.
+    stored = tensors["embedding.weight"].dtype
+    stored = stored if stored in STORED_FLOAT_DTYPES else torch.float32
     for name, tensor in tensors.items():
-        if tensor.dtype != torch.float32 or tuple(tensor.shape) != expected[name]:
+        if tensor.dtype != stored or tuple(tensor.shape) != expected[name]:
             raise CheckpointError(
                 f"{path} is corrupted (tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, "
-                f"expected torch.float32 {expected[name]})")
+                f"expected {stored} {expected[name]})")
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} is corrupted (tensor {name} has non-finite values)")
 
@@ -163,15 +170,6 @@ def save_training_state(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
-
-
-# What a training state must hold, and of which type, before anything reads it.
-_STATE_FIELDS: dict[str, tuple[type, ...]] = {
-    "step": (int,), "elapsed": (int, float), "model_config": (str,), "train_config": (str,),
-    "tokenizer": (str,), "corpus_fingerprint": (str,), "corpus_source": (str,),
-    "best_val_loss": (int, float), "best_val_bpc": (int, float), "model": (dict,),
-    "optimizer": (dict,), "hidden": (list,), "torch_rng": (torch.Tensor,),
-}
 
 
 def load_training_state(path: Path) -> dict[str, Any]:
@@ -197,7 +195,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} was written by a newer charrnn (format {version}; this one reads up to "
             f"{FORMAT_VERSION}): upgrade charrnn to resume it")
-    for name, types in _STATE_FIELDS.items():
+    for name, types in required_fields().items():   # the run-state record says what must be there
         if not isinstance(state.get(name), types) or isinstance(state.get(name), bool):
             raise CheckpointError(f"{path} is corrupted (field {name!r} is missing or has the wrong type)")
     return state

@@ -92,6 +92,22 @@ def format_duration(seconds: Optional[float]) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+SPARKLINE_WIDTH = 12
+
+
+def sparkline(values: list[float], width: int = SPARKLINE_WIDTH) -> str:
+    """The last `width` values as one line of block characters, lowest to highest (non-finite ones left out)."""
+    shown = [value for value in values if value is not None and math.isfinite(value)][-width:]
+    if not shown:
+        return ""
+    low, high = min(shown), max(shown)
+    if high - low < 1e-12:
+        return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2] * len(shown)
+    top = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[round((value - low) / (high - low) * top)] for value in shown)
+
+
 def _number(value: Optional[float], digits: int = 3) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
@@ -108,6 +124,7 @@ class TrainingDisplay:
         self._started: Optional[events.TrainingStarted] = None
         self._val_loss: Optional[float] = None
         self._val_bpc: Optional[float] = None
+        self._val_bpc_history: list[float] = []   # the live display's sparkline
 
     def __call__(self, event: object) -> None:
         if isinstance(event, events.TrainingStarted):
@@ -147,13 +164,28 @@ class TrainingDisplay:
                 BarColumn(),
                 TextColumn("{task.fields[elapsed]} elapsed, {task.fields[remaining]} left"),
                 TextColumn("loss {task.fields[loss]}"),
-                TextColumn("val {task.fields[val]} nats/tok, {task.fields[bpc]} bits/char"),
+                TextColumn("val {task.fields[val]} nats/tok, {task.fields[bpc]} bits/char {task.fields[curve]}"),
                 TextColumn("{task.fields[speed]} chars/s"),
                 console=self.console, transient=False, refresh_per_second=4)
             self._task = self._progress.add_task(
                 "train", total=1000, step=event.start_step, elapsed="0:00", remaining="-",
-                loss="-", val="-", bpc="-", speed="-")
+                loss="-", val="-", bpc="-", speed="-", curve=sparkline(self._earlier_val_bpc(event)))
             self._progress.start()
+
+    def _earlier_val_bpc(self, event: events.TrainingStarted) -> list[float]:
+        """A resumed run's validation curve so far, so the sparkline goes on where it stopped."""
+        if not event.start_step:
+            return self._val_bpc_history
+        from .errors import CharrnnError
+        from .rundir import RunDir
+
+        try:
+            records = RunDir(event.run_dir).read_metrics()
+        except CharrnnError:
+            records = []
+        self._val_bpc_history = [record["val_bpc"] for record in records
+                                 if isinstance(record.get("val_bpc"), (int, float))]
+        return self._val_bpc_history
 
     def _remaining(self, event: events.StepDone) -> Optional[float]:
         """Seconds left: the rest of the time budget, or the steps left at the current speed."""
@@ -164,7 +196,7 @@ class TrainingDisplay:
         if start.budget_seconds is not None:
             estimates.append(start.budget_seconds - event.elapsed)
         if start.max_steps is not None and event.chars_per_second > 0:
-            chars_per_step = start.batch_size * start.seq_len * start.chars_per_token
+            chars_per_step = start.batch_size * start.processes * start.seq_len * start.chars_per_token
             estimates.append((start.max_steps - event.step) * chars_per_step / event.chars_per_second)
         return max(0.0, min(estimates)) if estimates else None
 
@@ -188,6 +220,7 @@ class TrainingDisplay:
 
     def _on_evaluation(self, event: events.EvaluationDone) -> None:
         self._val_loss, self._val_bpc = event.val_loss, event.val_bpc
+        self._val_bpc_history.append(event.val_bpc)
         line = (f"step {event.step} | val loss {event.val_loss:.4f} nats/token | "
                 f"{event.val_bpc:.4f} bits/char{' (best)' if event.is_best else ''} | "
                 f"train loss {_number(event.train_loss, 4)} | eval {event.eval_seconds:.1f}s")
@@ -195,7 +228,8 @@ class TrainingDisplay:
         width = max(20, min(160, self.console.width - 12)) if self.live else 160
         preview = event.preview.strip("\n").replace("\n", " ⏎ ")[:width]
         if self._progress is not None:
-            self._progress.update(self._task, val=_number(event.val_loss), bpc=_number(event.val_bpc))
+            self._progress.update(self._task, val=_number(event.val_loss), bpc=_number(event.val_bpc),
+                                  curve=sparkline(self._val_bpc_history))
             self._progress.console.print(line, markup=False, highlight=False)
             self._progress.console.print(f"  [dim]{_escape(preview)}[/]")
         else:

@@ -1,10 +1,12 @@
 """Corpus in, token arrays and truncated-BPTT windows out.
 
-The corpus is read and validated once, split by characters (the validation
-part is the last `val_fraction`, contiguous, as nanoGPT's), encoded to compact
-integer arrays, and served as B contiguous streams cut into windows of
-`seq_len` tokens: window i of every stream follows window i-1 of that
-stream, which is what lets training carry the hidden state across windows.
+The corpus pipeline (reading, the split, encoding) is `corpus` and
+`corpus_encoding`; big corpora go through `token_cache`. This module keeps the
+small in-memory API over that same pipeline (`read_corpus`, `prepare_corpus`,
+for tests, benchmarks and scripts) and the windows training reads: B contiguous
+streams cut into windows of `seq_len` tokens, window i of every stream following
+window i-1 of that stream, which is what lets training carry the hidden state
+across windows.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import hashlib
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
+from .corpus import CorpusBytes, CorpusScan, corpus_files, read_text, scan_corpus
+# PreparedCorpus and count_chars are re-exported: training and evaluation import them from here.
+from .corpus_encoding import PreparedCorpus, count_chars, encode_corpus, prepare_tokens
 from .errors import CorpusError
-from .tokenizers import Tokenizer, fit_tokenizer
+from .tokenizers import Tokenizer, token_dtype
+
+__all__ = ["Corpus", "read_corpus", "prepare_corpus", "PreparedCorpus", "count_chars", "token_counts",
+           "fit_batch_size", "BatchStream", "IGNORE_TARGET", "EvaluationWindows"]
 
 
 @dataclass
@@ -36,117 +43,37 @@ class Corpus:
         return hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def describe_utf8_error(where: str, data: bytes, error: UnicodeDecodeError,
-                        offset: int = 0, lines_before: int = 0) -> str:
-    """`<where> is not valid UTF-8: byte 0x.. at offset N (line L)`, for a chunk that starts at `offset`."""
-    line = lines_before + data.count(b"\n", 0, error.start) + 1
-    bad = data[error.start:error.start + 1].hex()
-    return f"{where} is not valid UTF-8: byte 0x{bad} at offset {offset + error.start} (line {line})"
-
-
-def _decode_utf8(raw: bytes, where: str) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CorpusError(describe_utf8_error(where, raw, error)) from None
-    return text[1:] if text.startswith("\ufeff") else text  # drop a byte-order mark
-
-
-def open_corpus_file(path: Path) -> BinaryIO:
-    """Open a corpus file for reading bytes, or raise one clear `CorpusError`."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise CorpusError(f"corpus not found: {path}") from None
-    except PermissionError:
-        raise CorpusError(f"cannot read {path}: permission denied") from None
-    except IsADirectoryError:
-        raise CorpusError(f"cannot read {path}: it is a directory") from None
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror or error}") from None
-
-
-def _read_bytes(path: Path) -> bytes:
-    with open_corpus_file(path) as handle:
-        return handle.read()
-
-
 def read_corpus(source: str) -> Corpus:
-    """Read a UTF-8 file, every `*.txt` in a directory (sorted, concatenated), or stdin (`-`)."""
+    """Read a UTF-8 file, every `*.txt` in a directory (sorted, concatenated), or stdin (`-`).
+
+    The same files, checks and byte-order-mark rule as `charrnn train` (`corpus.iter_text_chunks`).
+    """
     if source == "-":
-        text = _decode_utf8(sys.stdin.buffer.read(), "standard input")
-        name = "stdin"
+        files = CorpusBytes(sys.stdin.buffer.read(), name="stdin", source="-")
     else:
-        path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.glob("*.txt") if p.is_file())
-            if not files:
-                raise CorpusError(f"no .txt files in directory {path}")
-            text = "".join(_decode_utf8(_read_bytes(p), str(p)) for p in files)
-            name = path.resolve().name or "corpus"
-        else:
-            if not path.exists():
-                raise CorpusError(f"corpus not found: {path}")
-            text = _decode_utf8(_read_bytes(path), str(path))
-            name = path.stem or "corpus"
-    if not text:
-        raise CorpusError(f"the corpus {'on standard input' if source == '-' else source} is empty")
-    return Corpus(text=text, name=name, source=source)
+        files = corpus_files(source)
+    return Corpus(text=read_text(files), name=files.name, source=source)
 
 
-COUNT_CHUNK_TOKENS = 4 << 20
-
-
-def count_chars(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
-    """Characters behind `tokens`, counted a chunk at a time (bounded memory)."""
-    if tokenizer.kind == "char":
-        return len(tokens)
-    return sum(int(tokenizer.char_counts(np.asarray(tokens[start:start + COUNT_CHUNK_TOKENS])).sum())
-               for start in range(0, len(tokens), COUNT_CHUNK_TOKENS))
-
-
-@dataclass
-class PreparedCorpus:
-    """A corpus encoded and split, ready for training and evaluation."""
-
-    tokenizer: Tokenizer
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
-    val_chars: int           # characters of text behind the predicted val tokens
-    train_chars: int
-    fingerprint: str
-    name: str
-    source: str
+def _ids_in_memory(scan: CorpusScan, tokenizer: Tokenizer) -> np.ndarray:
+    chunks = list(encode_corpus(scan, tokenizer))
+    if not chunks:
+        return np.zeros(0, dtype=token_dtype(tokenizer.vocab_size))
+    return np.concatenate(chunks)
 
 
 def prepare_corpus(corpus: Corpus, tokenizer_kind: str, val_fraction: float,
                    vocab_size: Optional[int] = None,
                    tokenizer: Optional[Tokenizer] = None) -> PreparedCorpus:
-    """Split the text (validation = last `val_fraction`), fit or reuse a tokeniser, encode both parts."""
-    text = corpus.text
-    split_at = int(len(text) * (1.0 - val_fraction))
-    train_text, val_text = text[:split_at], text[split_at:]
-    if tokenizer is None:
-        tokenizer = fit_tokenizer(tokenizer_kind, train_text, text, vocab_size)
-    train_tokens = tokenizer.encode(train_text)
-    val_tokens = tokenizer.encode(val_text)
-    return split_corpus(tokenizer, train_tokens, val_tokens, len(train_text), total_chars=len(text),
-                        val_fraction=val_fraction, fingerprint=corpus.fingerprint, name=corpus.name,
-                        source=corpus.source)
+    """Split the text (validation = last `val_fraction`), fit or reuse a tokeniser, encode: in memory.
 
-
-def split_corpus(tokenizer: Tokenizer, train_tokens: np.ndarray, val_tokens: np.ndarray, train_chars: int,
-                 *, total_chars: int, val_fraction: float, fingerprint: str, name: str,
-                 source: str) -> PreparedCorpus:
-    """The `PreparedCorpus` of an encoded split (in memory or memory-mapped), once the
-    validation part is known to be evaluable; counts the characters behind its predictions."""
-    if len(val_tokens) < 2:
-        raise CorpusError(
-            f"the validation part (last {val_fraction:.0%} of {total_chars} characters) is too "
-            "short to evaluate: use a longer corpus or a larger --val-fraction")
-    return PreparedCorpus(tokenizer=tokenizer, train_tokens=train_tokens, val_tokens=val_tokens,
-                          val_chars=count_chars(tokenizer, val_tokens[1:]), train_chars=train_chars,
-                          fingerprint=fingerprint, name=name, source=source)
+    The text goes through the pipeline `charrnn train` uses (`corpus_encoding.prepare_tokens`),
+    read as a file holding it would be (a leading byte-order mark is dropped); only the ids stay in
+    an array instead of the token cache.
+    """
+    data = corpus.text.encode("utf-8", "surrogatepass")   # a lone surrogate: a clear UTF-8 error
+    scan = scan_corpus(CorpusBytes(data, name=corpus.name, source=corpus.source))
+    return prepare_tokens(scan, tokenizer_kind, val_fraction, _ids_in_memory, vocab_size, tokenizer)
 
 
 PRIOR_SAMPLE_TOKENS = 1 << 24

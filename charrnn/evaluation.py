@@ -13,19 +13,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import IGNORE_TARGET, EvaluationWindows, PreparedCorpus, count_chars
 from .distributed import World
+from .loss import head_cross_entropy
 from .model import CharRNN, State
 
 EVAL_STREAMS = 128          # evaluation batch: large, since no gradients are kept
 EVAL_WINDOW = 256
 EVAL_WARMUP = 64            # tokens of preceding context that warm up each evaluation stream
-# Logits of one evaluation window are streams x window x vocab floats: with a 60,000-piece
-# vocabulary a full window would need gigabytes, so large vocabularies get shorter windows.
-# The result does not change (the state is carried from window to window), only the memory.
-EVAL_MAX_LOGITS = 1 << 25
 
 
 @dataclass
@@ -33,6 +29,8 @@ class EvaluationResult:
     loss: float          # nats per token
     bits_per_char: float
     seconds: float
+    total_nats: float = 0.0      # summed over every predicted token
+    num_predictions: int = 0     # tokens predicted (every token after the first)
 
 
 def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device,
@@ -46,9 +44,7 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
-    # Large vocabularies: shorter windows, so one window's logits stay a bounded size.
-    window_len = max(1, min(EVAL_WINDOW, EVAL_MAX_LOGITS // (EVAL_STREAMS * model.config.vocab_size)))
-    windows = EvaluationWindows(tokens, EVAL_STREAMS, window_len, warmup=EVAL_WARMUP,
+    windows = EvaluationWindows(tokens, EVAL_STREAMS, EVAL_WINDOW, warmup=EVAL_WARMUP,
                                 rank=world.rank, world_size=world.world_size)
     try:
         with torch.inference_mode():
@@ -56,15 +52,14 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
             for index, (inputs, targets) in enumerate(windows):
                 inputs_t = torch.from_numpy(inputs).to(device)
                 targets_t = torch.from_numpy(targets).to(device)
-                logits, state = model(inputs_t, state)
+                features, state = model.features(inputs_t, state)
                 if index == 0 and windows.first_is_warmup:
                     # Stream 0 starts the text: it must start from a blank state, not from padding.
                     if windows.cold_row is not None:
                         state = _zero_stream(state, windows.cold_row)
                     continue
-                total_nats += float(F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), targets_t.reshape(-1),
-                    ignore_index=IGNORE_TARGET, reduction="sum"))
+                total_nats += float(head_cross_entropy(features, model.head, targets_t,
+                                                       ignore_index=IGNORE_TARGET, reduction="sum"))
                 total_tokens += int((targets_t != IGNORE_TARGET).sum())
     finally:
         model.train(was_training)
@@ -73,6 +68,8 @@ def evaluate(model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.d
         loss=total_nats / max(1, total_tokens),
         bits_per_char=total_nats / math.log(2) / max(1, num_chars),
         seconds=time.perf_counter() - started,
+        total_nats=total_nats,
+        num_predictions=total_tokens,
     )
 
 

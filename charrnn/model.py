@@ -63,12 +63,28 @@ class CharRNN(nn.Module):
             return zeros, torch.zeros(shape, device=device)
         return zeros
 
-    def forward(self, tokens: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
-        """Logits of shape (batch, time, vocab) for int64 `tokens` of shape (batch, time), and the new state."""
+    def forward(self, tokens: torch.Tensor, state: Optional[State] = None,
+                features_only: bool = False) -> tuple[torch.Tensor, State]:
+        """Logits of shape (batch, time, vocab) for int64 `tokens` of shape (batch, time), and the new state.
+
+        With `features_only`, the inputs of the output layer instead (see `features`); a keyword
+        of `forward` so that a DistributedDataParallel-wrapped model can be asked for them too.
+        """
+        outputs, state = self.features(tokens, state)
+        if features_only:
+            return outputs, state
+        return self.head(outputs), state
+
+    def features(self, tokens: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        """The top layer's outputs after dropout, (batch, time, hidden_size), and the new state.
+
+        `self.head` turns them into logits; `loss.head_cross_entropy` takes them as they are,
+        so a large vocabulary's logits never have to exist all at once.
+        """
         if state is None:
             state = self.initial_state(tokens.shape[0], tokens.device)
         outputs, state = self.recurrent(self.embedding(tokens), state)
-        return self.head(self.output_dropout(outputs)), state
+        return self.output_dropout(outputs), state
 
 
 def detach_state(state: State) -> State:

@@ -1,163 +1,98 @@
 """Writing text with a trained model, one token at a time. No printing here.
 
-Sampling at batch 1 is dominated by per-call overhead, not arithmetic: the
-fused `nn.LSTM` costs far more per single step than the maths needs. So
-`RecurrentStepper` re-implements one time step of the trained layers with
-pre-transposed weights and plain matrix products, and folds the embedding
-and the first layer's input weights into one lookup table. It computes the
-same function as the training-time layers (a test checks the logits).
+Samples are generated side by side as one batch, each with its own random
+generator and seed, so a sample is the same whatever company it keeps: the
+record of any sample (`SampleRecord.seed`) reproduces it alone. A sample ends
+at a stop string or at its length; finished samples leave the batch, so they
+do not slow down the others. The time step itself is `RecurrentStepper`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
 import secrets
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from .config import SampleConfig
+from .errors import UsageProblem
 from .model import CharRNN, State
-from .tokenizers import Tokenizer
+from .stepper import RecurrentStepper
+from .stopping import StopMatcher
+from .tokenizers import Tokenizer, describe_char
 
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+__all__ = ["RecurrentStepper", "SampleRecord", "choose_next_tokens", "generate_records", "generate_text",
+           "sample_seed", "draw_seed", "silent_token_ids"]
+
+STOPPED_AT_STOP_STRING = "stop"
+STOPPED_AT_LENGTH = "length"
 
 
-class RecurrentStepper:
-    """One time step of a trained `CharRNN` for a batch of streams, without autograd or the fused kernel.
+@dataclass
+class SampleRecord:
+    """One finished sample, with what it takes to write it again exactly."""
 
-    Weights are laid out once for matrix-vector work: the embedding and the
-    first layer's input weights become one lookup table (a row per token);
-    a deeper layer multiplies its input and its own hidden state with one
-    concatenated matrix; LSTM gate columns are reordered to (i, f, o, g) so
-    the three sigmoid gates are one call. The state lives in preallocated
-    buffers: `load_state` fills them from the fused layers' state, `step`
-    updates them in place.
+    index: int            # position among the samples (or input lines) of the run
+    prime: str            # the text the model was warmed up with ("" = the start of a line)
+    text: str             # what the model wrote after the prime (without the stop string)
+    stop_reason: str      # "stop" (a stop string) or "length" (--length reached)
+    stop: Optional[str]   # the stop string that ended it
+    chars: int            # characters of `text`
+    log2_prob: float      # log2 of the probability the model (temperature 1) gave every token it sampled
+    seed: int             # `--seed` that writes this sample alone (same prime and options)
+
+    def to_dict(self) -> dict:
+        """The record as JSON-safe values."""
+        return dataclasses.asdict(self)
+
+
+def draw_seed() -> int:
+    """A fresh random seed for an unseeded run (62 bits: a valid --seed)."""
+    return secrets.randbits(62)
+
+
+def sample_seed(run_seed: int, index: int) -> int:
+    """The seed of sample `index` of a run seeded with `run_seed`.
+
+    The first sample uses the run seed itself, so `--seed S` alone writes it; the
+    others get seeds derived by hashing, each written in its record.
     """
+    if index == 0:
+        return run_seed
+    digest = hashlib.blake2b(f"{run_seed}/{index}".encode("ascii"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
-    def __init__(self, model: CharRNN) -> None:
-        config = model.config
-        self.kind = config.model
-        self.num_layers = config.num_layers
-        self.hidden_size = hidden = config.hidden_size
-        recurrent = model.recurrent
 
-        def weight(name: str, layer: int) -> torch.Tensor:
-            tensor = getattr(recurrent, f"{name}_l{layer}").detach().float()
-            if self.kind == "lstm":  # PyTorch's order is (i, f, g, o); make the sigmoids contiguous
-                i, f, g, o = tensor.chunk(4, dim=0)
-                tensor = torch.cat([i, f, o, g], dim=0)
-            return tensor
+def silent_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """Ids that decode to no text at all (sentencepiece's <unk> and control ids).
 
-        with torch.no_grad():
-            self.first_layer_table = (model.embedding.weight.detach().float() @ weight("weight_ih", 0).t()
-                                      + weight("bias_ih", 0)).contiguous()
-            self.hidden_weights_t: list[torch.Tensor] = []   # (H, G*H): the state's contribution
-            self.stacked_weights_t: list[Optional[torch.Tensor]] = [None]  # (2H, G*H): [input; state]
-            self.input_weights_t: list[Optional[torch.Tensor]] = [None]
-            self.biases: list[torch.Tensor] = []
-            self.hidden_biases: list[torch.Tensor] = []
-            for layer in range(self.num_layers):
-                self.hidden_weights_t.append(weight("weight_hh", layer).t().contiguous())
-                self.hidden_biases.append(weight("bias_hh", layer).clone())
-                if layer == 0:
-                    self.biases.append(torch.zeros(0))
-                    continue
-                input_t = weight("weight_ih", layer).t().contiguous()
-                self.input_weights_t.append(input_t)
-                self.stacked_weights_t.append(torch.cat([input_t, self.hidden_weights_t[layer]]).contiguous())
-                self.biases.append(weight("bias_ih", layer) + (0 if self.kind == "gru" else self.hidden_biases[layer]))
-            if self.kind != "gru":
-                # LSTM and tanh-RNN just add both biases; a GRU multiplies the state's part of its
-                # candidate gate by the reset gate, so its hidden bias must stay apart.
-                self.first_layer_table += self.hidden_biases[0]
-            self.head_weight_t = model.head.weight.detach().float().t().contiguous()
-            self.head_bias = model.head.bias.detach().float().clone()
-        self.batch_size = 0
+    Encoding never produces them, but a model still gives them a little probability;
+    sampling one writes nothing, and a model that prefers them would loop without
+    output, so sampling never picks them.
+    """
+    return [token for token in range(tokenizer.vocab_size) if tokenizer.decode([token]) == ""]
 
-    def load_state(self, state: State) -> None:
-        """Start from a state of the fused layers: (num_layers, batch, hidden) tensor(s)."""
-        hidden_all = state[0] if isinstance(state, tuple) else state
-        self.batch_size = batch = hidden_all.shape[1]
-        hidden = self.hidden_size
-        # Layer l reads [output of layer l-1, its own state]: one buffer per layer, so the stacked
-        # matrix multiplies both in one call.
-        self.inputs = [torch.empty(batch, 2 * hidden) for _ in range(self.num_layers)]
-        for layer in range(self.num_layers):
-            self.inputs[layer][:, hidden:] = hidden_all[layer]
-            if layer > 0:
-                self.inputs[layer][:, :hidden] = hidden_all[layer - 1]
-        if self.kind == "lstm":
-            self.cells = [state[1][layer].float().clone() for layer in range(self.num_layers)]  # type: ignore[index]
-            # Preallocated results and their views: a step then allocates nothing and slices nothing.
-            self._gates = [torch.empty(batch, 4 * hidden) for _ in range(self.num_layers)]
-            self._cell_tanh = torch.empty(batch, hidden)
-        self.top_hidden = self.inputs[-1][:, hidden:]
-        self._logits = torch.empty(batch, self.head_weight_t.shape[1])
 
-    def state(self) -> State:
-        """The current state in the fused layers' layout."""
-        hidden = torch.stack([buffer[:, self.hidden_size:] for buffer in self.inputs])
-        if self.kind == "lstm":
-            return hidden.clone(), torch.stack(self.cells)
-        return hidden.clone()
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Read one token per stream (int64, shape (batch,)); return the next-token logits (batch, vocab).
-
-        The logits live in a buffer the next step overwrites: use them before stepping again.
-        """
-        if self.kind == "lstm":
-            return self._lstm_step(tokens)
-        hidden = self.hidden_size
-        for layer in range(self.num_layers):
-            buffer = self.inputs[layer]
-            state = buffer[:, hidden:]
-            if layer == 0:
-                projected = self.first_layer_table.index_select(0, tokens)
-                if self.kind != "gru":
-                    projected.addmm_(state, self.hidden_weights_t[0])
-            elif self.kind != "gru":
-                projected = torch.addmm(self.biases[layer], buffer, self.stacked_weights_t[layer])
-            else:
-                projected = torch.addmm(self.biases[layer], buffer[:, :hidden], self.input_weights_t[layer])
-            if self.kind == "gru":
-                from_state = torch.addmm(self.hidden_biases[layer], state, self.hidden_weights_t[layer])
-                reset_update = torch.sigmoid(projected[:, : 2 * hidden] + from_state[:, : 2 * hidden])
-                candidate = torch.tanh(projected[:, 2 * hidden:].addcmul_(reset_update[:, :hidden],
-                                                                         from_state[:, 2 * hidden:]))
-                new_state = candidate.add_(reset_update[:, hidden:] * (state - candidate))
-            else:
-                new_state = torch.tanh(projected)
-            state.copy_(new_state)
-            if layer + 1 < self.num_layers:
-                self.inputs[layer + 1][:, :hidden] = new_state
-        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t, out=self._logits)
-
-    def _lstm_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        # The LSTM is the default cell, so it gets a path with every result written in place:
-        # at batch 1 the per-call overhead is as large as the arithmetic.
-        hidden = self.hidden_size
-        for layer in range(self.num_layers):
-            buffer, gates, cell = self.inputs[layer], self._gates[layer], self.cells[layer]
-            state = buffer[:, hidden:]
-            if layer == 0:
-                torch.index_select(self.first_layer_table, 0, tokens, out=gates)
-                gates.addmm_(state, self.hidden_weights_t[0])
-            else:
-                torch.addmm(self.biases[layer], buffer, self.stacked_weights_t[layer], out=gates)
-            gates[:, : 3 * hidden].sigmoid_()                   # input, forget, output gates
-            candidate = gates[:, 3 * hidden:].tanh_()
-            cell.mul_(gates[:, hidden: 2 * hidden]).addcmul_(gates[:, :hidden], candidate)
-            torch.tanh(cell, out=self._cell_tanh)
-            torch.mul(gates[:, 2 * hidden: 3 * hidden], self._cell_tanh, out=state)
-            if layer + 1 < self.num_layers:
-                self.inputs[layer + 1][:, :hidden] = state
-        return torch.addmm(self.head_bias, self.top_hidden, self.head_weight_t, out=self._logits)
+def check_stops(tokenizer: Tokenizer, stops: Sequence[str]) -> None:
+    """Refuse a stop string the model can never write (characters outside its vocabulary)."""
+    for stop in stops:
+        missing = tokenizer.unencodable(stop)
+        if missing:
+            shown = ", ".join(describe_char(char) for char in missing[:10])
+            raise UsageProblem(f"--stop {stop!r} can never be written: the model never saw {shown}")
 
 
 def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
-                       generator: torch.Generator) -> torch.Tensor:
-    """Pick one token per row of `logits` (batch, vocab) by greedy, temperature, top-k and top-p."""
+                       generator: Union[torch.Generator, Sequence[torch.Generator]]) -> torch.Tensor:
+    """Pick one token per row of `logits` (batch, vocab) by greedy, temperature, top-k and top-p.
+
+    `generator` is one generator for the whole batch, or one per row (then each row's
+    draw depends on its own generator only).
+    """
     if config.greedy or config.top_k == 1:
         return logits.argmax(dim=1)
     logits = logits / config.temperature
@@ -165,17 +100,56 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
         kth_best = torch.topk(logits, config.top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     if config.top_p is not None and config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=1, descending=True)
-        sorted_probs = torch.softmax(sorted_logits, dim=1)
+        # Only the most likely tokens can be kept: rank the top `candidates` (growing until they
+        # hold top_p of the mass) instead of sorting a whole vocabulary of 60,000 for each token.
+        probs = torch.softmax(logits, dim=1)
+        vocab_size = logits.shape[1]
+        candidates = min(vocab_size, 64)
+        while True:
+            if candidates == vocab_size:   # a flat distribution: one full sort
+                top_probs, order = torch.sort(probs, dim=1, descending=True)
+                break
+            top_probs, order = torch.topk(probs, candidates, dim=1)
+            if bool((top_probs.sum(dim=1) >= config.top_p).all()):
+                break
+            candidates = candidates * 8 if candidates * 8 <= vocab_size // 4 else vocab_size
         # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
-        drop_sorted = (sorted_probs.cumsum(dim=1) - sorted_probs) >= config.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        keep_top = (top_probs.cumsum(dim=1) - top_probs) < config.top_p
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_top)
+        logits = logits.masked_fill(~keep, float("-inf"))
     # Inverse-CDF sampling: a quarter of torch.multinomial's cost at batch 1. `right=True`
     # never lands on a token whose probability is zero.
     cumulative = torch.softmax(logits, dim=1).cumsum_(dim=1)
-    uniform = torch.rand((logits.shape[0], 1), generator=generator) * cumulative[:, -1:]
+    if isinstance(generator, torch.Generator):
+        uniform = torch.rand((logits.shape[0], 1), generator=generator)
+    elif len(generator) == 1:
+        uniform = torch.rand((1, 1), generator=generator[0])
+    else:
+        uniform = torch.cat([torch.rand((1, 1), generator=row_generator) for row_generator in generator])
+    uniform = uniform * cumulative[:, -1:]
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+
+
+class _Sample:
+    """One sample while it is being written."""
+
+    def __init__(self, index: int, prime: str, seed: int, tokenizer: Tokenizer, config: SampleConfig) -> None:
+        self.index, self.prime, self.seed = index, prime, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.prime_ids, self.echo = _start_tokens(tokenizer, prime, self.generator)
+        self.decoder = tokenizer.stream_decoder()
+        self.matcher = StopMatcher(config.stop, config.keep_stop)
+        self.written = 0
+        self.log2_prob = 0.0
+        self.parts: list[str] = [] if self.echo == prime else [self.echo]
+        self.stop: Optional[str] = None
+        self.stop_reason: Optional[str] = None
+
+    def record(self) -> SampleRecord:
+        text = "".join(self.parts)
+        return SampleRecord(index=self.index, prime=self.prime, text=text,
+                            stop_reason=self.stop_reason or STOPPED_AT_LENGTH, stop=self.stop,
+                            chars=len(text), log2_prob=self.log2_prob, seed=self.seed)
 
 
 def _start_tokens(tokenizer: Tokenizer, prime: Optional[str],
@@ -191,59 +165,168 @@ def _start_tokens(tokenizer: Tokenizer, prime: Optional[str],
     return [first], tokenizer.decode([first])
 
 
+def _concatenate_states(states: list[State]) -> State:
+    if isinstance(states[0], tuple):
+        return (torch.cat([state[0] for state in states], dim=1),   # type: ignore[index]
+                torch.cat([state[1] for state in states], dim=1))   # type: ignore[index]
+    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+
+
+def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, banned: list[int],
+               score: bool) -> Iterator[tuple[str, int, object]]:
+    """Write a batch of samples side by side; yield ("prime" | "text", position, str) and ("done", position, record).
+
+    Each distinct prime is run once at batch 1, so a sample's start does not depend on
+    the other samples of the batch.
+    """
+    warmed: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}
+    for sample in samples:
+        key = tuple(sample.prime_ids)
+        if key not in warmed:
+            logits, state = model(torch.tensor([sample.prime_ids], dtype=torch.long))
+            warmed[key] = (logits[:, -1, :].float(), state)
+    logits = torch.cat([warmed[tuple(sample.prime_ids)][0] for sample in samples])
+    stepper = RecurrentStepper(model)
+    stepper.ban_tokens(banned)
+    stepper.load_state(_concatenate_states([warmed[tuple(sample.prime_ids)][1] for sample in samples]))
+    if banned:
+        logits[:, banned] = float("-inf")
+    for position, sample in enumerate(samples):
+        yield "prime", position, sample.echo
+    limit = config.length
+    rows = list(range(len(samples)))          # batch row -> position in `samples`
+    if limit == 0:
+        for position, sample in enumerate(samples):
+            sample.stop_reason = STOPPED_AT_LENGTH
+            yield "done", position, sample.record()
+        return
+    generators = [sample.generator for sample in samples]
+    while rows:
+        tokens = choose_next_tokens(logits, config, generators)
+        if score:
+            bits = (torch.log_softmax(logits, dim=1).gather(1, tokens[:, None]).squeeze(1)
+                    / math.log(2)).tolist()
+        finished = []
+        for row, token in enumerate(tokens.tolist()):
+            position = rows[row]
+            sample = samples[position]
+            if score:
+                sample.log2_prob += bits[row]
+            piece = sample.decoder.feed(token)
+            if not piece:
+                continue
+            if limit > 0:
+                piece = piece[:limit - sample.written]
+            sample.written += len(piece)
+            text, stop = sample.matcher.feed(piece)
+            if stop is not None:
+                sample.stop, sample.stop_reason = stop, STOPPED_AT_STOP_STRING
+            elif 0 < limit <= sample.written:
+                text += sample.matcher.finish()
+                sample.stop_reason = STOPPED_AT_LENGTH
+            if text:
+                sample.parts.append(text)
+                yield "text", position, text
+            if sample.stop_reason is not None:
+                finished.append(row)
+                yield "done", position, sample.record()
+        if finished:
+            gone = set(finished)
+            kept = [row for row in range(len(rows)) if row not in gone]
+            if not kept:
+                return
+            rows = [rows[row] for row in kept]
+            generators = [generators[row] for row in kept]
+            stepper.keep_rows(kept)
+            tokens = tokens[kept]
+        logits = stepper.step(tokens)
+
+
+def _events(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+            prime_batches: Iterable[Sequence[Optional[str]]], score: bool) -> Iterator[tuple[str, int, object]]:
+    """Events of every batch, with positions counted across batches (the sample's index)."""
+    config.validate()
+    check_stops(tokenizer, config.stop)
+    run_seed = config.seed if config.seed is not None else draw_seed()
+    banned = silent_token_ids(tokenizer)
+    was_training = model.training
+    model.eval()
+    first_index = 0
+    try:
+        with torch.inference_mode():
+            for primes in prime_batches:
+                samples = [_Sample(first_index + offset, prime or "", sample_seed(run_seed, first_index + offset),
+                                   tokenizer, config) for offset, prime in enumerate(primes)]
+                if not samples:
+                    continue
+                for kind, position, value in _run_batch(model, samples, config, banned, score):
+                    yield kind, first_index + position, value
+                first_index += len(samples)
+    finally:
+        model.train(was_training)
+
+
 def generate_text(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig) -> Iterator[str]:
     """Yield the text of `config.num_samples` samples as it is written, joined by `config.separator`.
 
-    `model` must be on the CPU. All samples are generated as one batch. The first is streamed as it
-    grows; the rest follow it. `config.length` counts the characters written
-    after the prime (which is echoed first); -1 writes forever.
+    `model` must be on the CPU. All samples are generated as one batch. Each sample is the
+    prime (echoed) and what follows it. The first is streamed as it grows; each next one
+    is streamed from the moment the one before it has ended. `config.length` counts the
+    characters written after the prime; -1 writes forever.
     """
-    config.validate()
-    seed = config.seed if config.seed is not None else secrets.randbits(62)
-    generator = torch.Generator().manual_seed(seed)
-    prime_ids, prime_echo = _start_tokens(tokenizer, config.prime, generator)
-    batch = config.num_samples
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            stepper = RecurrentStepper(model)
-            prime_tensor = torch.tensor([prime_ids], dtype=torch.long).expand(batch, -1).contiguous()
-            logits, state = model(prime_tensor)
-            logits = logits[:, -1, :].float()
-            stepper.load_state(state)
-            yield prime_echo
-            decoders = [tokenizer.stream_decoder() for _ in range(batch)]
-            written = [0] * batch
-            held_back = [[prime_echo] for _ in range(batch)]
-            unlimited = config.length < 0
-            while unlimited or min(written) < config.length:
-                tokens = choose_next_tokens(logits, config, generator)
-                for index, token in enumerate(tokens.tolist()):
-                    if not unlimited and written[index] >= config.length:
-                        continue
-                    piece = decoders[index].feed(token)
-                    if not unlimited:
-                        piece = piece[: config.length - written[index]]
-                    written[index] += len(piece)
-                    if index == 0:
-                        if piece:
-                            yield piece
-                    else:
-                        held_back[index].append(piece)
-                logits = stepper.step(tokens)
-            # A stream decoder may still hold the start of an unfinished character: let it out.
-            for index in range(batch):
-                rest = decoders[index].flush()
-                if not unlimited:
-                    rest = rest[: config.length - written[index]]
-                if index == 0:
-                    if rest:
-                        yield rest
-                else:
-                    held_back[index].append(rest)
-            for index in range(1, batch):
-                yield config.separator
-                yield "".join(held_back[index])
-    finally:
-        model.train(was_training)
+    batch = [config.prime] * config.num_samples
+    waiting: dict[int, list[str]] = {index: [] for index in range(config.num_samples)}
+    done: set[int] = set()
+    current = 0
+    for kind, index, value in _events(model, tokenizer, config, [batch], score=False):
+        if kind == "done":
+            done.add(index)
+            while current in done:
+                current += 1
+                if current < config.num_samples:
+                    yield config.separator
+                    yield "".join(waiting.pop(current))
+        elif index == current:
+            yield value  # type: ignore[misc]
+        else:
+            waiting[index].append(value)  # type: ignore[arg-type]
+
+
+def generate_records(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
+                     primes: Optional[Iterable[Optional[str]]] = None,
+                     prime_batches: Optional[Iterable[Sequence[Optional[str]]]] = None) -> Iterator[SampleRecord]:
+    """Yield one `SampleRecord` per sample, in order, each as soon as it and those before it are done.
+
+    Without primes: `config.num_samples` samples of `config.prime`. With `primes` (for
+    example the lines of a file, read lazily): one sample per prime, generated
+    `config.batch_size` at a time; an empty prime starts at the beginning of a line.
+    `prime_batches` gives the batches ready-made instead (the CLI cuts a batch short
+    when its input pauses).
+    """
+    if prime_batches is not None:
+        batches: Iterable[Sequence[Optional[str]]] = prime_batches
+    elif primes is not None:
+        batches = batched(primes, config.batch_size)
+    else:
+        batches = [[config.prime] * config.num_samples]
+    finished: dict[int, SampleRecord] = {}
+    next_index = 0
+    for kind, index, value in _events(model, tokenizer, config, batches, score=True):
+        if kind != "done":
+            continue
+        finished[index] = value  # type: ignore[assignment]
+        while next_index in finished:
+            yield finished.pop(next_index)
+            next_index += 1
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` consecutive items (the last may be shorter); lazy, for endless input."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

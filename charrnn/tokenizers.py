@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .config import DEFAULT_SUBWORD_VOCAB_SIZE, SENTENCEPIECE_KINDS
+from .config import SENTENCEPIECE_KINDS
 from .errors import TokenizerError
 
 
@@ -239,5 +239,5 @@ def fit_tokenizer(kind: str, train_text: str, full_text: str,
         return ByteTokenizer()
     if kind in SENTENCEPIECE_KINDS:
         from .tokenizers_sentencepiece import SentencePieceTokenizer
-        return SentencePieceTokenizer.fit(kind, train_text, vocab_size or DEFAULT_SUBWORD_VOCAB_SIZE)
+        return SentencePieceTokenizer.fit(kind, train_text, vocab_size)
     raise TokenizerError(f"unknown tokeniser kind {kind!r}")

@@ -23,11 +23,11 @@ import binascii
 import io
 import os
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from .config import SENTENCEPIECE_KINDS
+from .config import DEFAULT_SUBWORD_VOCAB_SIZE, SENTENCEPIECE_KINDS
 from .errors import TokenizerError
 from .tokenizers import StreamDecoder, Tokenizer, Utf8StreamDecoder, token_dtype
 
@@ -40,6 +40,11 @@ TRAIN_CHUNK_CHARS = 2000
 MAX_TRAIN_SENTENCES = 2_000_000  # beyond this, the trainer samples lines (memory stays bounded)
 ENCODE_CHUNK_CHARS = 1 << 20     # encode big texts a megabyte at a time, cut after a newline
 FIXED_PIECES = 256 + 2           # byte pieces, <unk> and "\n"
+# At most this share of the learnable pieces are single characters, and at most this share of
+# a corpus's character occurrences when not all characters fit (see `rare_characters`).
+CHARACTER_SHARE = 0.5
+MAX_PARTIAL_COVERAGE = 0.9995
+DEFAULT_SIZE_RETRIES = 8
 
 
 def _import_sentencepiece():
@@ -70,6 +75,65 @@ def _friendly_training_error(message: str, kind: str, vocab_size: int) -> str:
                 f"least {too_low.group(1)} (256 byte pieces, <unk>, newline and the corpus's characters)")
     detail = re.sub(r"^\w+: \S+\(\d+\) \[.*?\] ", "", message.strip().splitlines()[0] if message.strip() else "")
     return f"sentencepiece could not train a {kind} vocabulary of {vocab_size}: {detail or 'unknown error'}"
+
+
+def rare_characters(train_text: str, vocab_size: int) -> str:
+    """The characters left out of the learned pieces: they are written as their UTF-8 bytes.
+
+    None when all the corpus's characters fit in a `CHARACTER_SHARE` of the learnable
+    pieces (English, code: a few hundred at most). Otherwise (CJK: thousands) the most
+    frequent characters that fit in that share keep pieces of their own, up to
+    `MAX_PARTIAL_COVERAGE` of the text, and the rest fall back to bytes: the vocabulary
+    is never too small for the corpus, and most of it is left for longer pieces.
+    (sentencepiece's own `character_coverage` cannot go below 0.98, which on such a
+    corpus can still need more characters than a default vocabulary holds.)
+    """
+    code_points, counts = np.unique(
+        np.frombuffer(train_text.replace(NEWLINE, "").encode("utf-32-le", "surrogatepass"), dtype=np.uint32),
+        return_counts=True)
+    room = max(1, int((vocab_size - FIXED_PIECES) * CHARACTER_SHARE))
+    if len(counts) <= room:
+        return ""
+    order = np.argsort(-counts, kind="stable")
+    covered = np.cumsum(counts[order], dtype=np.float64) / counts.sum()
+    kept = min(room, int(np.searchsorted(covered, MAX_PARTIAL_COVERAGE)) + 1)
+    return "".join(chr(c) for c in code_points[order[kept:]].tolist())
+
+
+def _train_model(kind: str, train_text: str, vocab_size: int) -> bytes:
+    """The serialized sentencepiece model of `vocab_size` pieces learned from `train_text`."""
+    sentencepiece = _import_sentencepiece()
+    model = io.BytesIO()
+    # Rare characters cut the training lines (no piece spans them) and are never learned.
+    rare = rare_characters(train_text, vocab_size)
+    if rare:
+        train_text = train_text.translate(dict.fromkeys(map(ord, rare), NEWLINE))
+    # Same corpus, same vocabulary: sentencepiece samples lines of very large corpora.
+    sentencepiece.set_random_generator_seed(0)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=_training_sentences(train_text),
+            model_writer=model,
+            model_type=kind,
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            split_digits=False,
+            allow_whitespace_only_pieces=True,
+            user_defined_symbols=[NEWLINE],
+            max_sentence_length=4 * TRAIN_CHUNK_CHARS + 16,
+            input_sentence_size=MAX_TRAIN_SENTENCES,
+            shuffle_input_sentence=True,
+            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+            num_threads=max(1, min(8, os.cpu_count() or 1)),
+            minloglevel=2,   # no C++ log lines on the terminal
+        )
+    except RuntimeError as error:
+        raise TokenizerError(_friendly_training_error(str(error), kind, vocab_size)) from None
+    return model.getvalue()
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -110,51 +174,43 @@ class SentencePieceTokenizer(Tokenizer):
         self._char_counts = counts
         self._dtype = token_dtype(size)
         self._mark_ids = [int(self._byte_ids[b]) for b in WHITESPACE_MARK.encode("utf-8")]
+        # A vocabulary without a "▁" piece (spaces rare or absent in training) would write a
+        # space as the bytes of "▁", which decode as "▁": such a vocabulary gets the space byte.
+        self._space_id = (None if processor.piece_to_id(WHITESPACE_MARK) != processor.unk_id()
+                          else int(self._byte_ids[ord(" ")]))
 
     # -- building -----------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, kind: str, train_text: str, vocab_size: int) -> "SentencePieceTokenizer":
-        """Train a `kind` ("bpe" or "unigram") model of `vocab_size` pieces on `train_text`, in memory."""
+    def fit(cls, kind: str, train_text: str, vocab_size: Optional[int] = None) -> "SentencePieceTokenizer":
+        """Train a `kind` ("bpe" or "unigram") model of `vocab_size` pieces on `train_text`, in memory.
+
+        `vocab_size` None means charrnn's default, which never fails: a corpus too short
+        to fill it gets the largest vocabulary it can fill instead. An explicit size that
+        does not fit the corpus is an error saying which sizes would.
+        """
+        explicit = vocab_size is not None
+        vocab_size = vocab_size if vocab_size is not None else DEFAULT_SUBWORD_VOCAB_SIZE
         if vocab_size < FIXED_PIECES + 1:
             raise TokenizerError(
                 f"--vocab-size {vocab_size} is too small for {kind}: 256 byte pieces, <unk> and "
-                f"newline take {FIXED_PIECES}, so use at least {FIXED_PIECES + 1} (e.g. 512)")
+                f"newline take {FIXED_PIECES}, so use at least {FIXED_PIECES + 1} (e.g. 1024)")
         if not train_text.replace(NEWLINE, ""):
             raise TokenizerError(f"the training part of the corpus has no text to learn a {kind} vocabulary from")
-        sentencepiece = _import_sentencepiece()
-        distinct_chars = len(set(train_text))
-        # Give every character its own piece when that leaves most of the vocabulary for
-        # longer pieces; otherwise (CJK: thousands of characters) let the rarest 0.05% of
-        # character occurrences fall back to bytes, sentencepiece's usual setting.
-        coverage = 1.0 if FIXED_PIECES + distinct_chars <= vocab_size // 2 else 0.9995
-        model = io.BytesIO()
-        # Same corpus, same vocabulary: sentencepiece samples lines of very large corpora.
-        sentencepiece.set_random_generator_seed(0)
-        try:
-            sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=_training_sentences(train_text),
-                model_writer=model,
-                model_type=kind,
-                vocab_size=vocab_size,
-                byte_fallback=True,
-                character_coverage=coverage,
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                add_dummy_prefix=False,
-                split_digits=False,
-                allow_whitespace_only_pieces=True,
-                user_defined_symbols=[NEWLINE],
-                max_sentence_length=4 * TRAIN_CHUNK_CHARS + 16,
-                input_sentence_size=MAX_TRAIN_SENTENCES,
-                shuffle_input_sentence=True,
-                unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-                num_threads=max(1, min(8, os.cpu_count() or 1)),
-                minloglevel=2,   # no C++ log lines on the terminal
-            )
-        except RuntimeError as error:
-            raise TokenizerError(_friendly_training_error(str(error), kind, vocab_size)) from None
-        return cls(kind, model.getvalue())
+        for _ in range(DEFAULT_SIZE_RETRIES):
+            try:
+                return cls(kind, _train_model(kind, train_text, vocab_size))
+            except TokenizerError as error:
+                # The default shrinks until it fits. sentencepiece's "at most N" is only an
+                # estimate for unigram (N itself may fail), so each retry also takes off a tenth.
+                fillable = re.search(r"can learn at most (\d+) pieces", str(error))
+                if explicit or not fillable:
+                    raise
+                vocab_size = min(int(fillable.group(1)), vocab_size - max(1, (vocab_size - FIXED_PIECES) // 10))
+                if vocab_size < FIXED_PIECES + 1:
+                    break
+        raise TokenizerError(f"the training part of the corpus is too short to learn a {kind} vocabulary "
+                             "from; use --tokenizer char or byte, or a longer corpus")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SentencePieceTokenizer":
@@ -182,8 +238,19 @@ class SentencePieceTokenizer(Tokenizer):
                 if index:
                     ids.extend(self._mark_ids)
                 if part:
-                    ids.extend(self._processor.encode(part))
+                    ids.extend(self._encode_part(part))
         return np.asarray(ids, dtype=self._dtype)
+
+    def _encode_part(self, part: str) -> list[int]:
+        if self._space_id is None:
+            return self._processor.encode(part)
+        ids: list[int] = []
+        for index, words in enumerate(part.split(" ")):
+            if index:
+                ids.append(self._space_id)
+            if words:
+                ids.extend(self._processor.encode(words))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         table = self._bytes_for_id

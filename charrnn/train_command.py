@@ -12,13 +12,14 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import ModelConfig, TrainConfig
 from .console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
 from .distributed import TerminationWatchdog, World, check_resume_world_size
 from .errors import RunDirError, UsageProblem
-from .rundir import DEFAULT_RUNS_ROOT, LATEST_WEIGHTS, TRAINING_STATE, RunDir
+from .memory_check import check_training_fits, smallest_vocab_size
+from .rundir import DEFAULT_RUNS_ROOT, TRAINING_STATE, RunDir, claim_default_run_dir
 from .token_cache import (CorpusFiles, CorpusScan, corpus_files, default_cache_dir, scan_corpus,
                           spool_stream)
 
@@ -50,16 +51,6 @@ class StopRequest:
     def uninstall(self) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
-
-
-def _default_run_dir(corpus_name: str) -> Path:
-    """runs/<name>, or runs/<name>-2, -3, ... when that one already holds a run."""
-    base = DEFAULT_RUNS_ROOT / corpus_name
-    candidate, number = base, 2
-    while (candidate / TRAINING_STATE).exists() or (candidate / LATEST_WEIGHTS).exists():
-        candidate = base.with_name(f"{base.name}-{number}")
-        number += 1
-    return candidate
 
 
 # Train options that cannot change on resume: they fix the split, the tokens, the data
@@ -98,17 +89,19 @@ def resume_hint(run_dir: RunDir, corpus_source: Optional[str], world: World = Wo
 
 
 def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
-                 train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None) -> int:
+                 train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None,
+                 on_run_dir: Callable[[Path], None] = lambda path: None) -> int:
     """Train from the command line's options; return the process exit code.
 
     With `resume`, CORPUS may be the run directory itself (`charrnn train --resume RUN_DIR`);
     otherwise the run is `--out`, or runs/<corpus name>. Under torchrun, every process runs
-    this; only rank 0 prepares and locks the run directory and talks.
+    this; only rank 0 prepares and locks the run directory and talks. `on_run_dir` hears
+    which run directory was taken (the Python API returns the model trained there).
     """
     spooled: list[Path] = []
     try:
         return _run_training(corpus, out, resume, model_options, train_options, given,
-                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled)
+                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled, on_run_dir)
     finally:
         for path in spooled:
             path.unlink(missing_ok=True)
@@ -116,7 +109,7 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
 
 def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
                   train_options: dict[str, Any], given: set[str], cache_dir: Path,
-                  spooled: list[Path]) -> int:
+                  spooled: list[Path], on_run_dir: Callable[[Path], None]) -> int:
     world = World.from_env()
     # Under torchrun only rank 0 talks; the others keep quiet unless they fail.
     console = stderr_console(quiet=not world.is_writer)
@@ -133,7 +126,6 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
             resume = True   # torchrun restarted the workers: continue from the last checkpoint
 
     progress = CorpusProgressDisplay(console)
-    source: Optional[CorpusScan] = None
     if resume and corpus is not None and corpus != "-" and not Path(corpus).exists():
         raise RunDirError(f"nothing to resume: {corpus} does not exist")
     if resume and corpus is not None and corpus != "-" and _is_run_dir(corpus):
@@ -143,48 +135,76 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
     elif corpus is not None:
         if corpus != "-" and Path(corpus, TRAINING_STATE).exists():
             raise UsageProblem(f"{corpus} is a run directory: add --resume to continue it")
-        source = _scan(corpus, cache_dir, spooled, progress)
     elif not resume:
         raise UsageProblem("missing argument CORPUS (a text file, a directory of .txt files, or -)")
+    # The run directory is named after the corpus, which its path tells without reading it:
+    # the run is chosen and locked first, so a second training stops (or moves on) at once.
+    corpus_name = _corpus_name(corpus) if corpus is not None else None
 
+    run_dir: Optional[RunDir] = None      # None: the first free runs/<name>, -2, -3, ... (below)
     if out is not None:
         run_dir = RunDir(Path(out))
     elif resume:
-        if source is None:
+        if corpus is None:
             raise UsageProblem("--resume needs the run: charrnn train --resume RUN_DIR")
-        if source.corpus.source == "-":
+        if corpus == "-":
             raise UsageProblem("--resume with a corpus on standard input needs --out RUN_DIR")
-        run_dir = RunDir(DEFAULT_RUNS_ROOT / source.corpus.name)
-    else:
-        run_dir = RunDir(_default_run_dir(source.corpus.name))
+        run_dir = RunDir(DEFAULT_RUNS_ROOT / corpus_name)
     if resume and not run_dir.state.exists():
         raise RunDirError(f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): "
                           "start it without --resume")
+    if not resume and run_dir is not None and not run_dir.state.exists():
+        run_dir.refuse_to_start_over()   # weights without a state: refuse before touching anything
+    if not resume:
+        # Sizes that cannot fit stop here, before minutes of corpus work (the exact check,
+        # with the vocabulary, comes once the tokeniser is fitted).
+        _check_memory(fresh_model, smallest_vocab_size(fresh_train), fresh_train, world)
 
-    # Prove the folder is writable and take the lock before reading any state or corpus work:
+    # Prove the folder is writable and take the lock before reading any state or corpus:
     # a second training into the same folder stops here, before it can touch anything.
     if world.is_writer:
-        run_dir.prepare()
-        run_dir.lock()
+        if run_dir is None:
+            run_dir = claim_default_run_dir(DEFAULT_RUNS_ROOT, corpus_name)
+        else:
+            run_dir.prepare()
+            run_dir.lock()
+    on_run_dir(run_dir.path)
     try:
+        source = _scan(corpus, cache_dir, spooled, progress) if corpus is not None else None
         if resume:
             source, model_config, train_config, tokenizer, resume_state = _plan_resume(
                 run_dir, source, model_options, train_options, given, world,
                 lambda corpus_source: _scan(corpus_source, cache_dir, spooled, progress))
         else:
-            if run_dir.state.exists():
-                raise RunDirError(f"{run_dir.path} already holds a run: add --resume to continue it, "
-                                  "or choose another --out")
+            run_dir.refuse_to_start_over()   # again under the lock: a run may have saved meanwhile
             model_config, train_config, tokenizer, resume_state = fresh_model, fresh_train, None, None
         prepared = prepare_streamed_corpus(source, train_config.tokenizer, train_config.val_fraction,
                                            train_config.vocab_size, tokenizer=tokenizer,
                                            cache_dir=cache_dir, on_progress=progress)
         progress.close()
+        _check_memory(model_config, prepared.tokenizer.vocab_size, train_config, world)
         return _train_until_stopped(console, prepared, model_config, train_config, run_dir,
                                     resume_state, source.corpus.source, world)
     finally:
         progress.close()
-        run_dir.unlock()
+        if run_dir is not None:
+            run_dir.unlock()
+
+
+def _corpus_name(corpus: str) -> str:
+    """The corpus's short name (the default run directory's), from its path alone: stdin is "stdin"."""
+    return "stdin" if corpus == "-" else corpus_files(corpus).name
+
+
+def _check_memory(model_config: ModelConfig, vocab_size: int, train_config: TrainConfig,
+                  world: World) -> None:
+    """Refuse a model that the device's memory cannot hold, before anything is allocated."""
+    from .hardware import resolve_device
+
+    device = world.device_for(resolve_device(train_config.device))
+    # Processes of this run on one machine share its RAM; on GPUs each has its own device.
+    replicas = 1 if device.type == "cuda" else world.local_world_size
+    check_training_fits(model_config, vocab_size, device.type, device, replicas)
 
 
 def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: dict[str, Any],
@@ -235,10 +255,10 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
     if watchdog is not None:
         watchdog.install()
     try:
-        trainer = Trainer(prepared, model_config, train_config, run_dir,
-                          on_event=display if display is not None else _ignore_event,
-                          should_stop=stop, resume_state=resume_state, world=world)
         with world.process_group(world.device_for(resolve_device(train_config.device))):
+            trainer = Trainer(prepared, model_config, train_config, run_dir,
+                              on_event=display if display is not None else _ignore_event,
+                              should_stop=stop, resume_state=resume_state, world=world)
             finished = trainer.run()
     except KeyboardInterrupt:
         # A second Ctrl-C: whatever was being written is abandoned, the previous files are whole.
@@ -255,6 +275,8 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
         if watchdog is not None:
             watchdog.uninstall()
         stop.uninstall()
+    if world.is_writer:
+        run_dir.record_end(finished.reason, finished.step)   # `charrnn runs`: finished or stopped
     if finished.reason == "interrupted":
         console.print(f"interrupted at step {finished.step}, saved in {run_dir.path}; resume with: "
                       f"{resume_hint(run_dir, corpus_source, world)}", markup=False, highlight=False)

@@ -70,6 +70,7 @@ def trained_run(tmp_path_factory) -> Path:
     corpus.write_text(PATTERN * 200, encoding="utf-8")
     out = folder / "run"
     result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "150",
-                     "--eval-every", "50", "--lr", "0.01", "--warmup-steps", "10", *TINY_MODEL_OPTIONS)
+                     "--eval-every", "50", "--lr", "0.01", "--warmup-steps", "10", "--precision", "fp32",
+                     *TINY_MODEL_OPTIONS)
     assert result.exit_code == 0, result.stderr
     return out

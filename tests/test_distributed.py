@@ -116,7 +116,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     metrics = _metrics(run)
     assert [record["step"] for record in metrics] == [20, 40, 60, 80, 100]
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "best.safetensors", "latest.safetensors", "metrics.jsonl", "state.pt"]
+        "best.safetensors", "end.json", "latest.safetensors", "metrics.jsonl", "state.pt"]
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["batch_size"] == 4
     assert state["hidden"][0].shape[1] == 8                       # both ranks' streams are saved

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
+from faults import deny_opening, deny_writes_under, refuse_locks_under
 
 
 def assert_one_error_line(result, exit_code: int, *fragments: str) -> None:
@@ -43,14 +46,73 @@ def test_corpus_not_utf8_says_where(in_tmp):
     assert_one_error_line(run_cli("train", "latin1.txt"), 1, "not valid UTF-8", "offset 12", "line 2")
 
 
-def test_unreadable_corpus(in_tmp):
-    import os
+def test_unreadable_corpus(in_tmp, monkeypatch):
     path = in_tmp / "secret.txt"
     path.write_text("text " * 1000)
-    path.chmod(0)
-    if os.access(path, os.R_OK):
-        pytest.skip("running as a user who can read anything (root)")
-    assert_one_error_line(run_cli("train", "secret.txt"), 1, "permission denied")
+    deny_opening(monkeypatch, path)       # as a file without read permission, for root too
+    assert_one_error_line(run_cli("train", "secret.txt"), 1, "cannot read secret.txt: permission denied")
+
+
+# -- the token cache folder ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error_number, words", [(errno.EACCES, "Permission denied"),
+                                                 (errno.EROFS, "Read-only file system")])
+@pytest.mark.parametrize("corpus", ["file", "stdin"])
+def test_unwritable_cache_folder_is_one_error_line(in_tmp, pattern_corpus, monkeypatch, error_number, words,
+                                                   corpus):
+    cache = in_tmp / "cache"
+    cache.mkdir()
+    deny_writes_under(monkeypatch, cache, error_number)
+    if corpus == "file":
+        result = run_cli("train", str(pattern_corpus), "--cache-dir", str(cache), *TINY_MODEL_OPTIONS)
+        assert_one_error_line(result, 1, f"cannot lock the token cache entry {cache}", words, "--cache-dir")
+    else:
+        result = run_cli("train", "-", "--out", "run", "--cache-dir", str(cache), *TINY_MODEL_OPTIONS,
+                         input=pattern_corpus.read_text())
+        assert_one_error_line(result, 1, f"cannot store standard input in {cache}", words, "--cache-dir")
+    assert list(cache.iterdir()) == []
+
+
+def test_cache_folder_that_cannot_be_created_is_one_error_line(in_tmp, pattern_corpus):
+    (in_tmp / "a-file").write_text("not a folder")
+    result = run_cli("train", str(pattern_corpus), "--cache-dir", str(in_tmp / "a-file" / "cache"),
+                     *TINY_MODEL_OPTIONS)
+    assert_one_error_line(result, 1, "cannot create the token cache folder", "--cache-dir")
+
+
+def test_read_only_cache_that_holds_the_entry_is_still_used(in_tmp, pattern_corpus, monkeypatch):
+    cache = in_tmp / "cache"
+    arguments = [str(pattern_corpus), "--cache-dir", str(cache), "--max-steps", "1", *TINY_MODEL_OPTIONS]
+    assert run_cli("train", *arguments, "--out", "first").exit_code == 0
+    deny_writes_under(monkeypatch, cache)
+    result = run_cli("train", *arguments, "--out", "second")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_permission_error_on_the_cache_lock_is_one_error_line(in_tmp, pattern_corpus, monkeypatch):
+    cache = in_tmp / "cache"
+    cache.mkdir()
+    real_open = open
+
+    def lock_file_refused(file, mode="r", *args, **kwargs):
+        if str(file).startswith(str(cache)) and str(file).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", lock_file_refused)
+    result = run_cli("train", str(pattern_corpus), "--cache-dir", str(cache), *TINY_MODEL_OPTIONS)
+    assert_one_error_line(result, 1, "cannot lock the token cache entry", "Permission denied")
+
+
+def test_file_system_that_refuses_locks_is_one_error_line(in_tmp, pattern_corpus, monkeypatch):
+    cache = in_tmp / "cache"
+    cache.mkdir()
+    refuse_locks_under(monkeypatch, cache, errno.ENOLCK)
+    result = run_cli("train", str(pattern_corpus), "--cache-dir", str(cache), *TINY_MODEL_OPTIONS)
+    assert_one_error_line(result, 1, f"the file system of the token cache {cache} refuses file locks",
+                          "--cache-dir")
+    assert not list(cache.glob("*.tokens"))
 
 
 @pytest.mark.parametrize("option,value,fragment", [
@@ -87,7 +149,9 @@ def test_missing_checkpoint(in_tmp):
     assert_one_error_line(run_cli("sample", "missing.safetensors"), 1, "not found")
 
 
-def test_no_runs_yet_says_how_to_train(in_tmp):
+def test_no_runs_yet_says_how_to_train(in_tmp, monkeypatch):
+    # With no run under runs/, `sample` uses the bundled model; without one (a build that left it out):
+    monkeypatch.setattr("charrnn.pretrained.BUNDLED_MODELS", {"shakespeare": in_tmp / "absent.safetensors"})
     assert_one_error_line(run_cli("sample"), 1, "charrnn train")
 
 

@@ -21,6 +21,7 @@ from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
 
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
+from faults import deny_writes_under
 
 
 def _tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -243,13 +244,11 @@ def test_unwritable_output_directory_fails_before_training(pattern_corpus, tmp_p
     assert "parameters" not in result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only folders")
-def test_read_only_output_directory_fails_before_training(pattern_corpus, tmp_path):
+def test_read_only_output_directory_fails_before_training(pattern_corpus, tmp_path, monkeypatch):
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    read_only.chmod(0o500)
-    try:
-        result = run_cli("train", str(pattern_corpus), "--out", str(read_only), *TINY_MODEL_OPTIONS)
-        _assert_one_error_line(result, "cannot write to run directory", "ermission denied")
-    finally:
-        read_only.chmod(0o700)
+    deny_writes_under(monkeypatch, read_only)     # simulated: file modes do not stop root
+    result = run_cli("train", str(pattern_corpus), "--out", str(read_only), *TINY_MODEL_OPTIONS)
+    _assert_one_error_line(result, "cannot write to run directory", "ermission denied")
+    assert "parameters" not in result.stderr
+    assert list(read_only.iterdir()) == []

@@ -26,7 +26,7 @@ def _train(run_path, max_steps, stop_after=None, resume=False, **train_overrides
     """Run a Trainer in-process; stop via should_stop after `stop_after` steps. Returns (losses, finished)."""
     corpus = prepare_corpus(Corpus(TEXT, "t", "t.txt"), "char", 0.1)
     settings = dict(seq_len=16, batch_size=4, max_steps=max_steps, eval_every=7, warmup_steps=5,
-                    lr=5e-3, threads=1, seed=3)
+                    lr=5e-3, threads=1, seed=3, precision="fp32")
     train_config = TrainConfig(**{**settings, **train_overrides})
     run_dir = RunDir(run_path)
     run_dir.prepare()

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from charrnn import events
-from charrnn.data import IGNORE_TARGET, BatchStream, Corpus, EvaluationWindows, prepare_corpus, read_corpus
+from charrnn.data import IGNORE_TARGET, BatchStream, EvaluationWindows, prepare_corpus, read_corpus
 from charrnn.errors import CorpusError
 from charrnn.tokenizers import Tokenizer
 from charrnn.token_cache import (cached_token_file, corpus_files, iter_text_chunks,
                                  prepare_streamed_corpus, scan_corpus)
 
-from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 # Multi-byte characters of every UTF-8 length, so chunk boundaries fall inside sequences.
 MIXED = "Héllo wörld — naïve café ✓ 𝄞 music 中文字符 ok.\nSecond line: ∑ ≠ ∞, emoji 🎉!\n"
@@ -75,6 +80,18 @@ def test_streamed_and_in_memory_paths_give_the_same_arrays(tmp_path, val_fractio
     assert np.array_equal(streamed.val_tokens, in_memory.val_tokens)
     assert (streamed.train_chars, streamed.val_chars) == (in_memory.train_chars, in_memory.val_chars)
     assert streamed.fingerprint == in_memory.fingerprint
+
+
+@pytest.mark.parametrize("kind, vocab_size", [("byte", None), ("bpe", 320)])
+def test_in_memory_api_is_the_streamed_pipeline_for_every_tokeniser(tmp_path, kind, vocab_size):
+    path = _write(tmp_path / "mixed.txt", MIXED * 40)
+    scan = scan_corpus(corpus_files(str(path)))
+    streamed = prepare_streamed_corpus(scan, kind, 0.2, vocab_size, cache_dir=tmp_path / "cache")
+    in_memory = prepare_corpus(read_corpus(str(path)), kind, 0.2, vocab_size)
+    assert streamed.tokenizer.to_dict() == in_memory.tokenizer.to_dict()
+    assert np.array_equal(streamed.train_tokens, in_memory.train_tokens)
+    assert np.array_equal(streamed.val_tokens, in_memory.val_tokens)
+    assert (streamed.train_chars, streamed.val_chars) == (in_memory.train_chars, in_memory.val_chars)
 
 
 def test_directory_corpus_streams_every_txt_file_in_order(tmp_path):
@@ -260,11 +277,9 @@ class _RawBytes(Tokenizer):
 
 
 def test_split_of_a_byte_level_tokeniser_is_the_byte_offset_of_the_split_character(tmp_path, monkeypatch):
-    import charrnn.data as data
-    import charrnn.token_cache as token_cache
+    import charrnn.corpus_encoding as corpus_encoding
 
-    for module in (data, token_cache):                             # split points inside count chunks
-        monkeypatch.setattr(module, "COUNT_CHUNK_TOKENS", 7)
+    monkeypatch.setattr(corpus_encoding, "COUNT_CHUNK_TOKENS", 7)  # split points inside count chunks
     text = MIXED * 5
     path = _write(tmp_path / "mixed.txt", text)
     scan = scan_corpus(corpus_files(str(path)))
@@ -275,3 +290,182 @@ def test_split_of_a_byte_level_tokeniser_is_the_byte_offset_of_the_split_charact
         assert bytes(prepared.train_tokens) == text[:split].encode("utf-8")
         assert bytes(prepared.val_tokens) == text[split:].encode("utf-8")
         assert prepared.val_chars == len(text[split:]) - 1 and prepared.train_chars == split
+
+
+# -- a corpus that changes between the scan and the encoding ----------------------------------
+
+
+def _entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.exists() else []
+
+
+@pytest.mark.parametrize("change", ["appended", "new character past the table", "same size, unseen ASCII"])
+def test_a_corpus_that_changed_since_the_scan_stops_and_caches_nothing(tmp_path, change):
+    # Before: the appended text and the unseen ASCII letter were silently encoded as id 0 and
+    # cached under the old fingerprint; the character past the table raised IndexError.
+    cache = tmp_path / "cache"
+    path = _write(tmp_path / "log.txt", "abc é\n" * 200)
+    scan = scan_corpus(corpus_files(str(path)))
+    if change == "appended":
+        with open(path, "a", encoding="utf-8") as log:
+            log.write("zzz\n")
+    elif change == "new character past the table":
+        _write(path, "abc é\n" * 199 + "abc 🎉\n")
+    else:
+        _write(path, "abc é\n" * 199 + "abq é\n")
+    with pytest.raises(CorpusError, match="changed while it was being read") as stopped:
+        prepare_streamed_corpus(scan, "char", 0.1, cache_dir=cache)
+    assert str(path) in str(stopped.value)
+    assert _entries(cache) == []
+    # Once the file holds still, a new scan trains on what it now holds.
+    again = _streamed(path, cache_dir=cache)
+    assert again.tokenizer.decode(again.val_tokens)[-6:] == _read(path)[-6:]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_a_file_growing_during_the_encoding_is_stopped_there(tmp_path, monkeypatch):
+    import charrnn.corpus as corpus
+
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)
+    cache = tmp_path / "cache"
+    path = _write(tmp_path / "growing.log", "line of a log\n" * 100)
+    scan = scan_corpus(corpus_files(str(path)))
+    encoded_bytes: list[int] = []
+
+    def keep_writing(event) -> None:                # a writer appending while charrnn encodes
+        if isinstance(event, events.CorpusProgress) and event.phase == "encoding":
+            encoded_bytes.append(event.done_bytes)
+            with open(path, "a", encoding="utf-8") as log:
+                log.write("another line\n" * 10)
+
+    with pytest.raises(CorpusError, match="changed while it was being read"):
+        prepare_streamed_corpus(scan, "char", 0.1, cache_dir=cache, on_progress=keep_writing)
+    assert max(encoded_bytes) <= scan.num_bytes + 64      # it stopped as soon as it read past the scan
+    assert _entries(cache) == []
+
+
+def test_train_on_a_corpus_that_changes_between_passes_is_one_error_line(in_tmp, monkeypatch):
+    import charrnn.token_cache as token_cache
+
+    cache = in_tmp / "cache"
+    path = _write(in_tmp / "notes.txt", "some notes\n" * 200)
+    real_encode = token_cache.encode_corpus
+
+    def edited_before_encoding(scan, tokenizer, on_bytes):
+        _write(path, "some notes\n" * 199 + "an edit was saved\n")     # an editor saves now
+        return real_encode(scan, tokenizer, on_bytes)
+
+    monkeypatch.setattr(token_cache, "encode_corpus", edited_before_encoding)
+    result = run_cli("train", "notes.txt", "--cache-dir", str(cache), "--max-steps", "1", *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 1, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("Error: the corpus notes.txt changed while it was being read")
+    assert "Traceback" not in result.stderr
+    assert _entries(cache) == []
+    assert not (in_tmp / "runs" / "notes" / "state.pt").exists()
+
+
+# -- litter left by killed processes ----------------------------------------------------------
+
+
+def _finished_process_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temp_files_of_a_killed_encoding_are_removed_by_the_next_run(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = _finished_process_pid()
+    # An encoding of another corpus killed midway: its temp token file and sidecar temp remain.
+    killed = [cache / f".other-0123456789abcdef.tokens.tmp-{dead}",
+              cache / f".other-0123456789abcdef.json.tmp-{dead}"]
+    for leftover in killed:
+        leftover.write_bytes(b"\x00" * 100)
+    (cache / "other-0123456789abcdef.lock").touch()
+    # A live encoding of a third corpus: its lock is held, so its temp file must stay.
+    live = cache / f".busy-fedcba9876543210.tokens.tmp-{os.getpid()}"
+    live.write_bytes(b"\x01" * 10)
+    import fcntl
+    with open(cache / "busy-fedcba9876543210.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        _streamed(_write(tmp_path / "corpus.txt", "next run\n" * 50), cache_dir=cache)
+    assert not any(leftover.exists() for leftover in killed)
+    assert live.exists()
+
+
+def test_stdin_spools_of_dead_processes_on_this_machine_are_removed(tmp_path):
+    from charrnn.token_cache import _host_tag, remove_stale_files
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = cache / f".stdin-{_host_tag()}-{_finished_process_pid()}-a1b2c3.txt"
+    alive = cache / f".stdin-{_host_tag()}-{os.getpid()}-d4e5f6.txt"
+    elsewhere = cache / f".stdin-another_machine-{_finished_process_pid()}-g7h8i9.txt"
+    for spool in (dead, alive, elsewhere):
+        spool.write_text("spooled text")
+    remove_stale_files(cache)
+    assert not dead.exists()
+    assert alive.exists() and elsewhere.exists()    # in use here, or maybe in use on another machine
+
+
+def test_ctrl_c_while_stdin_is_copied_leaves_no_spool(tmp_path):
+    from charrnn.token_cache import spool_stream
+
+    class InterruptedStream(io.RawIOBase):
+        reads = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            self.reads += 1
+            if self.reads > 2:
+                raise KeyboardInterrupt
+            buffer[:5] = b"text\n"
+            return 5
+
+    cache = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        spool_stream(io.BufferedReader(InterruptedStream(), buffer_size=5), cache)
+    assert list(cache.iterdir()) == []
+
+
+def _wait_for(predicate, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_a_run_stopped_while_copying_stdin_leaves_no_spool_behind(tmp_path, how):
+    cache = tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "-", "--out", str(tmp_path / "run"),
+                                "--cache-dir", str(cache), *TINY_MODEL_OPTIONS],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path)
+    try:
+        process.stdin.write(b"half of a corpus\n" * 1000)
+        process.stdin.flush()
+        assert _wait_for(lambda: cache.exists() and any(cache.glob(".stdin-*.txt")))
+        process.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if how == "ctrl-c":
+        assert process.returncode == 130
+        assert error_lines(stderr.decode()) == ["Error: interrupted"]
+        assert not list(cache.glob(".stdin-*"))
+    else:
+        assert list(cache.glob(".stdin-*.txt"))         # a killed process cannot clean up...
+        _streamed(_write(tmp_path / "next.txt", "next run\n" * 50), cache_dir=cache)
+        assert not list(cache.glob(".stdin-*"))          # ...the next run does

@@ -146,10 +146,27 @@ def test_sentencepiece_training_is_quiet(capfd):
 def test_sentencepiece_vocabulary_too_small_or_too_large_is_a_clear_error(kind):
     with pytest.raises(TokenizerError, match=r"--vocab-size 5000 is too large"):
         fit_tokenizer(kind, SHAKESPEARE[:3000], SHAKESPEARE[:3000], 5000)
-    with pytest.raises(TokenizerError, match=r"--vocab-size 300 is too small"):
-        fit_tokenizer(kind, EXAMPLES["cjk"] * 3 + SHAKESPEARE[:3000], SHAKESPEARE[:3000], 300)
-    with pytest.raises(TokenizerError, match=r"at least 259"):
+    with pytest.raises(TokenizerError, match=r"--vocab-size 100 is too small.*at least 259"):
         fit_tokenizer(kind, SHAKESPEARE[:3000], SHAKESPEARE[:3000], 100)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_a_small_vocabulary_on_a_corpus_of_many_characters_falls_back_to_bytes(kind):
+    # 300 pieces leave 42 for the corpus's 100+ characters: the rarest are written as bytes.
+    text = EXAMPLES["cjk"] * 3 + SHAKESPEARE[:3000]
+    tokenizer = fit_tokenizer(kind, text, text, 300)
+    assert tokenizer.vocab_size == 300
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_the_default_vocabulary_fits_a_corpus_too_short_to_fill_it(kind):
+    text = SHAKESPEARE[:300]
+    tokenizer = fit_tokenizer(kind, text, text)
+    assert 259 <= tokenizer.vocab_size < 1024
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    with pytest.raises(TokenizerError, match=r"--vocab-size 1024 is too large.*at most \d+"):
+        fit_tokenizer(kind, text, text, 1024)
 
 
 def test_to_dict_is_json_with_the_model_as_base64_and_reloads_identically(tokenizers):

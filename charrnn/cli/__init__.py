@@ -5,6 +5,6 @@ torch is imported inside the commands, so `charrnn --help` stays instant.
 """
 
 from .group import cli, main
-from . import train, sample  # noqa: E402,F401  (registers the commands)
+from . import train, sample, evaluate, score, info, runs, plot, explain  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main"]

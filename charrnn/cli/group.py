@@ -6,6 +6,7 @@ Each command lives in its own module of this package and registers itself on `cl
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -19,6 +20,29 @@ EXIT_SIGTERM = 143
 
 def _error_line(message: str) -> str:
     return "Error: " + " ".join(str(message).split())
+
+
+# How PyTorch's allocators say they failed: CUDA raises torch.OutOfMemoryError ("CUDA out of
+# memory"); the CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
+# memory ... Cannot allocate memory"). Matched by name and text, so torch is never imported here.
+_OUT_OF_MEMORY_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True when `error` says an allocation failed (Python's MemoryError, or torch's on any device)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and any(
+        phrase in str(error).lower() for phrase in _OUT_OF_MEMORY_PHRASES)
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    """One line for an allocation failure: what failed (short) and what to change."""
+    lines = str(error).strip().splitlines()
+    # The CPU allocator's message starts with an assertion location that says nothing to a user.
+    detail = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", lines[0])[:160] if lines else ""
+    return (f"out of memory{f' ({detail})' if detail else ''}: to train, try a smaller "
+            "--hidden-size, --num-layers, --batch-size or --seq-len")
 
 
 class CharrnnGroup(click.Group):
@@ -42,6 +66,11 @@ class CharrnnGroup(click.Group):
         except (click.Abort, KeyboardInterrupt):
             click.echo("Error: interrupted", err=True)
             sys.exit(EXIT_SIGINT)
+        except (MemoryError, RuntimeError) as error:   # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(error):
+                raise
+            click.echo(_error_line(out_of_memory_message(error)), err=True)
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -81,6 +81,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Stop when validation has not improved for N evaluations in a row.")
 @click.option("--seed", type=int, default=_TRAIN_DEFAULTS.seed, show_default=True,
               help="Random seed (same seed and --max-steps: same run).")
+@click.option("--shift-passes/--no-shift-passes", default=_TRAIN_DEFAULTS.shift_passes, show_default=True,
+              help="Start each pass over the text after the first at a random offset (seeded).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=_TRAIN_DEFAULTS.device,
               show_default=True, help="Where to train; auto picks a GPU when there is one.")
 @click.option("--threads", type=int, default=None,

@@ -1,0 +1,87 @@
+"""Answers that are not a text stream: tables and JSON on stdout, with a pipe that may close early."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import click
+
+from ..rundir import BEST_WEIGHTS, LATEST_WEIGHTS
+
+
+@contextlib.contextmanager
+def closed_pipe_ends_quietly() -> Iterator[None]:
+    """A reader that went away (`| head`) ends the command with exit 0 and no traceback."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
+def stdout_console():
+    """A Rich console on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False,
+                   width=None if sys.stdout.isatty() else 160)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout."""
+    with closed_pipe_ends_quietly():
+        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def looks_like_model(argument: str) -> bool:
+    """True when a command-line argument names a model: a .safetensors file, a run directory, or the
+    name of a bundled model (`shakespeare`) when no file of that name exists."""
+    from ..pretrained import bundled_weights
+
+    path = Path(argument)
+    if argument.endswith(".safetensors"):
+        return True
+    if not path.exists() and bundled_weights(argument) is not None:
+        return True
+    return path.is_dir() and ((path / BEST_WEIGHTS).is_file() or (path / LATEST_WEIGHTS).is_file())
+
+
+def split_model_argument(arguments: tuple[str, ...], model: Optional[str],
+                         files_wanted: str) -> tuple[Optional[str], list[str]]:
+    """(MODEL, FILES) from positional arguments: the first is MODEL when it looks like a model
+    (see `looks_like_model`) and --model was not given; the rest are files."""
+    files = list(arguments)
+    if model is None and files and looks_like_model(files[0]):
+        model, files = files[0], files[1:]
+    if not files and files_wanted == "required":
+        raise click.UsageError("missing FILE to read (a text file, or - for standard input)")
+    return model, files
+
+
+def human_duration(seconds: Optional[float]) -> str:
+    """90 -> '1m30s'."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def human_bytes(size: int) -> str:
+    """1536 -> '1.5 KB'."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

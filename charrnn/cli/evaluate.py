@@ -1,0 +1,80 @@
+"""`charrnn eval`: bits per character and loss per token of a model on any text files."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..errors import UsageProblem
+from .answer import closed_pipe_ends_quietly, print_json, split_model_argument, stdout_console
+from .group import cli
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+@cli.command("eval")
+@click.argument("arguments", nargs=-1, metavar="[MODEL] FILE|-...")
+@click.option("--model", "-m", "model_path", default=None,
+              help="The model (a .safetensors file or a run directory); default: the first argument "
+                   "when it is one, else the most recent run under runs/.")
+@click.option("--skip-unknown", is_flag=True,
+              help="Leave out characters a char model never saw (and say how many), instead of stopping.")
+@click.option("--json", "as_json", is_flag=True, help="Answer as JSON.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where to evaluate; auto picks a GPU when there is one.")
+@click.option("--threads", type=int, default=None, show_default="physical cores",
+              help="CPU threads for torch.")
+def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, as_json: bool,
+                 device: str, threads: Optional[int]) -> None:
+    """How well a model predicts each FILE: bits per character, loss per token, speed.
+
+    MODEL is the first argument when it is a .safetensors file, a run directory
+    (a folder with best.safetensors) or a bundled model's name (shakespeare); otherwise every argument is a FILE and the
+    model is --model or the most recent run under runs/. - reads standard input.
+    Every character after a file's first is predicted, with the state carried
+    through the file: on the text of a run's validation split this is the figure
+    training reported. Files of any size are read in bounded memory.
+
+    \b
+    Examples:
+      charrnn eval held-out.txt
+      charrnn eval runs/tinyshakespeare a.txt b.txt      # each, and the total
+      cat notes.txt | charrnn eval -m runs/notes/best.safetensors - --json
+    """
+    model_argument, files = split_model_argument(arguments, model_path, "required")
+    if files.count("-") > 1:
+        raise UsageProblem("standard input (-) can be read only once")
+    if threads is not None and threads < 1:
+        raise UsageProblem(f"--threads must be >= 1, got {threads}")
+
+    from ..api import load
+    from ..hardware import configure_threads
+    from ..text_evaluation import combine
+
+    configure_threads(threads)
+    model = load(model_argument, device=device)
+    results = [model.evaluate_file(name, skip_unknown=skip_unknown) for name in files]
+    total = combine(results)
+    if as_json:
+        print_json({"model": str(model.path), "files": [r.to_dict() for r in results],
+                    "total": total.to_dict()})
+        return
+    _print_table(results, total if len(results) > 1 else None)
+    for result in results:
+        if result.skipped_chars:
+            click.echo(f"{result.name}: left out {result.skipped_chars} characters the model never saw",
+                       err=True)
+
+
+def _print_table(results, total) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for heading in ("file", "bits/char", "loss/token", "chars", "tokens", "chars/s"):
+        table.add_column(heading, justify="left" if heading == "file" else "right", overflow="fold")
+    for result in results + ([total] if total is not None else []):
+        table.add_row(result.name, f"{result.bits_per_char:.4f}", f"{result.loss:.4f}", f"{result.chars:,}",
+                      f"{result.tokens:,}", f"{result.chars_per_second:,.0f}")
+    with closed_pipe_ends_quietly():
+        stdout_console().print(table)

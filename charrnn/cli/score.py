@@ -1,0 +1,86 @@
+"""`charrnn score`: a filter that writes each input line with the model's surprise at it."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterator, Optional
+
+import click
+
+from ..errors import CorpusError, UsageProblem
+from .answer import split_model_argument
+from .evaluate import DEVICES
+from .group import cli
+from .output import write_stream
+
+
+@cli.command("score")
+@click.argument("arguments", nargs=-1, metavar="[MODEL] [FILE|-]")
+@click.option("--model", "-m", "model_path", default=None,
+              help="The model (a .safetensors file or a run directory); default: the first argument "
+                   "when it is one, else the most recent run under runs/.")
+@click.option("--skip-unknown", is_flag=True,
+              help="Score lines without the characters a char model never saw (else such a line scores inf).")
+@click.option("--carry-state", is_flag=True,
+              help="Score each line after all the lines before it (one stream, not batched) instead of alone.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (JSON lines).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where to score; auto picks a GPU when there is one.")
+@click.option("--threads", type=int, default=None, show_default="physical cores",
+              help="CPU threads for torch.")
+def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, carry_state: bool,
+                  as_json: bool,
+                  device: str, threads: Optional[int]) -> None:
+    """For every line of FILE (default: standard input), in order: bits_per_char TAB total_bits TAB line.
+
+    Each line is scored alone, from a fresh state primed with a newline, so its score
+    does not depend on its neighbours; its line end counts as one more character.
+    MODEL is the first argument when it is a .safetensors file, a run directory or a
+    bundled model's name (shakespeare).
+    A line with characters a char model never saw scores inf (sort -g puts it first),
+    and stderr says how many there were; --skip-unknown scores it without them.
+
+    \b
+    Examples:
+      charrnn score runs/logs app.log | sort -rg | head      # the strangest lines
+      charrnn sample -n 2000 | charrnn score | sort -g | head  # the most typical ones
+      charrnn score names.txt --json | head -3
+    """
+    model_argument, files = split_model_argument(arguments, model_path, "optional")
+    if len(files) > 1:
+        raise click.UsageError(f"score reads one FILE (or -), got {len(files)}: {' '.join(files)}")
+    if threads is not None and threads < 1:
+        raise UsageProblem(f"--threads must be >= 1, got {threads}")
+
+    from ..api import load
+    from ..hardware import configure_threads
+    from ..text_input import TextSource
+
+    configure_threads(threads)
+    model = load(model_argument, device=device)
+    source = TextSource.of(files[0] if files else "-")
+    scores = model.score_file(files[0] if files else "-", skip_unknown=skip_unknown, carry_state=carry_state)
+    unknown = {"lines": 0}
+
+    def output() -> Iterator[str]:
+        count = 0
+        for score in scores:
+            count += 1
+            if score.unknown_chars:
+                unknown["lines"] += 1
+            if as_json:
+                yield json.dumps(score.to_dict(), ensure_ascii=False) + "\n"
+            else:
+                yield f"{_figure(score.bits_per_char, 4)}\t{_figure(score.total_bits, 2)}\t{score.line}\n"
+        if count == 0:
+            raise CorpusError(f"{source.name} is empty: no lines to score")
+
+    write_stream(output())
+    if unknown["lines"]:
+        what = "left out of their scores" if skip_unknown else "scored inf (--skip-unknown leaves them out)"
+        click.echo(f"{unknown['lines']} lines had characters the model never saw: {what}", err=True)
+
+
+def _figure(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if math.isfinite(value) else "inf"

@@ -1,0 +1,121 @@
+"""Cross-entropy of the output layer in bounded memory, whatever the vocabulary.
+
+The loss of a window needs the logits of every (stream, position, symbol): with a
+60,000-symbol vocabulary and a batch of 32 x 128 that is 983 MB of floats, and
+autograd keeps it (and the softmax of the same size) until the backward pass.
+`head_cross_entropy` computes the same loss a chunk of tokens at a time: for each
+chunk it builds the logits, takes the loss and, when gradients are wanted, the
+gradients with respect to the hidden states, the weight and the bias at once,
+then drops the logits. Only small vocabularies (batch x window x vocab under
+`MAX_CHUNK_LOGITS`) take the plain path, which is exactly the unchunked
+`F.cross_entropy(head(hidden))` and its speed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Logits built at once: 2**22 floats (16 MB in fp32) bound the memory a chunk needs (its
+# logits, softmax and gradient); a 60,000-symbol chunk still has 69 tokens for its matmul.
+MAX_CHUNK_LOGITS = 1 << 22
+
+
+def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
+                       ignore_index: int = -100, reduction: str = "mean",
+                       max_chunk_logits: Optional[int] = None) -> torch.Tensor:
+    """`F.cross_entropy(head(hidden).float(), targets)` without building every logit at once.
+
+    `hidden` is (..., hidden_size), `targets` the matching (...) int64 ids; targets
+    equal to `ignore_index` count for nothing. `reduction` is "mean" (over the
+    counted targets) or "sum". Under autocast the logits are computed in the
+    autocast dtype and the loss in fp32, as the plain expression does. At most
+    `max_chunk_logits` (default `MAX_CHUNK_LOGITS`) logits exist at once.
+    """
+    max_chunk_logits = max_chunk_logits or MAX_CHUNK_LOGITS
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    vocab_size = head.weight.shape[0]
+    if hidden.shape[0] * vocab_size <= max_chunk_logits:
+        return F.cross_entropy(head(hidden).float(), targets, ignore_index=ignore_index, reduction=reduction)
+    chunk_tokens = max(1, max_chunk_logits // vocab_size)
+    wants_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, head.weight, head.bias))
+    if wants_grad:
+        total = _ChunkedHeadLoss.apply(hidden, head.weight, head.bias, targets, ignore_index, chunk_tokens)
+    else:
+        total, _ = _chunked_loss(hidden, head.weight, head.bias, targets, ignore_index, chunk_tokens, False)
+    if reduction == "sum":
+        return total
+    # As F.cross_entropy: the mean over counted targets (nan when none is counted).
+    return total / (targets != ignore_index).sum()
+
+
+def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  targets: torch.Tensor, ignore_index: int, chunk_tokens: int, with_grads: bool):
+    """Summed loss over all tokens, and (when `with_grads`) its gradients for hidden, weight, bias."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grads = None
+    if with_grads:
+        grad_hidden = torch.empty_like(hidden)
+        # Accumulated over chunks in fp32 (at least as precise as one big matmul).
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        hidden_chunk = hidden[start:start + chunk_tokens]
+        target_chunk = targets[start:start + chunk_tokens]
+        logits = F.linear(hidden_chunk, weight, bias)   # the autocast dtype under autocast
+        counted = target_chunk != ignore_index
+        safe_targets = torch.where(counted, target_chunk, torch.zeros_like(target_chunk))
+        if with_grads:
+            log_probs = torch.log_softmax(logits.float(), dim=1)
+            picked = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
+        else:   # no softmax-sized tensor beyond the logits themselves
+            logits32 = logits.float()
+            picked = logits32.gather(1, safe_targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits32, dim=1)
+            del logits32
+        total = total - torch.where(counted, picked, torch.zeros_like(picked)).sum()
+        if with_grads:
+            # d(sum of -log softmax[target]) / d logits = softmax - one_hot(target), on counted rows.
+            grad_logits = log_probs.exp_()
+            grad_logits.scatter_add_(1, safe_targets.unsqueeze(1),
+                                     torch.full_like(picked, -1.0).unsqueeze(1))
+            grad_logits.mul_(counted.unsqueeze(1))
+            compute = grad_logits.to(logits.dtype)    # what autograd would carry back through the linear layer
+            grad_hidden[start:start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
+            if compute.dtype == grad_weight.dtype:   # in place: no vocab x hidden temporary per chunk
+                grad_weight.addmm_(compute.t(), hidden_chunk.to(compute.dtype))
+            else:
+                grad_weight += (compute.t() @ hidden_chunk.to(compute.dtype)).float()
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        del logits
+    if with_grads:
+        grads = (grad_hidden, grad_weight.to(weight.dtype),
+                 None if grad_bias is None else grad_bias.to(bias.dtype))
+    return total, grads
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """The summed loss; its gradients are computed in the forward pass, chunk by chunk, and scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):  # type: ignore[override]
+        total, grads = _chunked_loss(hidden, weight, bias, targets, ignore_index, chunk_tokens, True)
+        # Kept on ctx, not saved for backward, so backward can scale them in place (the weight's
+        # gradient is as big as the output layer) and let go of them: one backward pass only.
+        ctx.grads = grads
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):  # type: ignore[override]
+        if ctx.grads is None:
+            raise RuntimeError("head_cross_entropy supports one backward pass per forward")
+        scaled = tuple(None if grad is None else grad.mul_(grad_total.to(grad.dtype)) for grad in ctx.grads)
+        ctx.grads = None
+        return (*scaled, None, None, None)

@@ -1,0 +1,62 @@
+"""What `--resume` refuses to change: the code, its behaviour and the README agree, option for option."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from charrnn.config import ModelConfig
+from charrnn.train_command import FIXED_ON_RESUME
+
+from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
+
+# The model shape: every ModelConfig field the command line sets (vocab_size comes from the tokeniser).
+MODEL_SHAPE = tuple(name for name in ModelConfig().to_dict() if name != "vocab_size")
+REFUSED = {f"--{name.replace('_', '-')}" for name in MODEL_SHAPE + FIXED_ON_RESUME}
+
+
+def _readme_sentence_on_refusals() -> str:
+    text = " ".join(REPO.joinpath("README.md").read_text(encoding="utf-8").split())
+    match = re.search(r"Options that would make it a different run \((.*?)\) are refused", text)
+    assert match, "README: the sentence listing what --resume refuses is gone"
+    return match.group(1)
+
+
+def test_the_readme_names_exactly_the_options_resume_refuses():
+    named = set(re.findall(r"`(--[a-z-]+)`", _readme_sentence_on_refusals()))
+    assert named == REFUSED, (f"README misses {sorted(REFUSED - named)}, "
+                              f"names too many {sorted(named - REFUSED)}")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refusals")
+    corpus = folder / "pattern.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
+    out = folder / "run"
+    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "2", "--eval-every", "2",
+                     *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+# A value other than the run's for every option resume refuses (--vocab-size needs a subword
+# run; test_tokenizer_training covers the tokeniser family).
+OTHER_VALUES = {"--model": "gru", "--num-layers": "2", "--hidden-size": "48", "--embedding-size": "8",
+                "--dropout": "0.1", "--tokenizer": "byte", "--val-fraction": "0.2", "--eval-tokens": "1000",
+                "--seq-len": "16", "--batch-size": "4", "--seed": "7"}
+
+
+def test_every_refused_option_but_vocab_size_has_a_behaviour_test():
+    assert set(OTHER_VALUES) == REFUSED - {"--vocab-size"}
+
+
+@pytest.mark.parametrize("option", sorted(OTHER_VALUES))
+def test_resume_refuses_each_option_the_readme_names(short_run, option):
+    before = (short_run / "state.pt").read_bytes()
+    result = run_cli("train", "--resume", str(short_run), option, OTHER_VALUES[option])
+    assert result.exit_code == 1, result.stderr
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"Error: cannot resume: {option} is ")
+    assert (short_run / "state.pt").read_bytes() == before
