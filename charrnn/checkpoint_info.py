@@ -117,6 +117,8 @@ def describe_weights(path: Path) -> dict[str, Any]:
             "precision": info.get("precision") or train_config.get("precision"),
             "saved_at": saved_at,
             "charrnn_version": info.get("charrnn_version"),
+            # A fine-tuning run's starting model: {"name", "weights_sha256"} (None for a fresh run).
+            "parent": info.get("parent") if isinstance(info.get("parent"), dict) else None,
             "train_config": train_config,
         },
     }

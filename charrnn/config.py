@@ -27,6 +27,12 @@ MAX_VOCAB_SIZE = 1_000_000
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
+# A fine-tuning run (--init-from) starts from weights that already predict text: the full
+# learning rate would throw much of that away in the first steps. These apply unless the
+# user sets --lr / --warmup-steps (README, "Fine-tuning", has the measurement).
+FINE_TUNE_LR = 2e-3
+FINE_TUNE_WARMUP_STEPS = 20
+
 # When neither --max-steps nor --max-time is given, train for this long.
 DEFAULT_TIME_BUDGET_SECONDS = 300.0
 # Without --eval-every, evaluate (and checkpoint) about this many times per run, spread

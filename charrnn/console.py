@@ -154,6 +154,9 @@ class TrainingDisplay:
             + (f", resuming at step {event.start_step}" if event.start_step else ""),
             markup=False, highlight=False)
         self.console.print(f"run directory: {event.run_dir}", markup=False)
+        if event.parent is not None:
+            self.console.print(f"started from {event.parent.get('name')} (weights sha256 "
+                               f"{str(event.parent.get('weights_sha256'))[:12]})", markup=False, highlight=False)
         if event.eval_tokens < event.val_tokens:
             self.console.print(
                 f"evaluating the first {event.eval_tokens:,} of the {event.val_tokens:,} validation "

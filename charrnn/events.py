@@ -33,6 +33,7 @@ class TrainingStarted:
     max_steps: Optional[int]
     budget_seconds: Optional[float]
     processes: int = 1       # torchrun workers; batch_size is per process
+    parent: Optional[dict] = None   # the model a fine-tuning run started from: name, weights_sha256
 
 
 @dataclass

@@ -24,15 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import MAX_VOCAB_SIZE, ModelConfig
+from .config import (FINE_TUNE_LR, FINE_TUNE_WARMUP_STEPS, MAX_VOCAB_SIZE, SENTENCEPIECE_KINDS, ModelConfig,
+                     TrainConfig)
 from .errors import TokenizerError, UsageProblem
 from .model import CharRNN
 from .tokenizers import CharTokenizer, Tokenizer, describe_char
 
-# A fine-tuning run starts from weights that already predict text: a full learning rate
-# would throw much of that away in the first steps. These apply unless the user sets them.
-FINE_TUNE_LR = 2e-3
-FINE_TUNE_WARMUP_STEPS = 20
+# What --init-from takes from the model; every other option (dropout included) is the user's.
+SHAPE_FIELDS = ("model", "num_layers", "hidden_size", "embedding_size")
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Parent:
     model_config: ModelConfig
     name: str               # what the user named (a run directory, a file, or the bundled model)
     weights_sha256: str     # of the weights file, so the record names exactly which weights
+    path: Path              # the weights file it was read from
 
     def record(self) -> dict[str, Any]:
         """What the new run stores about its parent (metadata, progress header, `charrnn info`)."""
@@ -59,12 +59,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_parent(given: str) -> Parent:
+    """The model named by --init-from (resolved as every MODEL argument is), loaded on the CPU."""
+    from .checkpoint import load_weights
+    from .rundir import resolve_weights
+
+    path = resolve_weights(given)
+    loaded = load_weights(path)
+    return Parent(model=loaded.model, tokenizer=loaded.tokenizer, model_config=loaded.model_config,
+                  name=given, weights_sha256=file_sha256(path), path=path)
+
+
 def check_options_agree(parent_config: ModelConfig, parent_tokenizer: Tokenizer,
                         model_options: dict[str, Any], train_options: dict[str, Any],
                         given: set[str]) -> None:
     """Refuse, with one line naming the difference, a shape or tokeniser option that contradicts MODEL."""
     for name, value in model_options.items():
-        if name in given and getattr(parent_config, name) != value:
+        if name in SHAPE_FIELDS and name in given and getattr(parent_config, name) != value:
             raise UsageProblem(
                 f"--init-from: --{name.replace('_', '-')} is {value!r} but the model has "
                 f"{getattr(parent_config, name)!r} (the shape comes from the model; leave it out)")
@@ -77,6 +88,22 @@ def check_options_agree(parent_config: ModelConfig, parent_tokenizer: Tokenizer,
         raise UsageProblem(
             f"--init-from: --vocab-size is {train_options.get('vocab_size')} but the model has "
             f"{parent_vocab} pieces (the vocabulary comes from the model; leave it out)")
+
+
+def fine_tune_configs(parent: Parent, model_config: ModelConfig, train_config: TrainConfig,
+                      given: set[str]) -> tuple[ModelConfig, TrainConfig]:
+    """The new run's settings: the parent's shape and tokeniser, the user's training options,
+    and the gentler fine-tuning learning rate and warm-up where the user set none."""
+    shape = {name: getattr(parent.model_config, name) for name in SHAPE_FIELDS}
+    tokenizer = parent.tokenizer
+    train_changes: dict[str, Any] = {
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size if tokenizer.kind in SENTENCEPIECE_KINDS else None}
+    if "lr" not in given:
+        train_changes["lr"] = FINE_TUNE_LR
+    if "warmup_steps" not in given:
+        train_changes["warmup_steps"] = FINE_TUNE_WARMUP_STEPS
+    return (replace(model_config, **shape).validate(), replace(train_config, **train_changes).validate())
 
 
 def extend_tokenizer(tokenizer: Tokenizer, corpus_chars: str) -> tuple[Tokenizer, list[str]]:

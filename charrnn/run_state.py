@@ -97,6 +97,8 @@ class RunState:
     # Passes after the first start at a random offset (windows.ShiftedPasses); off in states
     # written before it existed, so they continue over the same windows.
     shift_passes: bool = False
+    # The model a fine-tuning run started from (`--init-from`): its name and weights hash.
+    parent: Optional[dict] = None
 
     def to_dict(self, format_name: str, format_version: int) -> dict[str, Any]:
         """The plain dict saved in state.pt (counters flattened to top-level keys, as in format 1)."""

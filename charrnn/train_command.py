@@ -90,18 +90,21 @@ def resume_hint(run_dir: RunDir, corpus_source: Optional[str], world: World = Wo
 
 def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
                  train_options: dict[str, Any], given: set[str], cache_dir: Optional[str] = None,
-                 on_run_dir: Callable[[Path], None] = lambda path: None) -> int:
+                 on_run_dir: Callable[[Path], None] = lambda path: None,
+                 init_from: Optional[str] = None) -> int:
     """Train from the command line's options; return the process exit code.
 
     With `resume`, CORPUS may be the run directory itself (`charrnn train --resume RUN_DIR`);
     otherwise the run is `--out`, or runs/<corpus name>. Under torchrun, every process runs
     this; only rank 0 prepares and locks the run directory and talks. `on_run_dir` hears
     which run directory was taken (the Python API returns the model trained there).
+    `init_from` names a trained model a new run starts from (fine-tuning).
     """
     spooled: list[Path] = []
     try:
         return _run_training(corpus, out, resume, model_options, train_options, given,
-                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled, on_run_dir)
+                             Path(cache_dir) if cache_dir else default_cache_dir(), spooled, on_run_dir,
+                             init_from)
     finally:
         for path in spooled:
             path.unlink(missing_ok=True)
@@ -109,7 +112,8 @@ def run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_
 
 def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model_options: dict[str, Any],
                   train_options: dict[str, Any], given: set[str], cache_dir: Path,
-                  spooled: list[Path], on_run_dir: Callable[[Path], None]) -> int:
+                  spooled: list[Path], on_run_dir: Callable[[Path], None],
+                  init_from: Optional[str] = None) -> int:
     world = World.from_env()
     # Under torchrun only rank 0 talks; the others keep quiet unless they fail.
     console = stderr_console(quiet=not world.is_writer)
@@ -117,6 +121,17 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
     fresh_train = TrainConfig(**train_options).validate()
 
     from .token_cache import prepare_streamed_corpus
+
+    parent = None
+    if init_from is not None:
+        if resume:
+            raise UsageProblem("--init-from starts a new run from a trained model and --resume continues "
+                               "a run: give one of them")
+        from .finetune import check_options_agree, fine_tune_configs, load_parent
+
+        parent = load_parent(init_from)
+        check_options_agree(parent.model_config, parent.tokenizer, model_options, train_options, given)
+        fresh_model, fresh_train = fine_tune_configs(parent, fresh_model, fresh_train, given)
 
     if world.is_distributed:
         if out is None:
@@ -153,6 +168,9 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
     if resume and not run_dir.state.exists():
         raise RunDirError(f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): "
                           "start it without --resume")
+    if parent is not None and run_dir is not None and run_dir.path.resolve() == parent.path.resolve().parent:
+        raise UsageProblem(f"--out {run_dir.path} is the run directory of the model it starts from: "
+                           "a fine-tuning run needs a folder of its own")
     if not resume and run_dir is not None and not run_dir.state.exists():
         run_dir.refuse_to_start_over()   # weights without a state: refuse before touching anything
     if not resume:
@@ -178,17 +196,41 @@ def _run_training(corpus: Optional[str], out: Optional[str], resume: bool, model
         else:
             run_dir.refuse_to_start_over()   # again under the lock: a run may have saved meanwhile
             model_config, train_config, tokenizer, resume_state = fresh_model, fresh_train, None, None
+            if parent is not None:
+                tokenizer = _grown_tokenizer(parent, source, console)
         prepared = prepare_streamed_corpus(source, train_config.tokenizer, train_config.val_fraction,
                                            train_config.vocab_size, tokenizer=tokenizer,
                                            cache_dir=cache_dir, on_progress=progress)
         progress.close()
         _check_memory(model_config, prepared.tokenizer.vocab_size, train_config, world)
+        start = _fine_tune_start(parent, prepared) if parent is not None else {}
         return _train_until_stopped(console, prepared, model_config, train_config, run_dir,
-                                    resume_state, source.corpus.source, world)
+                                    resume_state, source.corpus.source, world, **start)
     finally:
         progress.close()
         if run_dir is not None:
             run_dir.unlock()
+
+
+def _grown_tokenizer(parent, source: CorpusScan, console):
+    """The parent's tokeniser with the corpus's new characters added (said on stderr)."""
+    from .finetune import describe_added, extend_tokenizer
+
+    tokenizer, added = extend_tokenizer(parent.tokenizer, source.chars)
+    if added:
+        console.print(f"note: the corpus adds {describe_added(added)} to the vocabulary of "
+                      f"{parent.name}", markup=False, highlight=False)
+    return tokenizer
+
+
+def _fine_tune_start(parent, prepared) -> dict[str, Any]:
+    """The Trainer's starting weights (the parent's, grown to the new vocabulary) and its record."""
+    from .data import token_counts
+    from .finetune import grown_model
+
+    vocab_size = prepared.tokenizer.vocab_size
+    grown = grown_model(parent.model, vocab_size, token_counts(prepared.train_tokens, vocab_size))
+    return {"initial_weights": grown.state_dict(), "parent": parent.record()}
 
 
 def _corpus_name(corpus: str) -> str:
@@ -242,7 +284,8 @@ def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: d
 
 
 def _train_until_stopped(console, prepared, model_config: ModelConfig, train_config: TrainConfig,
-                         run_dir: RunDir, resume_state, corpus_source: str, world: World) -> int:
+                         run_dir: RunDir, resume_state, corpus_source: str, world: World,
+                         initial_weights=None, parent=None) -> int:
     """Run the trainer with the signal handlers in place; report how it ended."""
     from .hardware import resolve_device
     from .training import Trainer
@@ -258,7 +301,8 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
         with world.process_group(world.device_for(resolve_device(train_config.device))):
             trainer = Trainer(prepared, model_config, train_config, run_dir,
                               on_event=display if display is not None else _ignore_event,
-                              should_stop=stop, resume_state=resume_state, world=world)
+                              should_stop=stop, resume_state=resume_state, world=world,
+                              initial_weights=initial_weights, parent=parent)
             finished = trainer.run()
     except KeyboardInterrupt:
         # A second Ctrl-C: whatever was being written is abandoned, the previous files are whole.

@@ -11,6 +11,7 @@ when to evaluate), `checkpointer` (files), `reporting` (clock, speed),
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import events
+from . import __version__, events
 from .checkpointer import Checkpointer, TrainingDiverged, check_resume_compatible  # noqa: F401 (re-exported)
 from .config import ModelConfig, TrainConfig
 from .data import BatchStream, PreparedCorpus, fit_batch_size, token_counts
@@ -46,7 +47,11 @@ class Trainer:
     def __init__(self, corpus: PreparedCorpus, model_config: ModelConfig, train_config: TrainConfig,
                  run_dir: RunDir, on_event: Callable[[object], None] = lambda event: None,
                  should_stop: Callable[[], bool] = lambda: False,
-                 resume_state: Optional[dict[str, Any]] = None, world: World = World()) -> None:
+                 resume_state: Optional[dict[str, Any]] = None, world: World = World(),
+                 initial_weights: Optional[dict[str, torch.Tensor]] = None,
+                 parent: Optional[dict[str, Any]] = None) -> None:
+        """`initial_weights` (a state dict) start a new run from a trained model (`--init-from`),
+        whose record `parent` (name, weights hash) the run keeps; a resume restores both itself."""
         saved = RunState.from_dict(resume_state, run_dir.state) if resume_state is not None else None
         # A resumed run keeps its windows (states older than the shift continue unshifted).
         config = replace(train_config, shift_passes=saved.shift_passes) if saved else train_config
@@ -59,9 +64,13 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device)
         torch.manual_seed(config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
-        # Same counts on every rank (the same prefix of the same file): the replicas start equal.
-        self.model.set_output_prior(torch.from_numpy(
-            token_counts(corpus.train_tokens, self.model_config.vocab_size)))
+        self.parent = saved.parent if saved is not None else parent
+        if initial_weights is not None:
+            self.model.load_state_dict(initial_weights)
+        else:
+            # Same counts on every rank (the same prefix of the same file): the replicas start equal.
+            self.model.set_output_prior(torch.from_numpy(
+                token_counts(corpus.train_tokens, self.model_config.vocab_size)))
         if world.is_distributed:
             torch.manual_seed(config.seed + world.rank)   # each rank its own dropout masks
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
@@ -109,7 +118,7 @@ class Trainer:
             batch_size=self.batch_size, seq_len=config.seq_len, device=str(self.device),
             precision=self.precision, threads=self.threads, start_step=counters.step,
             max_steps=config.max_steps, budget_seconds=schedule.budget_seconds,
-            processes=self.world.world_size))
+            processes=self.world.world_size, parent=self.parent))
         self.model.train()
         while (reason := self._stop_reason()) is None:
             started = time.perf_counter()
@@ -223,9 +232,15 @@ class Trainer:
     def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The training summary stored in the weights' metadata."""
         counters = self.counters
-        return {"step": counters.step, "corpus": self.corpus.name, "best_val_loss": counters.best_val_loss,
-                "best_val_bpc": counters.best_val_bpc, "elapsed": round(self.clock.elapsed(), 1),
+        info = {"step": counters.step, "corpus": self.corpus.name, "corpus_fingerprint": self.corpus.fingerprint,
+                "best_val_loss": counters.best_val_loss, "best_val_bpc": counters.best_val_bpc,
+                "elapsed": round(self.clock.elapsed(), 1), "precision": self.precision,
+                "charrnn_version": __version__,
+                "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "train_config": self.train_config.to_dict(), **extra}
+        if self.parent is not None:
+            info["parent"] = self.parent
+        return info
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -250,6 +265,7 @@ class Trainer:
             hidden=hidden_for_saving(self.hidden, self.world),
             batch_size=self.batch_size, world_size=self.world.world_size,
             lr_anchor=self.schedule.anchor.to_dict(), shift_passes=self.train_config.shift_passes,
+            parent=self.parent,
             **generator_states(self.world, self.device))
 
     def _restore(self, saved: RunState) -> None:

@@ -55,6 +55,9 @@ def _print(summary: dict[str, Any]) -> None:
     if tokenizer["chars"]:
         rows.append(("characters", tokenizer["chars"]))
     rows += [
+        *([("started from", f"{training['parent'].get('name')} (weights sha256 "
+                            f"{str(training['parent'].get('weights_sha256'))[:16]}…)")]
+          if training.get("parent") else []),
         ("corpus", _value(training["corpus"])),
         ("corpus sha256", _value(training["corpus_fingerprint"])),
         ("steps", _value(training["step"], "{:,}")),

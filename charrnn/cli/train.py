@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import click
 
-from ..config import DEFAULT_SUBWORD_VOCAB_SIZE, MODEL_KINDS, TOKENIZER_KINDS, ModelConfig, TrainConfig, parse_duration
+from ..config import (DEFAULT_SUBWORD_VOCAB_SIZE, FINE_TUNE_LR, FINE_TUNE_WARMUP_STEPS, MODEL_KINDS,
+                      TOKENIZER_KINDS, ModelConfig, TrainConfig, parse_duration)
 from .group import cli
 
 
@@ -46,9 +47,11 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               help="Truncated-BPTT window: tokens per stream per step.")
 @click.option("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size, show_default=True,
               help="Contiguous streams trained side by side.")
-@click.option("--lr", type=float, default=_TRAIN_DEFAULTS.lr, show_default=True,
+@click.option("--lr", type=float, default=_TRAIN_DEFAULTS.lr,
+              show_default=f"{_TRAIN_DEFAULTS.lr:g}; {FINE_TUNE_LR:g} with --init-from",
               help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).")
-@click.option("--warmup-steps", type=int, default=_TRAIN_DEFAULTS.warmup_steps, show_default=True,
+@click.option("--warmup-steps", type=int, default=_TRAIN_DEFAULTS.warmup_steps,
+              show_default=f"{_TRAIN_DEFAULTS.warmup_steps}; {FINE_TUNE_WARMUP_STEPS} with --init-from",
               help="Steps of linear learning-rate warm-up.")
 @click.option("--min-lr-fraction", type=float, default=_TRAIN_DEFAULTS.min_lr_fraction, show_default=True,
               help="The cosine decay ends at --lr times this.")
@@ -69,6 +72,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
                    "Keeps evaluation cheap on big corpora.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
               help="Run directory for checkpoints and metrics.")
+@click.option("--init-from", "init_from", metavar="MODEL", default=None,
+              help="Start from a trained model (a run directory, a .safetensors file, or shakespeare): "
+                   "its shape and tokeniser, with characters the corpus adds to a char vocabulary.")
 @click.option("--resume", is_flag=True, default=False,
               help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
                    "(or CORPUS / --out RUN_DIR naming the run).")
@@ -92,7 +98,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) 
               show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")
 @click.pass_context
 def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume: bool,
-          cache_dir: Optional[str], **options: Any) -> None:
+          init_from: Optional[str], cache_dir: Optional[str], **options: Any) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
@@ -105,6 +111,7 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
       cat *.py | charrnn train - --out runs/python
       charrnn train --resume runs/tinyshakespeare         # continue where it stopped
       charrnn train --resume runs/tinyshakespeare --max-steps 20000   # ... and train longer
+      charrnn train poems.txt --init-from shakespeare      # fine-tune the bundled model
       torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
     """
     from ..train_command import run_training
@@ -115,5 +122,6 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
     model_options = {k: v for k, v in options.items() if k in model_fields}
     train_options = {k: v for k, v in options.items() if k not in model_fields}
     outcome = run_training(corpus=corpus, out=out, resume=resume, model_options=model_options,
-                           train_options=train_options, given=given, cache_dir=cache_dir)
+                           train_options=train_options, given=given, cache_dir=cache_dir,
+                           init_from=init_from)
     sys.exit(outcome)
