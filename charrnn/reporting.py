@@ -8,11 +8,13 @@ evaluation, stop) at the same step.
 from __future__ import annotations
 
 import copy
+import datetime
 import time
 from typing import Any, Optional
 
 
-from .config import SampleConfig
+from . import __version__
+from .config import SampleConfig, TrainConfig
 from .distributed import World
 from .errors import CharrnnError
 from .evaluation import EvaluationResult
@@ -100,3 +102,17 @@ def sample_preview(model: CharRNN, tokenizer: Tokenizer, seed: int) -> str:
         return "".join(generate_text(model, tokenizer, SampleConfig(temperature=0.8, length=PREVIEW_CHARS, seed=seed)))
     except CharrnnError:
         return ""
+
+
+def weights_info(counters: Counters, corpus_name: str, corpus_fingerprint: str, elapsed: float, precision: str,
+                 train_config: TrainConfig, parent: Optional[dict[str, Any]],
+                 extra: dict[str, Any]) -> dict[str, Any]:
+    """The training summary stored in a weights file's metadata (what `charrnn info` shows)."""
+    info = {"step": counters.step, "corpus": corpus_name, "corpus_fingerprint": corpus_fingerprint,
+            "best_val_loss": counters.best_val_loss, "best_val_bpc": counters.best_val_bpc,
+            "elapsed": round(elapsed, 1), "precision": precision, "charrnn_version": __version__,
+            "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "train_config": train_config.to_dict(), **extra}
+    if parent is not None:
+        info["parent"] = parent      # a fine-tuning run: the model it started from
+    return info

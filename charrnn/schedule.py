@@ -41,6 +41,14 @@ class LearningRateAnchor:
         """The anchor saved by `to_dict`."""
         return cls(**values)
 
+    @classmethod
+    def saved(cls, values: Optional[dict[str, Any]], saved_config: TrainConfig) -> "LearningRateAnchor":
+        """The anchor of a saved run; states written before anchors trained on the plain cosine
+        over the budget they were saved with."""
+        if values is not None:
+            return cls.from_dict(values)
+        return cls(max_steps=saved_config.max_steps, budget_seconds=saved_config.budget_seconds())
+
 
 class Schedule:
     """The learning rate and budget of one training config; evaluation spacing for one session."""

@@ -255,7 +255,7 @@ def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: d
     from .checkpoint import load_training_state
     from .errors import CharrnnError, CheckpointError
     from .tokenizers import tokenizer_from_dict
-    from .training import check_resume_compatible
+    from .checkpointer import check_resume_compatible
 
     state = load_training_state(run_dir.state)
     check_resume_world_size(state, world)

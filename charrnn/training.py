@@ -10,8 +10,6 @@ when to evaluate), `checkpointer` (files), `reporting` (clock, speed),
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import json
 import math
 import os
@@ -21,17 +19,17 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import __version__, events
-from .checkpointer import Checkpointer, TrainingDiverged, check_resume_compatible  # noqa: F401 (re-exported)
+from . import events
+from .checkpointer import Checkpointer, TrainingDiverged
 from .config import ModelConfig, TrainConfig
 from .data import BatchStream, PreparedCorpus, fit_batch_size, token_counts
 from .distributed import World, wrap_model
 from .errors import CharrnnError, CheckpointError, RunDirError
 from .evaluation import evaluate, evaluation_split
-from .hardware import configure_threads, resolve_device, resolve_precision
+from .hardware import autocast, configure_threads, resolve_device, resolve_precision
 from .loss import head_cross_entropy
 from .model import CharRNN, State, count_parameters, detach_state
-from .reporting import SpeedMeter, TrainingClock, metrics_record, sample_preview
+from .reporting import SpeedMeter, TrainingClock, metrics_record, sample_preview, weights_info
 from .rundir import RunDir
 from .run_state import (Counters, IntervalStats, RunState, generator_states, hidden_for_saving,
                         hidden_from_saved, restore_generators)
@@ -170,7 +168,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate
         self.optimizer.zero_grad(set_to_none=True)   # before the loss, which builds the head's gradients
-        with self._autocast():
+        with autocast(self.precision, self.device):
             features, hidden = self.train_model(inputs, self.hidden, features_only=True)
             loss = head_cross_entropy(features, self.model.head, targets)
         loss.backward()
@@ -231,21 +229,8 @@ class Trainer:
 
     def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The training summary stored in the weights' metadata."""
-        counters = self.counters
-        info = {"step": counters.step, "corpus": self.corpus.name, "corpus_fingerprint": self.corpus.fingerprint,
-                "best_val_loss": counters.best_val_loss, "best_val_bpc": counters.best_val_bpc,
-                "elapsed": round(self.clock.elapsed(), 1), "precision": self.precision,
-                "charrnn_version": __version__,
-                "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "train_config": self.train_config.to_dict(), **extra}
-        if self.parent is not None:
-            info["parent"] = self.parent
-        return info
-
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return weights_info(self.counters, self.corpus.name, self.corpus.fingerprint, self.clock.elapsed(),
+                            self.precision, self.train_config, self.parent, extra)
 
     # -- the run state ----------------------------------------------------------------------
 
@@ -279,11 +264,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved.optimizer)
             self.hidden = hidden_from_saved(saved.hidden, self.world, self.batch_size, self.device)
             restore_generators(saved, self.world, self.device)
-            if saved.lr_anchor is not None:
-                anchor = LearningRateAnchor.from_dict(saved.lr_anchor)
-            else:   # written before anchors: the plain cosine over the budget it was saved with
-                old = TrainConfig.from_dict(json.loads(saved.train_config))
-                anchor = LearningRateAnchor(max_steps=old.max_steps, budget_seconds=old.budget_seconds())
+            anchor = LearningRateAnchor.saved(saved.lr_anchor, TrainConfig.from_dict(json.loads(saved.train_config)))
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, CharrnnError) as error:
             raise CheckpointError(
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})") from None
