@@ -24,11 +24,13 @@ from .errors import RunDirError
 class MetricsReading:
     """What a metrics.jsonl holds: the records, and the lines that are not a JSON object.
 
-    `damaged_lines` are 1-based line numbers (a write torn by a crash, a hand edit).
+    `damaged_lines` are 1-based line numbers (a write torn by a crash, a hand edit);
+    `record_lines[i]` is the line number of `records[i]`.
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     damaged_lines: list[int] = field(default_factory=list)
+    record_lines: list[int] = field(default_factory=list)
 
 
 def parse_metrics_line(line: bytes) -> Optional[dict[str, Any]]:
@@ -52,6 +54,7 @@ def read_metrics_file(path: Path) -> MetricsReading:
             reading.damaged_lines.append(number)
         else:
             reading.records.append(record)
+            reading.record_lines.append(number)
     return reading
 
 
