@@ -49,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            _write_all(descriptor, data)
+            write_all(descriptor, data)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -65,10 +65,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         _remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def write_all(descriptor: int, data: bytes) -> None:
+    """Write all of `data` to an open file descriptor."""
     # os.write may write less than asked (signals, pipes, some file systems): loop until done.
     view = memoryview(data)
     while view:
@@ -89,8 +90,8 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in, or a new file's name in, `folder` durable (quietly skipped where a folder cannot be opened)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
