@@ -9,22 +9,16 @@ import click
 from ..errors import UsageProblem
 from .answer import closed_pipe_ends_quietly, print_json, split_model_argument, stdout_console
 from .group import cli
-
-DEVICES = ["auto", "cpu", "cuda", "mps"]
+from .model_options import device_options, model_option
 
 
 @cli.command("eval")
 @click.argument("arguments", nargs=-1, metavar="[MODEL] FILE|-...")
-@click.option("--model", "-m", "model_path", default=None,
-              help="The model (a .safetensors file or a run directory); default: the first argument "
-                   "when it is one, else the most recent run under runs/.")
+@model_option
 @click.option("--skip-unknown", is_flag=True,
               help="Leave out characters a char model never saw (and say how many), instead of stopping.")
 @click.option("--json", "as_json", is_flag=True, help="Answer as JSON.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where to evaluate; auto picks a GPU when there is one.")
-@click.option("--threads", type=int, default=None, show_default="physical cores",
-              help="CPU threads for torch.")
+@device_options("evaluate")
 def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, as_json: bool,
                  device: str, threads: Optional[int]) -> None:
     """How well a model predicts each FILE: bits per character, loss per token, speed.
