@@ -56,14 +56,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         _test_pause()
         os.replace(temp, path)
     except OSError as error:
-        _remove_quietly(temp)
+        remove_quietly(temp)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
                 f"disk full while saving {path}: the previous checkpoint is unchanged; "
                 "free some space, then resume") from None
         raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
-        _remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
+        remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
         raise
     fsync_directory(path.parent)
 
@@ -83,7 +83,8 @@ def _test_pause() -> None:
         time.sleep(float(seconds))
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path) -> None:
+    """Delete a file if it can be deleted; a file already gone (or kept by the OS) is not an error."""
     try:
         path.unlink()
     except OSError:

@@ -9,7 +9,7 @@ import click
 from ..errors import UsageProblem
 from .answer import closed_pipe_ends_quietly, print_json, split_model_argument, stdout_console
 from .group import cli
-from .model_options import device_options, model_option
+from .model_options import device_options, load_model, model_option
 
 
 @cli.command("eval")
@@ -39,15 +39,10 @@ def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unk
     model_argument, files = split_model_argument(arguments, model_path, "required")
     if files.count("-") > 1:
         raise UsageProblem("standard input (-) can be read only once")
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
 
-    from ..api import load
-    from ..hardware import configure_threads
     from ..text_evaluation import combine
 
-    configure_threads(threads)
-    model = load(model_argument, device=device)
+    model = load_model(model_argument, device, threads)
     results = [model.evaluate_file(name, skip_unknown=skip_unknown) for name in files]
     total = combine(results)
     if as_json:

@@ -8,10 +8,10 @@ from typing import Iterator, Optional
 
 import click
 
-from ..errors import CorpusError, UsageProblem
+from ..errors import CorpusError
 from .answer import split_model_argument
 from .group import cli
-from .model_options import device_options, model_option
+from .model_options import device_options, load_model, model_option
 from .output import write_stream
 
 
@@ -45,15 +45,10 @@ def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_un
     model_argument, files = split_model_argument(arguments, model_path, "optional")
     if len(files) > 1:
         raise click.UsageError(f"score reads one FILE (or -), got {len(files)}: {' '.join(files)}")
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
 
-    from ..api import load
-    from ..hardware import configure_threads
     from ..text_input import TextSource
 
-    configure_threads(threads)
-    model = load(model_argument, device=device)
+    model = load_model(model_argument, device, threads)
     source = TextSource.of(files[0] if files else "-")
     scores = model.score_file(files[0] if files else "-", skip_unknown=skip_unknown, carry_state=carry_state)
     unknown = {"lines": 0}
