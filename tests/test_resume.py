@@ -250,17 +250,17 @@ def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path, tic
 def test_a_slow_last_evaluation_still_leaves_the_spent_budget_spent(tmp_path, ticking_clock, monkeypatch):
     import charrnn.training
 
-    real_evaluate, calls = charrnn.training.evaluate, []
+    real_evaluate, calls, session_start = charrnn.training.evaluate, [], ticking_clock.now
 
-    def evaluate_slowly_the_second_time(*arguments, **keywords):
+    def evaluate_slowly_the_first_time(*arguments, **keywords):
         calls.append(1)
-        if len(calls) == 2:
-            ticking_clock.now += 0.5          # a load spike during the second evaluation
+        if len(calls) == 1:     # a load spike: the first evaluation ends at 1.6 s of the 2 s budget
+            ticking_clock.now = max(ticking_clock.now, session_start + 1.6)
         return real_evaluate(*arguments, **keywords)
 
-    monkeypatch.setattr(charrnn.training, "evaluate", evaluate_slowly_the_second_time)
+    monkeypatch.setattr(charrnn.training, "evaluate", evaluate_slowly_the_first_time)
     _, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
-    assert finished.reason == "time"
+    assert finished.reason == "time" and len(calls) == 1     # it stopped: another such evaluation would not fit
     before = _weights_files(tmp_path / "run")
     monkeypatch.setattr(charrnn.training, "evaluate", real_evaluate)
     more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
