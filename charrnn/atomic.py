@@ -49,26 +49,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            _write_all(descriptor, data)
+            write_all(descriptor, data)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
         _test_pause()
         os.replace(temp, path)
     except OSError as error:
-        _remove_quietly(temp)
+        remove_quietly(temp)
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
                 f"disk full while saving {path}: the previous checkpoint is unchanged; "
                 "free some space, then resume") from None
         raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
-        _remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
+        remove_quietly(temp)   # e.g. a second Ctrl-C: stop at once, but leave no litter behind
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def write_all(descriptor: int, data: bytes) -> None:
+    """Write all of `data` to an open file descriptor."""
     # os.write may write less than asked (signals, pipes, some file systems): loop until done.
     view = memoryview(data)
     while view:
@@ -82,15 +83,16 @@ def _test_pause() -> None:
         time.sleep(float(seconds))
 
 
-def _remove_quietly(path: Path) -> None:
+def remove_quietly(path: Path) -> None:
+    """Delete a file if it can be deleted; a file already gone (or kept by the OS) is not an error."""
     try:
         path.unlink()
     except OSError:
         pass
 
 
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
+def fsync_directory(folder: Path) -> None:
+    """Make a rename in, or a new file's name in, `folder` durable (quietly skipped where a folder cannot be opened)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

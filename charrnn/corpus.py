@@ -136,6 +136,56 @@ def complete_utf8_length(data: bytes) -> int:
     return len(data)
 
 
+class Utf8Decoder:
+    """Decodes the bytes of one file (or stream) block by block, as every charrnn reader does.
+
+    A byte-order mark at the start is dropped; a character cut by a block boundary is carried
+    to the next block; invalid UTF-8 raises `CorpusError` naming `where`, the byte offset in the
+    file and the line.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.offset = 0            # offset in the file of the next byte to decode
+        self.lines_before = 0      # newlines before it
+        self.at_start = True
+        self.pending = b""         # the start of a character cut by the last block
+
+    def feed(self, block: bytes) -> tuple[str, bytes]:
+        """(text, its UTF-8 bytes) of the complete characters so far; `b""` marks the end of the file
+        (a character still unfinished there is reported)."""
+        at_end = not block
+        data = self.pending + block if self.pending else block
+        if self.at_start and not at_end and len(data) < len(UTF8_BOM) and UTF8_BOM.startswith(data):
+            self.pending = data    # too short yet to tell whether a BOM starts the file
+            return "", b""
+        data = self._drop_bom(data)
+        cut = len(data) if at_end else complete_utf8_length(data)
+        complete, self.pending = data[:cut], data[cut:]
+        return self._decode(complete), complete
+
+    def decode(self, data: bytes) -> str:
+        """The text of the next bytes, which end on a character boundary (a whole line, say)."""
+        return self._decode(self._drop_bom(data))
+
+    def _drop_bom(self, data: bytes) -> bytes:
+        if self.at_start:
+            self.at_start = False
+            if data.startswith(UTF8_BOM):
+                data, self.offset = data[len(UTF8_BOM):], self.offset + len(UTF8_BOM)
+        return data
+
+    def _decode(self, data: bytes) -> str:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CorpusError(describe_utf8_error(self.where, data, error, self.offset,
+                                                  self.lines_before)) from None
+        self.offset += len(data)
+        self.lines_before += data.count(b"\n")
+        return text
+
+
 def iter_text_chunks(corpus: CorpusFiles | CorpusBytes, chunk_bytes: Optional[int] = None,
                      on_bytes: Callable[[int], None] = lambda count: None) -> Iterator[tuple[str, bytes]]:
     """Yield (text, its UTF-8 bytes) a chunk at a time over all parts, BOMs dropped.
@@ -146,37 +196,17 @@ def iter_text_chunks(corpus: CorpusFiles | CorpusBytes, chunk_bytes: Optional[in
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     for where, opener in corpus.parts():
         with opener() as handle:
-            pending = b""
-            offset = 0          # offset of pending[0] in the part
-            lines_before = 0    # newlines before pending[0]
-            first = True
+            decoder = Utf8Decoder(where)
             while True:
                 try:
                     block = handle.read(chunk_bytes)
                 except OSError as error:
                     raise CorpusError(f"cannot read {where}: {error.strerror or error}") from None
                 on_bytes(len(block))
-                data = pending + block if pending else block
-                at_end = not block
-                if first:
-                    if not at_end and len(data) < len(UTF8_BOM) and UTF8_BOM.startswith(data):
-                        pending = data      # too short yet to tell whether a BOM starts the file
-                        continue
-                    if data.startswith(UTF8_BOM):
-                        data, offset = data[len(UTF8_BOM):], offset + len(UTF8_BOM)
-                    first = False
-                cut = len(data) if at_end else complete_utf8_length(data)
-                complete, pending = data[:cut], data[cut:]
-                if complete:
-                    try:
-                        text = complete.decode("utf-8")
-                    except UnicodeDecodeError as error:
-                        raise CorpusError(describe_utf8_error(where, complete, error, offset,
-                                                              lines_before)) from None
-                    yield text, complete
-                    lines_before += complete.count(b"\n")
-                    offset += len(complete)
-                if at_end:
+                text, raw = decoder.feed(block)
+                if raw:
+                    yield text, raw
+                if not block:
                     break
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .atomic import DiskFullError, atomic_write_bytes
+from .atomic import DiskFullError, atomic_write_bytes, fsync_directory, write_all
 from .errors import RunDirError
 
 
@@ -24,11 +24,13 @@ from .errors import RunDirError
 class MetricsReading:
     """What a metrics.jsonl holds: the records, and the lines that are not a JSON object.
 
-    `damaged_lines` are 1-based line numbers (a write torn by a crash, a hand edit).
+    `damaged_lines` are 1-based line numbers (a write torn by a crash, a hand edit);
+    `record_lines[i]` is the line number of `records[i]`.
     """
 
     records: list[dict[str, Any]] = field(default_factory=list)
     damaged_lines: list[int] = field(default_factory=list)
+    record_lines: list[int] = field(default_factory=list)
 
 
 def parse_metrics_line(line: bytes) -> Optional[dict[str, Any]]:
@@ -52,6 +54,7 @@ def read_metrics_file(path: Path) -> MetricsReading:
             reading.damaged_lines.append(number)
         else:
             reading.records.append(record)
+            reading.record_lines.append(number)
     return reading
 
 
@@ -71,7 +74,7 @@ def append_metrics_record(path: Path, record: dict[str, Any]) -> None:
         try:
             if _ends_without_newline(descriptor):
                 line = b"\n" + line
-            _write_all(descriptor, line)
+            write_all(descriptor, line)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -80,7 +83,7 @@ def append_metrics_record(path: Path, record: dict[str, Any]) -> None:
             raise DiskFullError(f"disk full while writing {path}: free some space, then resume") from None
         raise RunDirError(f"cannot write {path}: {error.strerror or error}") from None
     if created:
-        _fsync_folder(path.parent)
+        fsync_directory(path.parent)
 
 
 def forget_records_after(path: Path, step: int) -> None:
@@ -120,27 +123,6 @@ def _read_or_empty(path: Path) -> bytes:
 def _ends_without_newline(descriptor: int) -> bool:
     size = os.fstat(descriptor).st_size
     return size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
-
-
-def _write_all(descriptor: int, data: bytes) -> None:
-    # os.write may write less than asked: loop until done.
-    view = memoryview(data)
-    while view:
-        view = view[os.write(descriptor, view):]
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes a newly created file's name durable; not every platform can open a folder.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _finite_or_null(record: dict[str, Any]) -> dict[str, Any]:

@@ -2,20 +2,20 @@
 
 matplotlib is imported only when a chart is drawn, so charrnn works without it; a
 missing matplotlib is one `PlottingUnavailable` error that says how to install it.
-The metrics reader here is tolerant on purpose: a run still training, or one whose
-file was damaged, is still plotted from every line that reads.
+Metrics are read by `metrics_log` (tolerant on purpose: a run still training, or one whose
+file was damaged, is still plotted from every line that reads).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CharrnnError, UsageProblem
+from .metrics_log import read_metrics_file
 
 INSTALL_HINT = 'pip install "charrnn[plot]"'
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -57,30 +57,20 @@ def metrics_file(run: str) -> Path:
 
 
 def read_run(run: str) -> RunCurves:
-    """Read a run's metrics, skipping (and counting) lines that are not a JSON record with a step."""
+    """Read a run's metrics (`metrics_log.read_metrics_file`); a record without a step cannot be placed
+    on a curve, so it is skipped and counted with the damaged lines."""
     path = metrics_file(run)
     name = path.parent.name if path.name == "metrics.jsonl" else path.stem
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return RunCurves(name, path, [])
-    except OSError as error:
-        raise CharrnnError(f"cannot read {path}: {error.strerror or error}") from None
-    records, damaged = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
+    reading = read_metrics_file(path)
+    records, damaged = [], list(reading.damaged_lines)
+    for number, record in zip(reading.record_lines, reading.records):
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
+        else:
             damaged.append(number)
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            damaged.append(number)
-            continue
-        records.append(record)
     records.sort(key=lambda record: record["step"])
-    return RunCurves(name, path, records, damaged)
+    return RunCurves(name, path, records, sorted(damaged))
 
 
 def unique_names(runs: list[RunCurves]) -> None:

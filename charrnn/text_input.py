@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
-from .corpus import UTF8_BOM, complete_utf8_length, describe_utf8_error
+from .corpus import Utf8Decoder
 from .errors import CorpusError
 
 READ_BYTES = 1 << 20          # bytes read per step: memory use is a small multiple of this
@@ -50,30 +50,6 @@ class TextSource:
             raise CorpusError(f"cannot read {self.path}: {error.strerror or error}") from None
 
 
-class _Utf8Checker:
-    """Decodes consecutive blocks of one source, keeping the offset and line for error messages."""
-
-    def __init__(self, source: TextSource) -> None:
-        self.source = source
-        self.offset = 0
-        self.lines_before = 0
-        self.first = True
-
-    def decode(self, data: bytes) -> str:
-        if self.first:
-            self.first = False
-            if data.startswith(UTF8_BOM):
-                data, self.offset = data[len(UTF8_BOM):], len(UTF8_BOM)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise CorpusError(describe_utf8_error(self.source.name, data, error, self.offset,
-                                                  self.lines_before)) from None
-        self.offset += len(data)
-        self.lines_before += data.count(b"\n")
-        return text
-
-
 def _read(handle: BinaryIO, source: TextSource, size: int) -> bytes:
     try:
         return handle.read(size)
@@ -84,23 +60,15 @@ def _read(handle: BinaryIO, source: TextSource, size: int) -> bytes:
 def iter_text_chunks(source: TextSource, chunk_bytes: int = READ_BYTES) -> Iterator[str]:
     """The text of `source`, a chunk of about `chunk_bytes` at a time (never cut inside a character)."""
     handle = source.open()
-    checker = _Utf8Checker(source)
-    pending = b""
+    decoder = Utf8Decoder(source.name)
     try:
         while True:
             block = _read(handle, source, chunk_bytes)
-            data = pending + block if pending else block
+            text, raw = decoder.feed(block)
+            if raw:
+                yield text
             if not block:
-                if data:
-                    yield checker.decode(data)   # an unfinished character at the end: reported here
                 return
-            if checker.first and len(data) < len(UTF8_BOM) and UTF8_BOM.startswith(data):
-                pending = data                   # too short yet to tell whether a BOM starts it
-                continue
-            cut = complete_utf8_length(data)
-            pending = data[cut:]
-            if cut:
-                yield checker.decode(data[:cut])
     finally:
         if source.stream is None:
             handle.close()
@@ -109,7 +77,7 @@ def iter_text_chunks(source: TextSource, chunk_bytes: int = READ_BYTES) -> Itera
 def iter_lines(source: TextSource) -> Iterator[str]:
     """The lines of `source` without their line ends, one at a time (a line is held whole)."""
     handle = source.open()
-    checker = _Utf8Checker(source)
+    decoder = Utf8Decoder(source.name)
     try:
         while True:
             try:
@@ -118,7 +86,7 @@ def iter_lines(source: TextSource) -> Iterator[str]:
                 raise CorpusError(f"cannot read {source.name}: {error.strerror or error}") from None
             if not raw:
                 return
-            line = checker.decode(raw)
+            line = decoder.decode(raw)
             yield line[:-1] if line.endswith("\n") else line
     finally:
         if source.stream is None:

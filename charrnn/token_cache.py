@@ -38,7 +38,7 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
-from .atomic import TEMP_MARKER, DiskFullError, atomic_write_bytes, is_temp_file, temp_path_for
+from .atomic import TEMP_MARKER, DiskFullError, atomic_write_bytes, is_temp_file, remove_quietly, temp_path_for
 # Re-exported: the train command reads corpora through this module.
 from .corpus import (CHUNK_BYTES, CorpusFiles, CorpusScan, ProgressCallback, corpus_files,
                      iter_text_chunks, scan_corpus)
@@ -152,7 +152,7 @@ def remove_stale_files(folder: Path) -> None:
     for name in names:
         if name.startswith(SPOOL_PREFIX) and name.endswith(".txt"):
             if _spool_is_stale(name):
-                _unlink_quietly(folder / name)
+                remove_quietly(folder / name)
         elif is_temp_file(Path(name)):
             lock = _entry_lock_of_temp(folder, name)
             if lock is not None:
@@ -166,16 +166,9 @@ def remove_stale_files(folder: Path) -> None:
             continue
         try:
             for temp in temps:
-                _unlink_quietly(temp)
+                remove_quietly(temp)
         finally:
             held.release()
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 # -- the token file ----------------------------------------------------------------------------
@@ -265,10 +258,10 @@ def _encode_to_file(scan: CorpusScan, tokenizer: Tokenizer, path: Path,
             os.fsync(out.fileno())
         os.replace(temp, path)
     except OSError as error:
-        _unlink_quietly(temp)
+        remove_quietly(temp)
         raise _cache_write_error(path, error) from None
     except BaseException:
-        _unlink_quietly(temp)
+        remove_quietly(temp)
         raise
     info = {"format": CACHE_FORMAT, "fingerprint": scan.fingerprint, "tokenizer": tokenizer.to_dict(),
             "dtype": dtype.name, "num_tokens": num_tokens, "num_chars": scan.num_chars,
@@ -277,10 +270,10 @@ def _encode_to_file(scan: CorpusScan, tokenizer: Tokenizer, path: Path,
     try:
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(info, ensure_ascii=False).encode("utf-8"))
     except DiskFullError:
-        _unlink_quietly(path)              # no sidecar: the token file alone is only waste
+        remove_quietly(path)              # no sidecar: the token file alone is only waste
         raise CharrnnError(f"disk full while writing the token cache {path.with_suffix('.json')}") from None
     except BaseException:
-        _unlink_quietly(path)
+        remove_quietly(path)
         raise
     return TokenFile(path=path, dtype=dtype, num_tokens=num_tokens)
 

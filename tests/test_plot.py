@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from charrnn.console import TrainingDisplay, sparkline
+from charrnn.metrics_log import read_metrics_file
 from charrnn.plotting import read_run
 from conftest import error_lines, run_cli
 
@@ -51,6 +52,18 @@ def test_damaged_line_is_skipped_with_a_note(trained_run, tmp_path):
     result = run_cli("plot", str(run), "-o", str(tmp_path / "p.png"))
     assert result.exit_code == 0, result.stderr
     assert "skipped 2 damaged lines (line 2, 5)" in result.stderr
+
+
+def test_plot_reads_metrics_as_the_metrics_log_does(tmp_path):
+    # One reader for metrics.jsonl: a line that is not UTF-8 is damaged here too (it is not read
+    # with replacement characters), and a record without an integer step is left off the curve.
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 2}\n{"step": 1, "note": "\xff"}\n\n{"note": "no step"}\n'
+                     b'{"step": true}\n{"step": 1}\n{"step": 3')
+    curves = read_run(str(path))
+    assert [record["step"] for record in curves.records] == [1, 2]
+    assert curves.damaged_lines == [2, 4, 5, 7]
+    assert read_metrics_file(path).damaged_lines == [2, 7]
 
 
 def test_run_without_metrics(trained_run, tmp_path):

@@ -200,11 +200,69 @@ def test_metrics_file_is_strict_json_even_when_a_figure_is_not_finite(tmp_path):
         "step": 5, "train_loss": None, "val_loss": 1.5}
 
 
-def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path):
+class TickingClock:
+    """A stand-in for the `time` module of the training code: every reading is `tick` seconds after the last.
+
+    Training then takes the same steps, evaluations and stop decisions however loaded the
+    machine is: its time budget is counted in clock readings, not in wall-clock seconds.
+    """
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 1000.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    perf_counter = monotonic
+
+
+@pytest.fixture
+def ticking_clock(monkeypatch) -> TickingClock:
+    """Every clock the training loop, its reporting and its evaluation read, replaced by one ticking clock."""
+    import charrnn.evaluation
+    import charrnn.reporting
+    import charrnn.training
+
+    clock = TickingClock(0.01)
+    for module in (charrnn.training, charrnn.reporting, charrnn.evaluation):
+        monkeypatch.setattr(module, "time", clock)
+    return clock
+
+
+def _weights_files(run_path):
+    return {p.name: p.read_bytes() for p in run_path.iterdir() if p.suffix == ".safetensors"}
+
+
+def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path, ticking_clock):
     losses, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
     assert finished.reason == "time" and losses
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".safetensors"}
+    assert len(RunDir(tmp_path / "run").read_metrics()) >= 2    # the saved state knows what an evaluation costs
+    before = _weights_files(tmp_path / "run")
     more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
     # The saved cost of an evaluation keeps the reserve: no extra step, no evaluation past the budget.
     assert more_losses == [] and again.step == finished.step and again.reason == "time"
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.suffix == ".safetensors"} == before
+    assert _weights_files(tmp_path / "run") == before
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: the run state saved with an evaluation records the cost "
+                                       "of the evaluation before it, so a resumed run reserves too little time")
+def test_a_slow_last_evaluation_still_leaves_the_spent_budget_spent(tmp_path, ticking_clock, monkeypatch):
+    import charrnn.training
+
+    real_evaluate, calls, session_start = charrnn.training.evaluate, [], ticking_clock.now
+
+    def evaluate_slowly_the_first_time(*arguments, **keywords):
+        calls.append(1)
+        if len(calls) == 1:     # a load spike: the first evaluation ends at 1.6 s of the 2 s budget
+            ticking_clock.now = max(ticking_clock.now, session_start + 1.6)
+        return real_evaluate(*arguments, **keywords)
+
+    monkeypatch.setattr(charrnn.training, "evaluate", evaluate_slowly_the_first_time)
+    _, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
+    assert finished.reason == "time" and len(calls) == 1     # it stopped: another such evaluation would not fit
+    before = _weights_files(tmp_path / "run")
+    monkeypatch.setattr(charrnn.training, "evaluate", real_evaluate)
+    more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
+    assert more_losses == [] and again.step == finished.step
+    assert _weights_files(tmp_path / "run") == before

@@ -137,3 +137,12 @@ def test_carry_state_scores_the_lines_as_one_text(trained_run):
     assert carried[0].total_bits == pytest.approx(model.score(lines)[0].total_bits, rel=1e-5)
     result = run_cli("score", str(trained_run), "--carry-state", input="\n".join(lines) + "\n")
     assert [row[2] for row in _parse(result.stdout)] == lines
+
+
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_threads_below_one_is_a_usage_error_for_eval_and_score(trained_run, tmp_path, command):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox\n", encoding="utf-8")
+    result = run_cli(command, str(trained_run), str(text), "--threads", "0")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == ["Error: --threads must be >= 1, got 0"]

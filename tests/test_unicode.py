@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from charrnn.corpus import CorpusBytes
+from charrnn.corpus import iter_text_chunks as iter_corpus_chunks
+from charrnn.errors import CorpusError
+from charrnn.text_input import TextSource, iter_text_chunks
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
 # CJK, an emoji outside the BMP, a combining accent, Arabic (right to left), and Greek.
@@ -71,3 +78,27 @@ def test_error_naming_unicode_on_an_ascii_terminal_is_still_one_line(unicode_run
     lines = finished.stderr.decode("ascii", "replace").splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "U+20AC" in lines[0]
     assert finished.stdout == b""
+
+
+UTF8_PIECES = st.sampled_from([b"a", b"\n", "é".encode(), "€".encode(), "😀".encode(), b"\xef\xbb\xbf",
+                               b"\xff", b"\xe2\x82", b"\xc3"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(UTF8_PIECES, max_size=12), chunk_bytes=st.integers(min_value=1, max_value=8))
+def test_corpus_and_text_readers_read_any_bytes_alike(pieces, chunk_bytes):
+    """One UTF-8 decoder behind both readers: the same text, or the same error, at any chunk size."""
+    data = b"".join(pieces)
+
+    def outcome(read):
+        try:
+            return "".join(read())
+        except CorpusError as error:
+            return f"error: {error}"
+
+    corpus = outcome(lambda: (text for text, _ in iter_corpus_chunks(CorpusBytes(data, "x", "x"), chunk_bytes)))
+    text = outcome(lambda: iter_text_chunks(TextSource(name="x", stream=io.BytesIO(data)), chunk_bytes))
+    whole = outcome(lambda: iter_text_chunks(TextSource(name="x", stream=io.BytesIO(data)), len(data) + 1))
+    assert corpus == text == whole
+    if not corpus.startswith("error: "):
+        assert corpus == data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")

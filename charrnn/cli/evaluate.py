@@ -9,22 +9,16 @@ import click
 from ..errors import UsageProblem
 from .answer import closed_pipe_ends_quietly, print_json, split_model_argument, stdout_console
 from .group import cli
-
-DEVICES = ["auto", "cpu", "cuda", "mps"]
+from .model_options import device_options, load_model, model_option
 
 
 @cli.command("eval")
 @click.argument("arguments", nargs=-1, metavar="[MODEL] FILE|-...")
-@click.option("--model", "-m", "model_path", default=None,
-              help="The model (a .safetensors file or a run directory); default: the first argument "
-                   "when it is one, else the most recent run under runs/.")
+@model_option
 @click.option("--skip-unknown", is_flag=True,
               help="Leave out characters a char model never saw (and say how many), instead of stopping.")
 @click.option("--json", "as_json", is_flag=True, help="Answer as JSON.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where to evaluate; auto picks a GPU when there is one.")
-@click.option("--threads", type=int, default=None, show_default="physical cores",
-              help="CPU threads for torch.")
+@device_options("evaluate")
 def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, as_json: bool,
                  device: str, threads: Optional[int]) -> None:
     """How well a model predicts each FILE: bits per character, loss per token, speed.
@@ -45,15 +39,10 @@ def eval_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unk
     model_argument, files = split_model_argument(arguments, model_path, "required")
     if files.count("-") > 1:
         raise UsageProblem("standard input (-) can be read only once")
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
 
-    from ..api import load
-    from ..hardware import configure_threads
     from ..text_evaluation import combine
 
-    configure_threads(threads)
-    model = load(model_argument, device=device)
+    model = load_model(model_argument, device, threads)
     results = [model.evaluate_file(name, skip_unknown=skip_unknown) for name in files]
     total = combine(results)
     if as_json:

@@ -8,27 +8,22 @@ from typing import Iterator, Optional
 
 import click
 
-from ..errors import CorpusError, UsageProblem
+from ..errors import CorpusError
 from .answer import split_model_argument
-from .evaluate import DEVICES
 from .group import cli
+from .model_options import device_options, load_model, model_option
 from .output import write_stream
 
 
 @cli.command("score")
 @click.argument("arguments", nargs=-1, metavar="[MODEL] [FILE|-]")
-@click.option("--model", "-m", "model_path", default=None,
-              help="The model (a .safetensors file or a run directory); default: the first argument "
-                   "when it is one, else the most recent run under runs/.")
+@model_option
 @click.option("--skip-unknown", is_flag=True,
               help="Score lines without the characters a char model never saw (else such a line scores inf).")
 @click.option("--carry-state", is_flag=True,
               help="Score each line after all the lines before it (one stream, not batched) instead of alone.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (JSON lines).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where to score; auto picks a GPU when there is one.")
-@click.option("--threads", type=int, default=None, show_default="physical cores",
-              help="CPU threads for torch.")
+@device_options("score")
 def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, carry_state: bool,
                   as_json: bool,
                   device: str, threads: Optional[int]) -> None:
@@ -50,15 +45,10 @@ def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_un
     model_argument, files = split_model_argument(arguments, model_path, "optional")
     if len(files) > 1:
         raise click.UsageError(f"score reads one FILE (or -), got {len(files)}: {' '.join(files)}")
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
 
-    from ..api import load
-    from ..hardware import configure_threads
     from ..text_input import TextSource
 
-    configure_threads(threads)
-    model = load(model_argument, device=device)
+    model = load_model(model_argument, device, threads)
     source = TextSource.of(files[0] if files else "-")
     scores = model.score_file(files[0] if files else "-", skip_unknown=skip_unknown, carry_state=carry_state)
     unknown = {"lines": 0}
