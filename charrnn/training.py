@@ -218,6 +218,9 @@ class Trainer:
         record = metrics_record(counters, result, train_loss, self.learning_rate, self.clock.elapsed(), self.speed)
         preview = sample_preview(self.model, self.corpus.tokenizer, counters.step) if self.world.is_writer else ""
         counters.interval, counters.last_eval_step = IntervalStats(), counters.step
+        # The state saved below must know what this evaluation cost (so far: the save itself comes
+        # after), or a resumed run would keep too small a reserve and overrun a spent budget.
+        counters.eval_clock_seconds = max(counters.eval_clock_seconds, self.clock.elapsed() - started)
         self.checkpointer.append_metrics(record)
         self.checkpointer.save(self.model, self.run_state(), is_best=is_best, info=self._info(
             {"val_loss": result.loss, "val_bpc": result.bits_per_char}))

@@ -245,8 +245,6 @@ def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path, tic
     assert _weights_files(tmp_path / "run") == before
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the run state saved with an evaluation records the cost "
-                                       "of the evaluation before it, so a resumed run reserves too little time")
 def test_a_slow_last_evaluation_still_leaves_the_spent_budget_spent(tmp_path, ticking_clock, monkeypatch):
     import charrnn.training
 
