@@ -52,10 +52,11 @@ def second_corpus(folder: Path) -> Path:
     return path
 
 
-def train(corpus: Path, out: Path, budget: str, extra: list[str]) -> list[dict]:
+def train(corpus: Path, out: Path, budget: str, extra: list[str], threads: int | None = None) -> list[dict]:
     """Run `charrnn train` and return its metrics records."""
     command = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(out),
-               "--max-time", budget, "--eval-every", "10", *extra]
+               "--max-time", budget, "--eval-every", "10", *extra,
+               *(["--threads", str(threads)] if threads else [])]
     print("$", " ".join(command[2:]), file=sys.stderr, flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -73,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", default="2m", help="wall-clock budget of each run (default 2m)")
     parser.add_argument("--parent", default="shakespeare", help="MODEL to fine-tune (default: the bundled model)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: charrnn's)")
     args = parser.parse_args()
     parse_duration(args.budget)
 
@@ -89,13 +91,14 @@ def main() -> None:
         new_chars = sorted(set(corpus.read_text(encoding="utf-8")) - set(parent.tokenizer.chars))
         print(f"second corpus: {corpus.stat().st_size:,} bytes, {len(new_chars)} characters the parent "
               f"lacks: {''.join(new_chars)}", flush=True)
-        scratch = train(corpus, folder / "scratch", args.budget, shape_options)
-        tuned = train(corpus, folder / "tuned", args.budget, ["--init-from", args.parent])
+        scratch = train(corpus, folder / "scratch", args.budget, shape_options, args.threads)
+        tuned = train(corpus, folder / "tuned", args.budget, ["--init-from", args.parent], args.threads)
         # The fine-tuning defaults (--lr 0.002, 20 warm-up steps) against a fresh run's (0.005, 50).
         full_rate = train(corpus, folder / "tuned-full-rate", args.budget,
-                          ["--init-from", args.parent, "--lr", "0.005", "--warmup-steps", "50"])
+                          ["--init-from", args.parent, "--lr", "0.005", "--warmup-steps", "50"], args.threads)
 
-    print(f"\nvalidation bits/char by training time ({os.cpu_count()} CPUs, budget {args.budget} each; "
+    print(f"\nvalidation bits/char by training time ({os.cpu_count()} CPUs, threads: {args.threads or 'default'}, "
+          f"budget {args.budget} each; "
           "latest / best so far)")
     print(f"{'seconds':>8}  {'from scratch':>15}  {'fine-tuned':>15}  {'fine-tuned, lr 0.005':>20}")
     marks = sorted({round(r["elapsed"]) for r in scratch + tuned + full_rate})

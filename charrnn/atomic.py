@@ -10,13 +10,16 @@ and the next run removes.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from .errors import CharrnnError
 
 TEMP_MARKER = ".tmp-"
+WRITE_BUFFER_BYTES = 1 << 20
 
 # Test-only hook: when set to a number of seconds, every atomic write sleeps that long after the
 # temp file is complete and before it replaces the target, so a test can kill the process or
@@ -44,12 +47,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     A full disk or other OS error removes the temp file, leaves any previous
     `path` untouched, and raises a one-line `CharrnnError` (`DiskFullError` for ENOSPC).
     """
+    atomic_write(path, lambda out: out.write(data))
+
+
+class _DescriptorWriter(io.RawIOBase):
+    """A file object over an open descriptor whose every write goes through `write_all`."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        write_all(self.descriptor, data)
+        return len(data)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Like `atomic_write_bytes`, for a writer that streams into a file object (`torch.save`):
+    the bytes never need to sit in memory whole (a big vocabulary's state is gigabytes)."""
     path = Path(path)
     temp = temp_path_for(path)
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            write_all(descriptor, data)
+            with io.BufferedWriter(_DescriptorWriter(descriptor), WRITE_BUFFER_BYTES) as out:
+                write(out)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write, atomic_write_bytes
 from .config import ModelConfig
 from .errors import CheckpointError, CharrnnError
 from .model import CharRNN
@@ -166,10 +166,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[i
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write the resume state (tensors, numbers, strings, dicts and lists only)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    """Atomically write the resume state (tensors, numbers, strings, dicts and lists only), streamed
+    to the file: with a big vocabulary, a copy of it in memory would set the run's peak."""
+    atomic_write(Path(path), lambda out: torch.save(state, out))
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

@@ -248,7 +248,8 @@ class Trainer:
             corpus_fingerprint=self.corpus.fingerprint,
             # Absolute, so `charrnn train --resume RUN_DIR` finds the corpus from any folder.
             corpus_source=self.corpus.source if self.corpus.source == "-" else os.path.abspath(self.corpus.source),
-            model={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            # No copy: the record is saved at once, before the weights change again.
+            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             optimizer=self.optimizer.state_dict(),
             hidden=hidden_for_saving(self.hidden, self.world),
             batch_size=self.batch_size, world_size=self.world.world_size,
