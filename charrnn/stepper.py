@@ -36,12 +36,13 @@ def _sigmoid_in_place(values: np.ndarray) -> None:
 class RecurrentStepper:
     """One time step of a trained `CharRNN` for a batch of streams, in NumPy, without allocating.
 
-    Weights keep PyTorch's (outputs, inputs) layout: at batch 1 a product is one
-    matrix-vector call over contiguous rows (the fastest form), at batch B one
-    matrix product with the transposed view. The hidden states of all layers sit
-    side by side in one buffer `[h_0, h_1, ..., h_{L-1}, 1]`, so layer l reads
-    `[h_{l-1}, h_l]` (its input and its own state) as one slice and one product,
-    and the output layer reads `[h_{L-1}, 1]` with its bias as one more column.
+    Weights keep PyTorch's (outputs, inputs) layout and buffers are (features,
+    batch), so every product is `weights @ inputs` on contiguous memory: at batch
+    1 a matrix-vector call over contiguous rows (the fastest form), at batch B one
+    matrix product. The hidden states of all layers are stacked in one buffer
+    `[h_0; h_1; ...; h_{L-1}; 1]`, so layer l reads `[h_{l-1}; h_l]` (its input
+    and its own state) as one block and one product, and the output layer reads
+    `[h_{L-1}; 1]` with its bias as one more weight column.
     LSTM gates are reordered to (i, f, o, g) and the rows of i, f and o are
     halved (exact in floating point), so one tanh over all gates gives tanh(x/2)
     for them, and sigmoid(x) = tanh(x/2)/2 + 1/2 is two in-place operations.
@@ -89,6 +90,7 @@ class RecurrentStepper:
             # candidate gate by the reset gate, so its hidden bias must stay apart.
             table = table + self.hidden_biases[0]
         self.first_layer_table = np.ascontiguousarray(table, dtype=np.float32)
+        self.first_layer_table_by_column = np.ascontiguousarray(self.first_layer_table.T)
         head_weight, head_bias = _float_array(model.head.weight), _float_array(model.head.bias)
         self.head = np.ascontiguousarray(np.concatenate([head_weight, head_bias[:, None]], axis=1))
         self.vocab_size = head_weight.shape[0]
@@ -97,66 +99,69 @@ class RecurrentStepper:
     def load_state(self, state: State) -> None:
         """Start from a state of the fused layers: (num_layers, batch, hidden) tensor(s)."""
         hidden_all = (state[0] if isinstance(state, tuple) else state).detach().float().cpu().numpy()
-        batch = hidden_all.shape[1]
         cells = state[1].detach().float().cpu().numpy() if isinstance(state, tuple) else None
-        self._allocate(batch, hidden_all, cells)
+        layers, batch, hidden = hidden_all.shape
+        self._allocate(hidden_all.transpose(0, 2, 1).reshape(layers * hidden, batch),
+                       None if cells is None else cells.transpose(0, 2, 1))
 
-    def _allocate(self, batch: int, hidden_all: np.ndarray, cells: np.ndarray | None) -> None:
+    def _allocate(self, hidden_all: np.ndarray, cells: np.ndarray | None) -> None:
+        # Buffers are (features, batch): a layer's input is a block of whole rows (contiguous for
+        # any batch), every product is weights @ inputs in the weights' own layout, and at batch 1
+        # column 0 of each buffer is a contiguous vector, which makes the products matrix-vector calls.
         hidden, layers = self.hidden_size, self.num_layers
-        self.batch_size = batch
+        self.batch_size = batch = hidden_all.shape[1]
         self.single = batch == 1
         # One stream: matrix-vector products, where more threads only add waiting. A batch: as many
         # as torch may use (`--threads`).
         set_blas_threads(1 if self.single else torch.get_num_threads())
-        self.hidden = np.empty((batch, layers * hidden + 1), np.float32)
-        self.hidden[:, :layers * hidden] = hidden_all.transpose(1, 0, 2).reshape(batch, layers * hidden)
-        self.hidden[:, -1] = 1.0
+        self.hidden = np.empty((layers * hidden + 1, batch), np.float32)
+        self.hidden[:-1] = hidden_all
+        self.hidden[-1] = 1.0
         gate_count = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
-        self.logits = np.empty((batch, self.vocab_size), np.float32)
-        self._gates = np.empty((batch, gate_count * hidden), np.float32)
-        self._scratch = np.empty((batch, gate_count * hidden), np.float32)
+        self._logits_by_column = np.empty((self.vocab_size, batch), np.float32)
+        self._gates = np.empty((gate_count * hidden, batch), np.float32)
+        self._scratch = np.empty((gate_count * hidden, batch), np.float32)
         if cells is not None:
-            self.cells = np.ascontiguousarray(cells, dtype=np.float32).copy()      # (layers, batch, hidden)
-        # At batch 1 every buffer is used through its one row: 1-D views make each product a
-        # matrix-vector call, and building the views once keeps slicing out of the step.
-        row = (lambda array: array[0]) if self.single else (lambda array: array)
-        self._rows_hidden = row(self.hidden)
-        self._rows_gates = row(self._gates)
-        self._rows_scratch = row(self._scratch)
-        self._rows_logits = row(self.logits)
-        self._rows_cells = [row(self.cells[layer]) for layer in range(layers)] if cells is not None else []
-        self._layer_input = [row(self.hidden[:, max(layer - 1, 0) * hidden: (layer + 1) * hidden])
+            self.cells = np.array(cells, dtype=np.float32, order="C")        # (layers, hidden, batch)
+        # Views built once keep slicing out of the step.
+        column = (lambda array: array[:, 0]) if self.single else (lambda array: array)
+        along = (lambda vector: vector) if self.single else (lambda vector: vector[:, None])
+        self._rows_gates = column(self._gates)
+        self._rows_scratch = column(self._scratch)
+        self._rows_logits = column(self._logits_by_column)
+        self._rows_cells = [column(self.cells[layer]) for layer in range(layers)] if cells is not None else []
+        self._layer_input = [column(self.hidden[max(layer - 1, 0) * hidden: (layer + 1) * hidden])
                              for layer in range(layers)]
-        self._layer_state = [row(self.hidden[:, layer * hidden: (layer + 1) * hidden]) for layer in range(layers)]
-        self._head_input = row(self.hidden[:, (layers - 1) * hidden:])
+        self._layer_state = [column(self.hidden[layer * hidden: (layer + 1) * hidden]) for layer in range(layers)]
+        self._head_input = column(self.hidden[(layers - 1) * hidden:])
+        self._biases = [along(bias) for bias in self.biases]
+        self._hidden_biases = [along(bias) for bias in self.hidden_biases]
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The logits of the last step, (batch, vocab)."""
+        return self._logits_by_column.T
 
     def state(self) -> State:
         """The current state in the fused layers' layout."""
         layers, hidden = self.num_layers, self.hidden_size
-        stacked = self.hidden[:, :layers * hidden].reshape(self.batch_size, layers, hidden).transpose(1, 0, 2)
-        hidden_state = torch.from_numpy(np.ascontiguousarray(stacked).copy())
+        def fused(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(
+                array.reshape(layers, hidden, self.batch_size).transpose(0, 2, 1)))
+        hidden_state = fused(self.hidden[:-1])
         if self.kind == "lstm":
-            return hidden_state, torch.from_numpy(self.cells.copy())
+            return hidden_state, fused(self.cells)
         return hidden_state
 
     def keep_rows(self, rows: Sequence[int]) -> None:
         """Go on with only these streams (in this order): finished samples leave the batch."""
         index = np.asarray(list(rows), dtype=np.int64)
-        layers, hidden = self.num_layers, self.hidden_size
-        hidden_all = self.hidden[index, :layers * hidden].reshape(len(index), layers, hidden).transpose(1, 0, 2)
-        cells = self.cells[:, index] if self.kind == "lstm" else None
-        self._allocate(len(index), hidden_all, cells)
+        self._allocate(self.hidden[:-1, index], self.cells[:, :, index] if self.kind == "lstm" else None)
 
     def ban_tokens(self, token_ids: Sequence[int]) -> None:
         """Never predict these ids: their output bias becomes -inf (the logits then give them probability 0)."""
         if token_ids:
             self.head[list(token_ids), -1] = float("-inf")
-
-    def _product(self, weight: np.ndarray, inputs: np.ndarray, out: np.ndarray) -> None:
-        if self.single:
-            np.dot(weight, inputs, out=out)
-        else:
-            np.dot(inputs, weight.T, out=out)
 
     def step(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """Read one token per stream (shape (batch,)); return the next-token logits (batch, vocab), float32.
@@ -171,29 +176,31 @@ class RecurrentStepper:
             self._gru_step(tokens)
         else:
             self._rnn_step(tokens)
-        self._product(self.head, self._head_input, self._rows_logits)
-        return self.logits
+        np.dot(self.head, self._head_input, out=self._rows_logits)
+        return self._logits_by_column.T
 
     def _first_layer_inputs(self, tokens: np.ndarray) -> np.ndarray:
-        return self.first_layer_table[tokens[0]] if self.single else self.first_layer_table[tokens]
+        if self.single:
+            return self.first_layer_table[tokens[0]]
+        return self.first_layer_table_by_column[:, tokens]
 
     def _lstm_step(self, tokens: np.ndarray) -> None:
         # The LSTM is the default cell: every result is written in place, ten small calls a layer.
         hidden = self.hidden_size
         gates, scratch = self._rows_gates, self._rows_scratch
-        sigmoid_gates = gates[..., : 3 * hidden]
-        input_gate, forget_gate = gates[..., :hidden], gates[..., hidden: 2 * hidden]
-        output_gate, candidate = gates[..., 2 * hidden: 3 * hidden], gates[..., 3 * hidden:]
-        cell_tanh = scratch[..., :hidden]
-        multiply, add, tanh = np.multiply, np.add, np.tanh
+        sigmoid_gates = gates[: 3 * hidden]
+        input_gate, forget_gate = gates[:hidden], gates[hidden: 2 * hidden]
+        output_gate, candidate = gates[2 * hidden: 3 * hidden], gates[3 * hidden:]
+        cell_tanh = scratch[:hidden]
+        multiply, add, tanh, dot = np.multiply, np.add, np.tanh, np.dot
         for layer in range(self.num_layers):
             cell, state = self._rows_cells[layer], self._layer_state[layer]
             if layer == 0:
-                self._product(self.hidden_weights[0], state, gates)
+                dot(self.hidden_weights[0], state, out=gates)
                 add(gates, self._first_layer_inputs(tokens), out=gates)
             else:
-                self._product(self.stacked_weights[layer], self._layer_input[layer], gates)
-                add(gates, self.biases[layer], out=gates)
+                dot(self.stacked_weights[layer], self._layer_input[layer], out=gates)
+                add(gates, self._biases[layer], out=gates)
             tanh(gates, out=gates)                       # tanh(x/2) for i, f, o; tanh(x) for g
             multiply(sigmoid_gates, 0.5, out=sigmoid_gates)
             add(sigmoid_gates, 0.5, out=sigmoid_gates)
@@ -211,22 +218,22 @@ class RecurrentStepper:
             if layer == 0:
                 projected[...] = self._first_layer_inputs(tokens)
             else:
-                below = self._layer_input[layer][..., :hidden]
-                self._product(self.input_weights[layer], below, projected)
-                np.add(projected, self.biases[layer], out=projected)
-            self._product(self.hidden_weights[layer], state, from_state)
-            np.add(from_state, self.hidden_biases[layer], out=from_state)
-            reset_update = projected[..., : 2 * hidden]
-            np.add(reset_update, from_state[..., : 2 * hidden], out=reset_update)
+                below = self._layer_input[layer][:hidden]
+                np.dot(self.input_weights[layer], below, out=projected)
+                np.add(projected, self._biases[layer], out=projected)
+            np.dot(self.hidden_weights[layer], state, out=from_state)
+            np.add(from_state, self._hidden_biases[layer], out=from_state)
+            reset_update = projected[: 2 * hidden]
+            np.add(reset_update, from_state[: 2 * hidden], out=reset_update)
             _sigmoid_in_place(reset_update)
-            candidate = projected[..., 2 * hidden:]
-            state_part = from_state[..., 2 * hidden:]
-            np.multiply(reset_update[..., :hidden], state_part, out=state_part)
+            candidate = projected[2 * hidden:]
+            state_part = from_state[2 * hidden:]
+            np.multiply(reset_update[:hidden], state_part, out=state_part)
             np.add(candidate, state_part, out=candidate)
             np.tanh(candidate, out=candidate)
-            difference = from_state[..., :hidden]           # the gates' part of `from_state` is spent
+            difference = from_state[:hidden]           # the gates' part of `from_state` is spent
             np.subtract(state, candidate, out=difference)
-            np.multiply(reset_update[..., hidden:], difference, out=difference)
+            np.multiply(reset_update[hidden:], difference, out=difference)
             np.add(candidate, difference, out=state)
 
     def _rnn_step(self, tokens: np.ndarray) -> None:
@@ -234,9 +241,9 @@ class RecurrentStepper:
         for layer in range(self.num_layers):
             state = self._layer_state[layer]
             if layer == 0:
-                self._product(self.hidden_weights[0], state, projected)
+                np.dot(self.hidden_weights[0], state, out=projected)
                 np.add(projected, self._first_layer_inputs(tokens), out=projected)
             else:
-                self._product(self.stacked_weights[layer], self._layer_input[layer], projected)
-                np.add(projected, self.biases[layer], out=projected)
+                np.dot(self.stacked_weights[layer], self._layer_input[layer], out=projected)
+                np.add(projected, self._biases[layer], out=projected)
             np.tanh(projected, out=state)
