@@ -90,7 +90,6 @@ class RecurrentStepper:
             # candidate gate by the reset gate, so its hidden bias must stay apart.
             table = table + self.hidden_biases[0]
         self.first_layer_table = np.ascontiguousarray(table, dtype=np.float32)
-        self.first_layer_table_by_column = np.ascontiguousarray(self.first_layer_table.T)
         head_weight, head_bias = _float_array(model.head.weight), _float_array(model.head.bias)
         self.head = np.ascontiguousarray(np.concatenate([head_weight, head_bias[:, None]], axis=1))
         self.vocab_size = head_weight.shape[0]
@@ -182,7 +181,7 @@ class RecurrentStepper:
     def _first_layer_inputs(self, tokens: np.ndarray) -> np.ndarray:
         if self.single:
             return self.first_layer_table[tokens[0]]
-        return self.first_layer_table_by_column[:, tokens]
+        return self.first_layer_table[tokens].T     # gathering whole rows is faster than columns
 
     def _lstm_step(self, tokens: np.ndarray) -> None:
         # The LSTM is the default cell: every result is written in place, ten small calls a layer.
