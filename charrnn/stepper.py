@@ -133,6 +133,9 @@ class RecurrentStepper:
                              for layer in range(layers)]
         self._layer_state = [column(self.hidden[layer * hidden: (layer + 1) * hidden]) for layer in range(layers)]
         self._head_input = column(self.hidden[(layers - 1) * hidden:])
+        gates, scratch = self._rows_gates, self._rows_scratch
+        self._lstm_views = (gates[: 3 * hidden], gates[:hidden], gates[hidden: 2 * hidden],
+                            gates[2 * hidden: 3 * hidden], gates[3 * hidden:], scratch[:hidden])
         self._biases = [along(bias) for bias in self.biases]
         self._hidden_biases = [along(bias) for bias in self.hidden_biases]
 
@@ -185,12 +188,8 @@ class RecurrentStepper:
 
     def _lstm_step(self, tokens: np.ndarray) -> None:
         # The LSTM is the default cell: every result is written in place, ten small calls a layer.
-        hidden = self.hidden_size
-        gates, scratch = self._rows_gates, self._rows_scratch
-        sigmoid_gates = gates[: 3 * hidden]
-        input_gate, forget_gate = gates[:hidden], gates[hidden: 2 * hidden]
-        output_gate, candidate = gates[2 * hidden: 3 * hidden], gates[3 * hidden:]
-        cell_tanh = scratch[:hidden]
+        gates = self._rows_gates
+        sigmoid_gates, input_gate, forget_gate, output_gate, candidate, cell_tanh = self._lstm_views
         multiply, add, tanh, dot = np.multiply, np.add, np.tanh, np.dot
         for layer in range(self.num_layers):
             cell, state = self._rows_cells[layer], self._layer_state[layer]

@@ -79,6 +79,7 @@ class TokenChooser:
         self.filtered = (config.top_k is not None) or (config.top_p is not None and config.top_p < 1.0)
         self.config = config
         self._work = np.empty((0, 0), np.float32)
+        self._one_token = np.zeros(1, np.int64)   # reused: the caller reads it before the next choice
 
     def choose(self, logits: np.ndarray, streams: Sequence[UniformStream]) -> np.ndarray:
         """One token id per row of `logits` (batch, vocab); row r draws from `streams[r]`."""
@@ -99,9 +100,10 @@ class TokenChooser:
             row, source_row = work[0], source[0]
             np.subtract(source_row, source_row.max(), out=row)
             np.exp(row, out=row)
-            np.cumsum(row, out=row)
+            row.cumsum(out=row)
             target = streams[0].next() * row[last]
-            return np.array([min(int(row.searchsorted(target, side="right")), last)])
+            self._one_token[0] = min(int(row.searchsorted(target, side="right")), last)
+            return self._one_token
         np.subtract(source, source.max(axis=1, keepdims=True), out=work)
         np.exp(work, out=work)
         np.cumsum(work, axis=1, out=work)
