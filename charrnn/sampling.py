@@ -152,8 +152,8 @@ def _concatenate_states(states: list[State]) -> State:
     return torch.cat(states, dim=1)  # type: ignore[arg-type]
 
 
-def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, banned: list[int],
-               score: bool) -> Iterator[tuple[str, int, object]]:
+def _run_batch(model: CharRNN, stepper: RecurrentStepper, samples: list[_Sample], config: SampleConfig,
+               banned: list[int], score: bool) -> Iterator[tuple[str, int, object]]:
     """Write a batch of samples side by side; yield ("prime" | "text", position, str) and ("done", position, record).
 
     Each distinct prime is run once at batch 1, so a sample's start does not depend on
@@ -166,8 +166,6 @@ def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, ban
             logits, state = model(torch.tensor([sample.prime_ids], dtype=torch.long))
             warmed[key] = (logits[:, -1, :].float(), state)
     logits = torch.cat([warmed[tuple(sample.prime_ids)][0] for sample in samples]).numpy()
-    stepper = RecurrentStepper(model)
-    stepper.ban_tokens(banned)
     stepper.load_state(_concatenate_states([warmed[tuple(sample.prime_ids)][1] for sample in samples]))
     if banned:
         logits[:, banned] = float("-inf")
@@ -232,6 +230,7 @@ def _events(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     was_training = model.training
     model.eval()
     first_index = 0
+    stepper: Optional[RecurrentStepper] = None
     try:
         with torch.inference_mode(), blas_threads_restored():
             for primes in prime_batches:
@@ -239,7 +238,10 @@ def _events(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
                                    tokenizer, config) for offset, prime in enumerate(primes)]
                 if not samples:
                     continue
-                for kind, position, value in _run_batch(model, samples, config, banned, score):
+                if stepper is None:   # laid out once for every batch of the run (tens of milliseconds)
+                    stepper = RecurrentStepper(model)
+                    stepper.ban_tokens(banned)
+                for kind, position, value in _run_batch(model, stepper, samples, config, banned, score):
                     yield kind, first_index + position, value
                 first_index += len(samples)
     finally:
