@@ -92,7 +92,8 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
     """Pick one token per row of `logits` (batch, vocab) by greedy, temperature, top-k and top-p.
 
     `generator` is one generator for the whole batch, or one per row (then each row's
-    draw depends on its own generator only).
+    draw depends on its own generator only). Sampling itself uses `TokenChooser`, the same
+    draws on NumPy buffers; this torch version is its reference (tests compare the two).
     """
     if config.greedy or config.top_k == 1:
         return logits.argmax(dim=1)
