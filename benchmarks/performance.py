@@ -6,7 +6,7 @@
 Figures: matrix-multiply peak (fp32, bf16); the bare fused-layer training
 step and `charrnn train`'s own loop with the same shapes, their ratio and
 model FLOPs utilisation (MFU) against the measured peak; sampling chars/s at
-batch 1 and 32; `charrnn --help` start-up and time to the first sampled
+batch 1 and 64 (one thread, medians of 5); `charrnn --help` start-up and time to the first sampled
 character; and the validation loss `charrnn train data/tinyshakespeare.txt
 --max-time 5m` reaches with the defaults. Timings are medians; compare
 figures from the same run, the machine is noisy.
@@ -130,17 +130,21 @@ def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfi
             "eval_seconds": statistics.median(eval_seconds)}
 
 
-def sampling_chars_per_second(model_config: ModelConfig, batch: int, length: int = 3000) -> float:
+def sampling_chars_per_second(model_config: ModelConfig, batch: int, length: int, repeats: int = 5) -> float:
+    """Median chars/s of `generate_text` on one thread (`benchmarks/sampling_speed.py` compares checkouts)."""
     tokenizer = prepare_corpus(Corpus("".join(chr(32 + i) for i in range(model_config.vocab_size)) * 3,
                                       "v", "v"), "char", 0.3).tokenizer
     model = CharRNN(ModelConfig(**{**model_config.to_dict(), "vocab_size": tokenizer.vocab_size})).eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        started = time.perf_counter()
-        written = sum(len(chunk) for chunk in generate_text(
-            model, tokenizer, SampleConfig(length=length, num_samples=batch, seed=1, separator="")))
-        return written / (time.perf_counter() - started)
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            written = sum(len(chunk) for chunk in generate_text(
+                model, tokenizer, SampleConfig(length=length, num_samples=batch, seed=1, separator="")))
+            rates.append(written / (time.perf_counter() - started))
+        return statistics.median(rates)
     finally:
         torch.set_num_threads(previous)
 
@@ -202,8 +206,8 @@ def main() -> None:
 
     print("\n| sampling | chars/s |")
     print("|---|---|")
-    for batch in (1, 32):
-        print(f"| batch {batch} | {sampling_chars_per_second(model_config, batch):,.0f} |", flush=True)
+    for batch, length in ((1, 4000), (64, 300)):
+        print(f"| batch {batch} | {sampling_chars_per_second(model_config, batch, length):,.0f} |", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         tiny = Path(folder) / "tiny.txt"

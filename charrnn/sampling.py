@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from .blas_threads import blas_threads_restored
 from .config import SampleConfig
 from .errors import UsageProblem
 from .model import CharRNN, State
 from .stepper import RecurrentStepper
 from .stopping import StopMatcher
+from .token_choice import TokenChooser, UniformStream, filtered_logits, log2_probabilities
 from .tokenizers import Tokenizer, describe_char
 
 __all__ = ["RecurrentStepper", "SampleRecord", "choose_next_tokens", "generate_records", "generate_text",
@@ -91,32 +92,12 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
     """Pick one token per row of `logits` (batch, vocab) by greedy, temperature, top-k and top-p.
 
     `generator` is one generator for the whole batch, or one per row (then each row's
-    draw depends on its own generator only).
+    draw depends on its own generator only). Sampling itself uses `TokenChooser`, the same
+    draws on NumPy buffers; this torch version is its reference (tests compare the two).
     """
     if config.greedy or config.top_k == 1:
         return logits.argmax(dim=1)
-    logits = logits / config.temperature
-    if config.top_k is not None and config.top_k < logits.shape[1]:
-        kth_best = torch.topk(logits, config.top_k, dim=1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if config.top_p is not None and config.top_p < 1.0:
-        # Only the most likely tokens can be kept: rank the top `candidates` (growing until they
-        # hold top_p of the mass) instead of sorting a whole vocabulary of 60,000 for each token.
-        probs = torch.softmax(logits, dim=1)
-        vocab_size = logits.shape[1]
-        candidates = min(vocab_size, 64)
-        while True:
-            if candidates == vocab_size:   # a flat distribution: one full sort
-                top_probs, order = torch.sort(probs, dim=1, descending=True)
-                break
-            top_probs, order = torch.topk(probs, candidates, dim=1)
-            if bool((top_probs.sum(dim=1) >= config.top_p).all()):
-                break
-            candidates = candidates * 8 if candidates * 8 <= vocab_size // 4 else vocab_size
-        # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
-        keep_top = (top_probs.cumsum(dim=1) - top_probs) < config.top_p
-        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_top)
-        logits = logits.masked_fill(~keep, float("-inf"))
+    logits = filtered_logits(logits / config.temperature, config)
     # Inverse-CDF sampling: a quarter of torch.multinomial's cost at batch 1. `right=True`
     # never lands on a token whose probability is zero.
     cumulative = torch.softmax(logits, dim=1).cumsum_(dim=1)
@@ -129,7 +110,6 @@ def choose_next_tokens(logits: torch.Tensor, config: SampleConfig,
     uniform = uniform * cumulative[:, -1:]
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
 
-
 class _Sample:
     """One sample while it is being written."""
 
@@ -137,6 +117,7 @@ class _Sample:
         self.index, self.prime, self.seed = index, prime, seed
         self.generator = torch.Generator().manual_seed(seed)
         self.prime_ids, self.echo = _start_tokens(tokenizer, prime, self.generator)
+        self.uniforms = UniformStream(self.generator)   # the draws that pick its tokens
         self.decoder = tokenizer.stream_decoder()
         self.matcher = StopMatcher(config.stop, config.keep_stop)
         self.written = 0
@@ -172,8 +153,8 @@ def _concatenate_states(states: list[State]) -> State:
     return torch.cat(states, dim=1)  # type: ignore[arg-type]
 
 
-def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, banned: list[int],
-               score: bool) -> Iterator[tuple[str, int, object]]:
+def _run_batch(model: CharRNN, stepper: RecurrentStepper, samples: list[_Sample], config: SampleConfig,
+               banned: list[int], score: bool) -> Iterator[tuple[str, int, object]]:
     """Write a batch of samples side by side; yield ("prime" | "text", position, str) and ("done", position, record).
 
     Each distinct prime is run once at batch 1, so a sample's start does not depend on
@@ -185,27 +166,25 @@ def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, ban
         if key not in warmed:
             logits, state = model(torch.tensor([sample.prime_ids], dtype=torch.long))
             warmed[key] = (logits[:, -1, :].float(), state)
-    logits = torch.cat([warmed[tuple(sample.prime_ids)][0] for sample in samples])
-    stepper = RecurrentStepper(model)
-    stepper.ban_tokens(banned)
+    logits = torch.cat([warmed[tuple(sample.prime_ids)][0] for sample in samples]).numpy()
     stepper.load_state(_concatenate_states([warmed[tuple(sample.prime_ids)][1] for sample in samples]))
     if banned:
         logits[:, banned] = float("-inf")
     for position, sample in enumerate(samples):
         yield "prime", position, sample.echo
     limit = config.length
-    rows = list(range(len(samples)))          # batch row -> position in `samples`
     if limit == 0:
         for position, sample in enumerate(samples):
             sample.stop_reason = STOPPED_AT_LENGTH
             yield "done", position, sample.record()
         return
-    generators = [sample.generator for sample in samples]
+    rows = list(range(len(samples)))          # batch row -> position in `samples`
+    streams = [sample.uniforms for sample in samples]
+    chooser = TokenChooser(config)
     while rows:
-        tokens = choose_next_tokens(logits, config, generators)
+        tokens = chooser.choose(logits, streams)
         if score:
-            bits = (torch.log_softmax(logits, dim=1).gather(1, tokens[:, None]).squeeze(1)
-                    / math.log(2)).tolist()
+            bits = log2_probabilities(logits, tokens)
         finished = []
         for row, token in enumerate(tokens.tolist()):
             position = rows[row]
@@ -236,7 +215,7 @@ def _run_batch(model: CharRNN, samples: list[_Sample], config: SampleConfig, ban
             if not kept:
                 return
             rows = [rows[row] for row in kept]
-            generators = [generators[row] for row in kept]
+            streams = [streams[row] for row in kept]
             stepper.keep_rows(kept)
             tokens = tokens[kept]
         logits = stepper.step(tokens)
@@ -252,14 +231,18 @@ def _events(model: CharRNN, tokenizer: Tokenizer, config: SampleConfig,
     was_training = model.training
     model.eval()
     first_index = 0
+    stepper: Optional[RecurrentStepper] = None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), blas_threads_restored():
             for primes in prime_batches:
                 samples = [_Sample(first_index + offset, prime or "", sample_seed(run_seed, first_index + offset),
                                    tokenizer, config) for offset, prime in enumerate(primes)]
                 if not samples:
                     continue
-                for kind, position, value in _run_batch(model, samples, config, banned, score):
+                if stepper is None:   # laid out once for every batch of the run (tens of milliseconds)
+                    stepper = RecurrentStepper(model)
+                    stepper.ban_tokens(banned)
+                for kind, position, value in _run_batch(model, stepper, samples, config, banned, score):
                     yield kind, first_index + position, value
                 first_index += len(samples)
     finally:

@@ -50,6 +50,16 @@ class StreamDecoder:
         return ""
 
 
+class CharStreamDecoder(StreamDecoder):
+    """One character per id: a list lookup (sampling calls `feed` for every character it writes)."""
+
+    def __init__(self, chars: list[str]) -> None:
+        self._chars = chars
+
+    def feed(self, token_id: int) -> str:
+        return self._chars[token_id]
+
+
 class Utf8StreamDecoder(StreamDecoder):
     """Decodes ids that stand for UTF-8 bytes, holding back a character until all its bytes arrived.
 
@@ -166,6 +176,9 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         chars = self._char_for_id
         return "".join(chars[int(i)] for i in ids)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return CharStreamDecoder(self._char_for_id)
 
     def unencodable(self, text: str) -> list[str]:
         seen = np.unique(_code_points(text))

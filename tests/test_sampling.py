@@ -78,24 +78,25 @@ def test_first_lines_piped_to_head(trained_run):
     assert finished.stdout.count(b"\n") == 3
 
 
+@pytest.mark.parametrize("batch", [1, 4])      # one stream (matrix-vector products) and a batch
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_stepper_matches_training_layers(kind):
+def test_stepper_matches_training_layers(kind, batch):
     torch.manual_seed(1)
     model = CharRNN(ModelConfig(model=kind, num_layers=3, hidden_size=40, embedding_size=12,
                                 vocab_size=30, dropout=0.0)).eval()
-    tokens = torch.randint(30, (4, 25))
+    tokens = torch.randint(30, (batch, 25))
     with torch.no_grad():
         fused_logits, _ = model(tokens)
         stepper = RecurrentStepper(model)
-        stepper.load_state(model.initial_state(4))
+        stepper.load_state(model.initial_state(batch))
         for position in range(tokens.shape[1]):
-            logits = stepper.step(tokens[:, position])
+            logits = torch.from_numpy(stepper.step(tokens[:, position].numpy()))
             torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
         # Picking up from a state the fused layers left gives the same as running on.
         _, state = model(tokens[:, :10])
         stepper.load_state(state)
         for position in range(10, tokens.shape[1]):
-            logits = stepper.step(tokens[:, position])
+            logits = torch.from_numpy(stepper.step(tokens[:, position].numpy()))
             torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
         final = stepper.state()
         expected = model(tokens)[1]
