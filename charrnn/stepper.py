@@ -52,7 +52,7 @@ class RecurrentStepper:
         config = model.config
         self.kind = config.model
         self.num_layers = config.num_layers
-        self.hidden_size = hidden = config.hidden_size
+        self.hidden_size = config.hidden_size
         recurrent = model.recurrent
 
         def weight(name: str, layer: int) -> np.ndarray:
