@@ -33,6 +33,10 @@ def _sigmoid_in_place(values: np.ndarray) -> None:
     np.add(values, 0.5, out=values)
 
 
+# Above this many floats (16 MB), the first layer's per-token table is not worked out in advance.
+MAX_FIRST_LAYER_TABLE_FLOATS = 1 << 22
+
+
 class RecurrentStepper:
     """One time step of a trained `CharRNN` for a batch of streams, in NumPy, without allocating.
 
@@ -64,8 +68,6 @@ class RecurrentStepper:
 
         with torch.no_grad():
             embedding = _float_array(model.embedding.weight)
-        # Row t: what token t adds to the first layer's gates (its embedding through the input weights).
-        table = embedding @ weight("weight_ih", 0).T + weight("bias_ih", 0)
         self.hidden_weights: list[np.ndarray] = []     # (G*H, H): the state's contribution
         self.stacked_weights: list[np.ndarray] = []    # (G*H, 2H): [input, state] of layers >= 1
         self.input_weights: list[np.ndarray] = []      # (G*H, H): a GRU's input part alone
@@ -85,11 +87,21 @@ class RecurrentStepper:
                 np.concatenate([input_weight, self.hidden_weights[layer]], axis=1)))
             bias = weight("bias_ih", layer)
             self.biases.append(bias if self.kind == "gru" else bias + self.hidden_biases[layer])
+        first_bias = weight("bias_ih", 0)
         if self.kind != "gru":
             # LSTM and tanh-RNN just add both biases; a GRU multiplies the state's part of its
             # candidate gate by the reset gate, so its hidden bias must stay apart.
-            table = table + self.hidden_biases[0]
-        self.first_layer_table = np.ascontiguousarray(table, dtype=np.float32)
+            first_bias = first_bias + self.hidden_biases[0]
+        first_weight = weight("weight_ih", 0)
+        # The first layer's input for token t is row t of embedding @ W_ih.T + bias. Worked out
+        # once for every token, that table is vocabulary x gates floats: a row lookup per step for
+        # a small vocabulary, but 368 MB for 60,000 symbols, so a big vocabulary multiplies each time.
+        if embedding.shape[0] * first_weight.shape[0] <= MAX_FIRST_LAYER_TABLE_FLOATS:
+            self.first_layer_table: np.ndarray | None = np.ascontiguousarray(
+                embedding @ first_weight.T + first_bias, dtype=np.float32)
+        else:
+            self.first_layer_table = None
+            self._embedding, self._first_weight, self._first_bias = embedding, first_weight, first_bias
         head_weight, head_bias = _float_array(model.head.weight), _float_array(model.head.bias)
         self.head = np.ascontiguousarray(np.concatenate([head_weight, head_bias[:, None]], axis=1))
         self.vocab_size = head_weight.shape[0]
@@ -182,9 +194,14 @@ class RecurrentStepper:
         return self._logits_by_column.T
 
     def _first_layer_inputs(self, tokens: np.ndarray) -> np.ndarray:
+        """What the tokens add to the first layer's gates: (gates,) for one stream, else (gates, batch)."""
+        table = self.first_layer_table
+        if table is None:
+            inputs = self._embedding[tokens] @ self._first_weight.T + self._first_bias
+            return inputs[0] if self.single else inputs.T
         if self.single:
-            return self.first_layer_table[tokens[0]]
-        return self.first_layer_table[tokens].T     # gathering whole rows is faster than columns
+            return table[tokens[0]]
+        return table[tokens].T     # gathering whole rows is faster than columns
 
     def _lstm_step(self, tokens: np.ndarray) -> None:
         # The LSTM is the default cell: every result is written in place, ten small calls a layer.

@@ -58,9 +58,12 @@ def test_banned_tokens_are_never_chosen():
     assert {int(chooser.choose(logits, [stream])[0]) for _ in range(500)} == set(range(10)) - {0, 4}
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_default_shaped_model_writes_what_the_fused_layers_write(kind):
-    """Same seed, a model of the default width: the NumPy path and stepping nn.LSTM/nn.GRU agree."""
+@pytest.mark.parametrize("kind, table", [("lstm", True), ("gru", True), ("lstm", False), ("gru", False)])
+def test_default_shaped_model_writes_what_the_fused_layers_write(kind, table, monkeypatch):
+    """Same seed, a model of the default width: the NumPy path and stepping nn.LSTM/nn.GRU agree,
+    with the first layer's per-token table and without it (as for a big vocabulary)."""
+    if not table:
+        monkeypatch.setattr("charrnn.stepper.MAX_FIRST_LAYER_TABLE_FLOATS", 0)
     from charrnn.data import Corpus, prepare_corpus
 
     tokenizer = prepare_corpus(Corpus("".join(chr(32 + i) for i in range(65)) * 3, "v", "v"),
