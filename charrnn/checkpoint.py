@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import warnings
 from dataclasses import dataclass
@@ -97,19 +98,26 @@ def read_metadata(data: bytes, path: Path) -> dict[str, str]:
     return metadata
 
 
-def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a weights file written by `save_weights` onto `device`, checking everything on the way."""
-    path = Path(path)
-    data = _read_file(path, "checkpoint")
-    metadata = read_metadata(data, path)
+def parse_metadata(metadata: dict[str, str], path: Path) -> tuple[ModelConfig, Tokenizer, dict[str, Any]]:
+    """The model config, tokeniser and training summary of a weights file's metadata, checked."""
     try:
         model_config = ModelConfig.from_dict(json.loads(metadata["model_config"])).validate()
         tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
         info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("info is not an object")
     except (KeyError, TypeError, ValueError, CharrnnError) as error:
         raise CheckpointError(f"{path} is corrupted (bad metadata: {error})") from None
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(f"{path} is corrupted (tokeniser and model disagree on vocabulary size)")
+    return model_config, tokenizer, info
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a weights file written by `save_weights` onto `device`, checking everything on the way."""
+    path = Path(path)
+    data = _read_file(path, "checkpoint")
+    model_config, tokenizer, info = parse_metadata(read_metadata(data, path), path)
     try:
         tensors = load_safetensors_bytes(data)
     except Exception as error:  # safetensors raises its own error types for every kind of damage
@@ -125,6 +133,11 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Training writes float32; a file stored in 16-bit floats (the bundled model, half the size)
 # is read too and computed in float32.
 STORED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def parameter_count(model_config: ModelConfig) -> int:
+    """Parameters of a model with this config (vocab_size set), without building it."""
+    return sum(math.prod(shape) for shape in expected_tensor_shapes(model_config).values())
 
 
 def expected_tensor_shapes(model_config: ModelConfig) -> dict[str, tuple[int, ...]]:

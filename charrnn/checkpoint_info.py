@@ -14,11 +14,10 @@ import struct
 from pathlib import Path
 from typing import Any, Optional
 
-from .checkpoint import MAX_HEADER_BYTES, expected_tensor_shapes, read_metadata
-from .config import ModelConfig
+from .checkpoint import MAX_HEADER_BYTES, parameter_count, parse_metadata, read_metadata
 from .errors import CharrnnError, CheckpointError
 from .rundir import RunDir
-from .tokenizers import Tokenizer, tokenizer_from_dict
+from .tokenizers import Tokenizer
 
 CHAR_SAMPLE = 64
 
@@ -58,23 +57,6 @@ def _check_length(start: bytes, path: Path) -> None:
                               f"describes {expected})")
 
 
-def _parse(metadata: dict[str, str], path: Path) -> tuple[ModelConfig, Tokenizer, dict[str, Any]]:
-    try:
-        model_config = ModelConfig.from_dict(json.loads(metadata["model_config"])).validate()
-        tokenizer = tokenizer_from_dict(json.loads(metadata["tokenizer"]))
-        info = json.loads(metadata.get("info", "{}"))
-        if not isinstance(info, dict):
-            raise ValueError("info is not an object")
-    except (KeyError, TypeError, ValueError, CharrnnError) as error:
-        raise CheckpointError(f"{path} is corrupted (bad metadata: {error})") from None
-    return model_config, tokenizer, info
-
-
-def count_parameters(model_config: ModelConfig) -> int:
-    """Parameters of a model with this config, without building it."""
-    return sum(math.prod(shape) for shape in expected_tensor_shapes(model_config).values())
-
-
 def _char_sample(tokenizer: Tokenizer) -> Optional[str]:
     chars = getattr(tokenizer, "chars", None)
     if not chars:
@@ -91,7 +73,7 @@ def _finite(value: Any) -> Optional[float]:
 def describe_weights(path: Path) -> dict[str, Any]:
     """A JSON-safe summary of a weights file: model, tokeniser, training (from its metadata)."""
     path = Path(path)
-    model_config, tokenizer, info = _parse(read_header(path), path)
+    model_config, tokenizer, info = parse_metadata(read_header(path), path)
     train_config = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
     saved_at = info.get("saved_at")
     if not isinstance(saved_at, str):
@@ -104,7 +86,7 @@ def describe_weights(path: Path) -> dict[str, Any]:
         "path": str(path),
         "model": {"kind": model_config.model, "num_layers": model_config.num_layers,
                   "hidden_size": model_config.hidden_size, "embedding_size": model_config.embedding_size,
-                  "dropout": model_config.dropout, "parameters": count_parameters(model_config)},
+                  "dropout": model_config.dropout, "parameters": parameter_count(model_config)},
         "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                       "chars": _char_sample(tokenizer)},
         "training": {

@@ -9,7 +9,6 @@ two moments, all fp32 (16 bytes a parameter). Activations come on top, so the fi
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,10 +26,9 @@ class NotEnoughMemory(CharrnnError):
 
 def count_parameters_of(model_config: ModelConfig, vocab_size: int) -> int:
     """Parameters of a model of this shape and vocabulary, counted without building it."""
-    from .checkpoint import expected_tensor_shapes   # imports torch: only when training anyway
+    from .checkpoint import parameter_count   # imports torch: only when training anyway
 
-    shapes = expected_tensor_shapes(dataclasses.replace(model_config, vocab_size=vocab_size))
-    return sum(math.prod(shape) for shape in shapes.values())
+    return parameter_count(dataclasses.replace(model_config, vocab_size=vocab_size))
 
 
 def training_memory_bytes(model_config: ModelConfig, vocab_size: int) -> int:
