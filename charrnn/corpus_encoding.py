@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -88,18 +88,17 @@ def _verified_chunks(scan: CorpusScan, on_bytes: Callable[[int], None]) -> Itera
         raise _changed(scan)
 
 
-def _chunks_cut_at_lines(chunks: Iterator[tuple[str, bytes]]) -> Iterator[str]:
-    # Subword encoders see a line whole where possible, as they would in memory.
+def cut_at_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """The same text, re-cut so every piece but the last ends at a line end (a chunk holding no
+    line end is passed on whole): subword encoders then see a line whole where possible, as
+    they would in memory (training's token file and `charrnn eval` alike)."""
     carry = ""
-    for text, _ in chunks:
+    for text in chunks:
         text = carry + text
         cut = text.rfind("\n") + 1
-        if cut == 0:
-            carry = ""
+        carry, text = (text[cut:], text[:cut]) if cut else ("", text)
+        if text:
             yield text
-        else:
-            carry = text[cut:]
-            yield text[:cut]
     if carry:
         yield carry
 
@@ -137,7 +136,9 @@ def encode_corpus(scan: CorpusScan, tokenizer: Tokenizer,
     if isinstance(tokenizer, CharTokenizer):
         yield from _char_ids(tokenizer, chunks, dtype)
         return
-    texts = (text for text, _ in chunks) if tokenizer.kind == "byte" else _chunks_cut_at_lines(chunks)
+    texts = (text for text, _ in chunks)
+    if tokenizer.kind != "byte":
+        texts = cut_at_lines(texts)
     for text in texts:
         yield np.asarray(tokenizer.encode(text)).astype(dtype, copy=False)
 

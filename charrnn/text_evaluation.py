@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from .corpus_encoding import cut_at_lines
 from .data import count_chars
 from .errors import CorpusError, TokenizerError
 from .evaluation import evaluate
@@ -122,19 +123,6 @@ class _TokenSink:
             self.file.close()
 
 
-def _cut_at_lines(chunks: Iterable[str]) -> Iterator[str]:
-    # Subword encoders see a line whole where possible, as in training's token cache.
-    carry = ""
-    for text in chunks:
-        text = carry + text
-        cut = text.rfind("\n") + 1
-        carry, text = (text[cut:], text[:cut]) if cut else ("", text)
-        if text:
-            yield text
-    if carry:
-        yield carry
-
-
 class _CharEncoder:
     """Char ids through a code point table, noting characters outside the vocabulary."""
 
@@ -178,7 +166,7 @@ def encode_text(tokenizer: Tokenizer, chunks: Iterable[str], name: str, skip_unk
             if encoder.unknown and not skip_unknown:
                 raise UnknownCharacters(name, [chr(c) for c in sorted(encoder.unknown)], encoder.unknown_count)
             return sink, encoder.unknown_count
-        texts = chunks if tokenizer.kind == "byte" else _cut_at_lines(chunks)
+        texts = chunks if tokenizer.kind == "byte" else cut_at_lines(chunks)
         for text in texts:
             sink.add(tokenizer.encode(text))
         return sink, 0
