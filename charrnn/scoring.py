@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import TokenizerError
+from .loss import MAX_CHUNK_LOGITS
 from .model import CharRNN, State
-from .tokenizers import CharTokenizer, Tokenizer
+from .tokenizers import UNKNOWN_ID, CharTokenizer, Tokenizer
 
 BLOCK_LINES = 512             # lines read before they are scored (and written) together
 BLOCK_CHARS = 1 << 20         # ... or fewer, when they are long
@@ -71,11 +72,6 @@ class LineScorer:
         if len(prime) > 1:
             with torch.inference_mode():
                 _, self.prime_state = model(torch.tensor([prime[:-1]], device=self.device))
-        self._char_table = None
-        if isinstance(tokenizer, CharTokenizer):
-            code_points = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
-            self._char_table = np.full(max(int(code_points.max()) + 1, 128), -1, dtype=np.int64)
-            self._char_table[code_points] = np.arange(len(code_points))
 
     def score(self, lines: Iterable[str], carry_state: bool = False) -> Iterator[LineScore]:
         """A `LineScore` per line, in order, computed a block at a time.
@@ -102,12 +98,10 @@ class LineScorer:
     def _encode(self, line: str) -> tuple[np.ndarray, int]:
         """The ids of the line and its newline, and how many characters are unknown."""
         text = line + "\n"
-        if self._char_table is None:
+        if not isinstance(self.tokenizer, CharTokenizer):
             return np.asarray(self.tokenizer.encode(text), dtype=np.int64), 0
-        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
-        inside = code_points < len(self._char_table)
-        ids = np.where(inside, self._char_table[np.where(inside, code_points, 0)], -1)
-        known = ids >= 0
+        ids = self.tokenizer.ids_or_unknown(text)
+        known = ids != UNKNOWN_ID
         return ids[known], int(len(ids) - known.sum())
 
     def _score_block(self, block: list[str]) -> list[LineScore]:
@@ -149,10 +143,12 @@ class LineScorer:
         self.model.eval()
         try:
             with torch.inference_mode():
-                for begin in range(0, length, WINDOW):
-                    logits, state = self.model(inputs_t[:, begin:begin + WINDOW], state)
+                # rows x window x vocabulary logits at once: fewer steps for a big vocabulary.
+                window = max(1, min(WINDOW, MAX_CHUNK_LOGITS // (rows * self.model.config.vocab_size)))
+                for begin in range(0, length, window):
+                    logits, state = self.model(inputs_t[:, begin:begin + window], state)
                     nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                           targets_t[:, begin:begin + WINDOW].reshape(-1),
+                                           targets_t[:, begin:begin + window].reshape(-1),
                                            ignore_index=IGNORE, reduction="none")
                     totals += nats.view(rows, -1).sum(dim=1).double()
         finally:

@@ -23,7 +23,7 @@ from .data import count_chars
 from .errors import CorpusError, TokenizerError
 from .evaluation import evaluate
 from .model import CharRNN
-from .tokenizers import CharTokenizer, Tokenizer, describe_char, token_dtype
+from .tokenizers import UNKNOWN_ID, CharTokenizer, Tokenizer, describe_char, token_dtype
 
 SPILL_BYTES = 16 << 20        # token arrays larger than this go to a temporary file
 
@@ -124,27 +124,19 @@ class _TokenSink:
 
 
 class _CharEncoder:
-    """Char ids through a code point table, noting characters outside the vocabulary."""
+    """Char ids of the known characters, noting the characters outside the vocabulary."""
 
     def __init__(self, tokenizer: CharTokenizer) -> None:
-        code_points = np.array([ord(c) for c in tokenizer.chars], dtype=np.int64)
-        self.table = np.full(max(int(code_points.max()) + 1, 128), -1, dtype=np.int32)
-        self.table[code_points] = np.arange(len(code_points), dtype=np.int32)
-        self.unknown: set[int] = set()
+        self.tokenizer = tokenizer
+        self.unknown: set[str] = set()
         self.unknown_count = 0
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids of the known characters of `text` (int32; unknown ones are noted and left out)."""
-        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        if len(code_points) and int(code_points.max()) < len(self.table):
-            ids = self.table[code_points]
-        else:
-            inside = code_points < len(self.table)
-            ids = np.full(len(code_points), -1, dtype=np.int32)
-            ids[inside] = self.table[code_points[inside]]
-        missing = ids < 0
+        """Ids of the known characters of `text` (unknown ones are noted and left out)."""
+        ids = self.tokenizer.ids_or_unknown(text)
+        missing = ids == UNKNOWN_ID
         if missing.any():
-            self.unknown.update(np.unique(code_points[missing]).tolist())
+            self.unknown.update(self.tokenizer.unencodable(text))
             self.unknown_count += int(missing.sum())
             ids = ids[~missing]      # left out (an error is raised later unless skipping)
         return ids
@@ -164,7 +156,7 @@ def encode_text(tokenizer: Tokenizer, chunks: Iterable[str], name: str, skip_unk
             for text in chunks:
                 sink.add(encoder.encode(text))
             if encoder.unknown and not skip_unknown:
-                raise UnknownCharacters(name, [chr(c) for c in sorted(encoder.unknown)], encoder.unknown_count)
+                raise UnknownCharacters(name, sorted(encoder.unknown), encoder.unknown_count)
             return sink, encoder.unknown_count
         texts = chunks if tokenizer.kind == "byte" else cut_at_lines(chunks)
         for text in texts:

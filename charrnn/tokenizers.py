@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import unicodedata
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -122,6 +122,10 @@ class Tokenizer(ABC):
                 f"the {what} has characters the model never saw in training: {shown}{more}")
 
 
+# What `CharTokenizer.ids_or_unknown` gives a character outside the vocabulary.
+UNKNOWN_ID = -1
+
+
 class CharTokenizer(Tokenizer):
     """One id per Unicode code point seen in the corpus.
 
@@ -148,6 +152,7 @@ class CharTokenizer(Tokenizer):
         self._code_points = code_points[self._sorted_order]
         self._id_for_sorted = self._sorted_order.astype(np.int64)
         self._char_for_id = self.chars  # a list indexes faster than a dict here
+        self._table: Optional[np.ndarray] = None   # code point -> id, built when first needed
 
     def extended_by(self, new_chars: Iterable[str]) -> "CharTokenizer":
         """This vocabulary with `new_chars` it lacks appended (in code-point order), ids unchanged."""
@@ -165,13 +170,26 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
+    def ids_or_unknown(self, text: str) -> np.ndarray:
+        """The id of every character of `text` (int32), or UNKNOWN_ID for one outside the vocabulary.
+
+        What `eval` and `score` need to leave unknown characters out, or to count them. A
+        table indexed by code point (built once) keeps this one gather on long texts.
+        """
         code_points = _code_points(text)
-        positions = np.searchsorted(self._code_points, code_points)
-        positions_in_range = np.minimum(positions, len(self._code_points) - 1)
-        if not np.array_equal(self._code_points[positions_in_range], code_points):
+        if self._table is None:
+            self._table = np.full(int(self._code_points[-1]) + 1, UNKNOWN_ID, dtype=np.int32)
+            self._table[self._code_points] = self._id_for_sorted
+        table = self._table
+        if len(code_points) and int(code_points.max()) < len(table):
+            return table[code_points]
+        return np.where(code_points < len(table), table[np.minimum(code_points, len(table) - 1)], UNKNOWN_ID)
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self.ids_or_unknown(text)
+        if (ids == UNKNOWN_ID).any():
             self.check_encodable(text)
-        return self._id_for_sorted[positions].astype(token_dtype(self.vocab_size))
+        return ids.astype(token_dtype(self.vocab_size))
 
     def decode(self, ids: Iterable[int]) -> str:
         chars = self._char_for_id

@@ -146,3 +146,24 @@ def test_threads_below_one_is_a_usage_error_for_eval_and_score(trained_run, tmp_
     result = run_cli(command, str(trained_run), str(text), "--threads", "0")
     assert result.exit_code == 2
     assert error_lines(result.stderr) == ["Error: --threads must be >= 1, got 0"]
+
+
+def test_one_forward_call_holds_a_bounded_number_of_logits(trained_run, monkeypatch):
+    # A big vocabulary must not make rows x window x vocabulary logits at once (gigabytes at
+    # 60,000 symbols); the window shrinks instead (to one step at the least), and the scores stay.
+    model = load(trained_run, device="cpu")
+    expected = [s.total_bits for s in model.score(LINES)]
+    shapes = []
+    real_forward = type(model.module).forward
+
+    def spy(module, tokens, state=None, **options):
+        shapes.append(tuple(tokens.shape))
+        return real_forward(module, tokens, state, **options)
+
+    monkeypatch.setattr(type(model.module), "forward", spy)
+    model.score(LINES)
+    assert max(steps for _, steps in shapes) > 1          # unbounded: whole lines in one call
+    shapes.clear()
+    monkeypatch.setattr(scoring, "MAX_CHUNK_LOGITS", 3 * model.tokenizer.vocab_size)
+    assert [s.total_bits for s in model.score(LINES)] == pytest.approx(expected, rel=1e-5)
+    assert all(steps == 1 or rows * steps <= 3 for rows, steps in shapes)
