@@ -6,7 +6,11 @@ autograd keeps it (and the softmax of the same size) until the backward pass.
 `head_cross_entropy` computes the same loss a chunk of tokens at a time: for each
 chunk it builds the logits, takes the loss and, when gradients are wanted, the
 gradients with respect to the hidden states, the weight and the bias at once,
-then drops the logits. Only small vocabularies (batch x window x vocab under
+then drops the logits. Without gradients (evaluation) the chunks are blocks of
+up to `ROWS_PER_BLOCK` tokens by a slice of the vocabulary, with the log-sum-exp
+of the blocks combined at the end: many tokens per read of the output weights
+(92 MB for 60,000 symbols) make the matrix product twice as fast as chunks of
+69 whole rows. Only small vocabularies (batch x window x vocab under
 `MAX_CHUNK_LOGITS`) take the plain path, which is exactly the unchunked
 `F.cross_entropy(head(hidden))` and its speed.
 """
@@ -22,6 +26,10 @@ from torch import nn
 # Logits built at once: 2**22 floats (16 MB in fp32) bound the memory a chunk needs (its
 # logits, softmax and gradient); a 60,000-symbol chunk still has 69 tokens for its matmul.
 MAX_CHUNK_LOGITS = 1 << 22
+# Tokens per block of the no-gradient path (`_blocked_loss`); its vocabulary slices are
+# MAX_CHUNK_LOGITS // ROWS_PER_BLOCK wide. Measured on 60,000 symbols x 384 (2 threads): 1,024
+# tokens x 4,096 symbols took 350 us a token, whole rows of 69 tokens 630 us.
+ROWS_PER_BLOCK = 1024
 
 
 def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
@@ -49,7 +57,7 @@ def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Ten
     if wants_grad:
         total = _ChunkedHeadLoss.apply(hidden, head.weight, head.bias, targets, ignore_index, chunk_tokens)
     else:
-        total, _ = _chunked_loss(hidden, head.weight, head.bias, targets, ignore_index, chunk_tokens, False)
+        total = _blocked_loss(hidden, head.weight, head.bias, targets, ignore_index, max_chunk_logits)
     if reduction == "sum":
         return total
     # As F.cross_entropy: the mean over counted targets (nan when none is counted).
@@ -57,48 +65,70 @@ def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Ten
 
 
 def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  targets: torch.Tensor, ignore_index: int, chunk_tokens: int, with_grads: bool):
-    """Summed loss over all tokens, and (when `with_grads`) its gradients for hidden, weight, bias."""
+                  targets: torch.Tensor, ignore_index: int, chunk_tokens: int):
+    """Summed loss over all tokens, and its gradients for hidden, weight and bias."""
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    grads = None
-    if with_grads:
-        grad_hidden = torch.empty_like(hidden)
-        # Accumulated over chunks in fp32 (at least as precise as one big matmul).
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+    grad_hidden = torch.empty_like(hidden)
+    # Accumulated over chunks in fp32 (at least as precise as one big matmul).
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
     for start in range(0, hidden.shape[0], chunk_tokens):
         hidden_chunk = hidden[start:start + chunk_tokens]
         target_chunk = targets[start:start + chunk_tokens]
         logits = F.linear(hidden_chunk, weight, bias)   # the autocast dtype under autocast
         counted = target_chunk != ignore_index
         safe_targets = torch.where(counted, target_chunk, torch.zeros_like(target_chunk))
-        if with_grads:
-            log_probs = torch.log_softmax(logits.float(), dim=1)
-            picked = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
-        else:   # no softmax-sized tensor beyond the logits themselves
-            logits32 = logits.float()
-            picked = logits32.gather(1, safe_targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits32, dim=1)
-            del logits32
+        log_probs = torch.log_softmax(logits.float(), dim=1)
+        picked = log_probs.gather(1, safe_targets.unsqueeze(1)).squeeze(1)
         total = total - torch.where(counted, picked, torch.zeros_like(picked)).sum()
-        if with_grads:
-            # d(sum of -log softmax[target]) / d logits = softmax - one_hot(target), on counted rows.
-            grad_logits = log_probs.exp_()
-            grad_logits.scatter_add_(1, safe_targets.unsqueeze(1),
-                                     torch.full_like(picked, -1.0).unsqueeze(1))
-            grad_logits.mul_(counted.unsqueeze(1))
-            compute = grad_logits.to(logits.dtype)    # what autograd would carry back through the linear layer
-            grad_hidden[start:start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
-            if compute.dtype == grad_weight.dtype:   # in place: no vocab x hidden temporary per chunk
-                grad_weight.addmm_(compute.t(), hidden_chunk.to(compute.dtype))
-            else:
-                grad_weight += (compute.t() @ hidden_chunk.to(compute.dtype)).float()
-            if grad_bias is not None:
-                grad_bias += grad_logits.sum(0)
+        # d(sum of -log softmax[target]) / d logits = softmax - one_hot(target), on counted rows.
+        grad_logits = log_probs.exp_()
+        grad_logits.scatter_add_(1, safe_targets.unsqueeze(1),
+                                 torch.full_like(picked, -1.0).unsqueeze(1))
+        grad_logits.mul_(counted.unsqueeze(1))
+        compute = grad_logits.to(logits.dtype)    # what autograd would carry back through the linear layer
+        grad_hidden[start:start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
+        if compute.dtype == grad_weight.dtype:   # in place: no vocab x hidden temporary per chunk
+            grad_weight.addmm_(compute.t(), hidden_chunk.to(compute.dtype))
+        else:
+            grad_weight += (compute.t() @ hidden_chunk.to(compute.dtype)).float()
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0)
         del logits
-    if with_grads:
-        grads = (grad_hidden, grad_weight.to(weight.dtype),
-                 None if grad_bias is None else grad_bias.to(bias.dtype))
+    grads = (grad_hidden, grad_weight.to(weight.dtype),
+             None if grad_bias is None else grad_bias.to(bias.dtype))
     return total, grads
+
+
+def _blocked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  targets: torch.Tensor, ignore_index: int, max_chunk_logits: int) -> torch.Tensor:
+    """Summed loss without gradients, in blocks of tokens x vocabulary slices of at most `max_chunk_logits`.
+
+    Each token's log-sum-exp over the vocabulary is the log-sum-exp of its per-slice ones, so
+    the result equals the whole-row computation up to float rounding.
+    """
+    rows_per_block = min(hidden.shape[0], ROWS_PER_BLOCK, max_chunk_logits)
+    vocab_slice = max(1, max_chunk_logits // rows_per_block)
+    vocab_size = weight.shape[0]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], rows_per_block):
+        hidden_block = hidden[start:start + rows_per_block]
+        target_block = targets[start:start + rows_per_block]
+        slice_sums = []
+        target_logit = torch.zeros(hidden_block.shape[0], dtype=torch.float32, device=hidden.device)
+        for first in range(0, vocab_size, vocab_slice):
+            last = min(vocab_size, first + vocab_slice)
+            logits = F.linear(hidden_block, weight[first:last],
+                              None if bias is None else bias[first:last]).float()
+            slice_sums.append(torch.logsumexp(logits, dim=1))
+            inside = (target_block >= first) & (target_block < last)
+            column = torch.where(inside, target_block - first, torch.zeros_like(target_block))
+            target_logit += torch.where(inside, logits.gather(1, column.unsqueeze(1)).squeeze(1), 0.0)
+            del logits
+        log_total = torch.logsumexp(torch.stack(slice_sums, dim=1), dim=1)
+        counted = target_block != ignore_index
+        total = total + torch.where(counted, log_total - target_logit, 0.0).sum()
+    return total
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -106,7 +136,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):  # type: ignore[override]
-        total, grads = _chunked_loss(hidden, weight, bias, targets, ignore_index, chunk_tokens, True)
+        total, grads = _chunked_loss(hidden, weight, bias, targets, ignore_index, chunk_tokens)
         # Kept on ctx, not saved for backward, so backward can scale them in place (the weight's
         # gradient is as big as the output layer) and let go of them: one backward pass only.
         ctx.grads = grads

@@ -66,6 +66,22 @@ def test_chunked_loss_without_gradients_matches_under_inference_mode():
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("rows_per_block", [8, 1024])
+def test_blocked_evaluation_loss_over_token_blocks_and_vocabulary_slices_equals_the_plain_one(
+        monkeypatch, rows_per_block):
+    import charrnn.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "ROWS_PER_BLOCK", rows_per_block)
+    head, hidden, targets = _case(tokens=45, vocab=307, ignored=6, seed=3)
+    with torch.no_grad():
+        expected = F.cross_entropy(head(hidden), targets, ignore_index=-1, reduction="sum")
+        # 8 tokens x 125 symbols (three slices, the last of 57), or 45 tokens x 22 symbols.
+        got = head_cross_entropy(hidden, head, targets, ignore_index=-1, reduction="sum", max_chunk_logits=1000)
+        mean = head_cross_entropy(hidden, head, targets, ignore_index=-1, max_chunk_logits=1000)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(mean, expected / 39)
+
+
 def test_small_vocabularies_take_the_plain_path_exactly():
     head, hidden, targets = _case()
     expected = F.cross_entropy(head(hidden), targets)
