@@ -105,6 +105,27 @@ def test_stepper_matches_training_layers(kind, batch):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_stepper_going_down_to_one_stream_switches_to_its_layout_and_goes_on(num_layers):
+    """A batch whose other samples have ended goes on as one stream (the transposed weights,
+    the last layer's bias as a weight row) from the state the batch left."""
+    torch.manual_seed(2)
+    model = CharRNN(ModelConfig(num_layers=num_layers, hidden_size=32, embedding_size=8,
+                                vocab_size=20)).eval()
+    tokens = torch.randint(20, (3, 16))
+    with torch.no_grad():
+        fused_logits, _ = model(tokens)
+        stepper = RecurrentStepper(model)
+        stepper.load_state(model.initial_state(3))
+        for position in range(8):
+            stepper.step(tokens[:, position].numpy())
+        stepper.keep_rows([1])
+        assert stepper.single
+        for position in range(8, 16):
+            logits = torch.from_numpy(stepper.step(tokens[1:2, position].numpy()))
+            torch.testing.assert_close(logits, fused_logits[1:2, position], rtol=1e-4, atol=1e-5)
+
+
 def test_top_p_keeps_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     generator = torch.Generator().manual_seed(0)
