@@ -125,7 +125,9 @@ class TrainConfig(_JsonDataclass):
     weight_decay: float = 0.0
     grad_clip: float = 1.0        # clip the global gradient norm to this (0 = off)
     warmup_steps: int = 50        # linear warm-up, then cosine decay over the budget
-    min_lr_fraction: float = 0.1  # the cosine ends at lr * this
+    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps (a 5-minute
+    # run) with both seeds tried, by 0.012 nats/char (README, "How the defaults were chosen").
+    min_lr_fraction: float = 0.0
     max_steps: Optional[int] = None
     max_time: Optional[float] = None   # seconds of wall clock, evaluation included
     val_fraction: float = 0.1

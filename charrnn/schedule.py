@@ -14,6 +14,10 @@ from .config import EVALS_PER_RUN, TrainConfig
 
 # With a time budget, evaluations are spaced so they take at most this share of it.
 MAX_EVAL_SHARE = 0.1
+# A run whose budget is extended on resume goes on from the rate it had reached, but from at
+# least this fraction of --lr: with the default floor of 0 a finished run has decayed to a rate
+# of about 0, and would otherwise train on without learning.
+EXTENSION_MIN_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -22,8 +26,8 @@ class LearningRateAnchor:
 
     A fresh run starts the cosine at step 0 at the peak. When a resumed run's budget
     changes, the cosine restarts from the rate the run had reached, at the point it
-    had reached, and falls to the floor over what is left of the new budget: the
-    rate never jumps. `max_steps` and `budget_seconds` are the budget it was set for.
+    had reached (but from at least EXTENSION_MIN_SCALE x --lr), and falls to the floor
+    over what is left of the new budget: the rate never jumps up by more than that. `max_steps` and `budget_seconds` are the budget it was set for.
     """
 
     step: int = 0
@@ -72,8 +76,9 @@ class Schedule:
         if step < config.warmup_steps:   # still warming up: the cosine has not begun
             anchor = LearningRateAnchor(max_steps=schedule.max_steps, budget_seconds=schedule.budget_seconds)
         else:
+            reached = schedule.learning_rate(step, elapsed, saved) / config.lr
             anchor = LearningRateAnchor(
-                step=step, elapsed=elapsed, scale=schedule.learning_rate(step, elapsed, saved) / config.lr,
+                step=step, elapsed=elapsed, scale=max(reached, EXTENSION_MIN_SCALE),
                 max_steps=schedule.max_steps, budget_seconds=schedule.budget_seconds)
         return cls(config, anchor, step, elapsed)
 

@@ -169,16 +169,42 @@ def test_with_both_budgets_a_run_that_runs_out_of_time_evaluates_on_the_way(tmp_
 
 
 def test_resuming_with_a_longer_step_budget_does_not_raise_the_learning_rate(tmp_path):
-    trainer, first = _trainer(tmp_path / "run", max_steps=20)
+    trainer, first = _trainer(tmp_path / "run", max_steps=20, min_lr_fraction=0.1)
     trainer.run()
-    trainer, second = _trainer(tmp_path / "run", resume=True, max_steps=40)
+    trainer, second = _trainer(tmp_path / "run", resume=True, max_steps=40, min_lr_fraction=0.1)
     trainer.run()
     rates = [event.learning_rate for event in first + second]
     assert len(rates) == 40
     after_warmup = rates[2:]
     assert all(a >= b - 1e-12 for a, b in zip(after_warmup, after_warmup[1:])), rates
-    config = TrainConfig()
-    assert rates[-1] == pytest.approx(config.lr * config.min_lr_fraction, rel=0.02)
+    assert rates[-1] == pytest.approx(TrainConfig().lr * 0.1, rel=0.02)
+
+
+def test_a_finished_run_decayed_to_zero_goes_on_learning_when_extended(tmp_path):
+    """The default floor is 0: a finished run ends at a rate of about 0, and its extension
+    restarts the cosine from a tenth of --lr rather than staying at 0."""
+    assert TrainConfig().min_lr_fraction == 0.0
+    trainer, first = _trainer(tmp_path / "run", max_steps=20)
+    trainer.run()
+    trainer, second = _trainer(tmp_path / "run", resume=True, max_steps=40)
+    trainer.run()
+    lr = TrainConfig().lr
+    assert first[-1].learning_rate < 0.01 * lr
+    rates = [event.learning_rate for event in second]
+    assert rates[0] == pytest.approx(0.1 * lr, rel=0.05)
+    assert all(a >= b - 1e-12 for a, b in zip(rates, rates[1:])) and rates[-1] < 0.01 * lr
+
+
+def test_extension_restarts_from_a_tenth_of_the_rate_only_when_it_had_fallen_below():
+    before = Schedule(TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_fraction=0.0))
+    ended = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
+                             before.anchor, step=100, elapsed=0.0)
+    assert before.learning_rate(100, 0.0) == pytest.approx(0.0)
+    assert ended.learning_rate(100, 0.0) == pytest.approx(0.1)
+    assert ended.learning_rate(200, 0.0) == pytest.approx(0.0)
+    halfway = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
+                               before.anchor, step=50, elapsed=0.0)
+    assert halfway.learning_rate(50, 0.0) == pytest.approx(before.learning_rate(50, 0.0))
 
 
 def test_remaining_time_counts_every_process():
