@@ -74,7 +74,10 @@ def test_unknown_characters_score_inf_or_are_skipped(trained_run):
     rows = result.stdout.splitlines()
     assert rows[1] == "inf\tinf\tthe €lazy dog"
     assert error_lines(result.stderr) == [
-        "1 lines had characters the model never saw: scored inf (--skip-unknown leaves them out)"]
+        "1 line has characters the model never saw: scored inf (--skip-unknown leaves them out)"]
+    two = run_cli("score", str(trained_run), input=lines + "a €b\n")
+    assert error_lines(two.stderr) == [
+        "2 lines have characters the model never saw: scored inf (--skip-unknown leaves them out)"]
     skipped = _parse(run_cli("score", str(trained_run), "--skip-unknown", input=lines).stdout)
     assert skipped[1][1] == pytest.approx(skipped[0][1], rel=1e-5)
     assert skipped[1][2] == "the €lazy dog"

@@ -69,7 +69,9 @@ def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_un
     write_stream(output())
     if unknown["lines"]:
         what = "left out of their scores" if skip_unknown else "scored inf (--skip-unknown leaves them out)"
-        click.echo(f"{unknown['lines']} lines had characters the model never saw: {what}", err=True)
+        flagged = unknown["lines"]
+        subject = "1 line has" if flagged == 1 else f"{flagged} lines have"
+        click.echo(f"{subject} characters the model never saw: {what}", err=True)
 
 
 def _figure(value: float, decimals: int) -> str:
