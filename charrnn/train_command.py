@@ -270,6 +270,13 @@ def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: d
             raise RunDirError(
                 f"cannot resume: --{name.replace('_', '-')} is {train_options[name]!r} but the run "
                 f"was trained with {getattr(saved_train, name)!r}")
+    # The run's own record decides (states from before shifted passes continue unshifted), so a
+    # contradicting flag is refused rather than silently ignored.
+    saved_shift = bool(state.get("shift_passes", False))
+    if "shift_passes" in given and bool(train_options["shift_passes"]) != saved_shift:
+        wanted, trained = ("--shift-passes", "--no-shift-passes") if not saved_shift else (
+            "--no-shift-passes", "--shift-passes")
+        raise RunDirError(f"cannot resume: {wanted} was given but the run was trained with {trained}")
     given_model = ModelConfig(**{**saved_model.to_dict(),
                                  **{k: v for k, v in model_options.items() if k in given}})
     if source is None:

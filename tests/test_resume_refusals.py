@@ -60,3 +60,15 @@ def test_resume_refuses_each_option_the_readme_names(short_run, option):
     [line] = error_lines(result.stderr)
     assert line.startswith(f"Error: cannot resume: {option} is ")
     assert (short_run / "state.pt").read_bytes() == before
+
+
+def test_resume_refuses_the_other_shift_passes_flag_and_accepts_the_runs_own(short_run):
+    """The run decides whether its passes are shifted; the other flag was once silently ignored."""
+    before = (short_run / "state.pt").read_bytes()
+    result = run_cli("train", "--resume", str(short_run), "--no-shift-passes")
+    assert result.exit_code == 1, result.stderr
+    assert error_lines(result.stderr) == [
+        "Error: cannot resume: --no-shift-passes was given but the run was trained with --shift-passes"]
+    assert (short_run / "state.pt").read_bytes() == before
+    same = run_cli("train", "--resume", str(short_run), "--shift-passes", "--max-steps", "3")
+    assert same.exit_code == 0, same.stderr
