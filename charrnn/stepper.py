@@ -152,14 +152,16 @@ class RecurrentStepper:
         self._biases = [along(bias) for bias in self.biases]
         self._hidden_biases = [along(bias) for bias in self.hidden_biases]
         if self.kind == "lstm":
+            # Per layer: (weights, input, bias to add or None). One stream multiplies
+            # `input @ weights`, a batch `weights @ inputs` (see `_lstm_step`).
             self._lstm_products = self._single_lstm_products() if self.single else [
-                (False, self.hidden_weights[0] if layer == 0 else self.stacked_weights[layer],
+                (self.hidden_weights[0] if layer == 0 else self.stacked_weights[layer],
                  self._layer_state[0] if layer == 0 else self._layer_input[layer],
                  None if layer == 0 else self._biases[layer])
                 for layer in range(layers)]
 
-    def _single_lstm_products(self) -> list[tuple[bool, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """Per layer: (transposed?, weights, input, bias to add or None) of one stream's LSTM products.
+    def _single_lstm_products(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Per layer: (weights, input, bias to add or None) of one stream's LSTM products.
 
         One stream reads its weights as (inputs, gates), `input @ weights`: OpenBLAS's
         matrix-vector product in that form took 93 us a character for the default model against
@@ -175,12 +177,12 @@ class RecurrentStepper:
                 transposed.append(np.ascontiguousarray(np.concatenate(rows, axis=0)))
             self._single_weights = transposed
         hidden, last = self.hidden_size, self.num_layers - 1
-        products = [(True, self._single_weights[0], self._layer_state[0], None)]
+        products = [(self._single_weights[0], self._layer_state[0], None)]
         for layer in range(1, self.num_layers):
             if layer == last:   # [h_{l-1}; h_l; 1]
-                products.append((True, self._single_weights[layer], self.hidden[(layer - 1) * hidden:, 0], None))
+                products.append((self._single_weights[layer], self.hidden[(layer - 1) * hidden:, 0], None))
             else:
-                products.append((True, self._single_weights[layer], self._layer_input[layer], self._biases[layer]))
+                products.append((self._single_weights[layer], self._layer_input[layer], self._biases[layer]))
         return products
 
     @property
@@ -241,9 +243,10 @@ class RecurrentStepper:
         gates = self._rows_gates
         sigmoid_gates, input_gate, forget_gate, output_gate, candidate, cell_tanh = self._lstm_views
         multiply, add, tanh, dot = np.multiply, np.add, np.tanh, np.dot
-        for layer, (transposed, weights, inputs, bias) in enumerate(self._lstm_products):
+        single = self.single
+        for layer, (weights, inputs, bias) in enumerate(self._lstm_products):
             cell, state = self._rows_cells[layer], self._layer_state[layer]
-            if transposed:
+            if single:   # (inputs, gates) weights
                 dot(inputs, weights, out=gates)
             else:
                 dot(weights, inputs, out=gates)
