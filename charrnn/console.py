@@ -6,6 +6,8 @@ stdout is never touched here: it belongs to generated text.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import Optional
 
@@ -17,10 +19,31 @@ from . import events
 PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 
+def discard_further_output(stream) -> None:
+    """Point a stream whose reader has gone at /dev/null, so later writes (and the interpreter's
+    final flush) neither fail nor complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+class StderrConsole(Console):
+    """Rich's console on stderr, for which a reader that goes away (`train ... 2>&1 | head`) ends
+    the output, not the command: Rich's own handling exits at once, which would kill a training
+    run between checkpoints. `reader_gone` tells the command, which then saves and ends."""
+
+    reader_gone = False
+
+    def on_broken_pipe(self) -> None:
+        self.reader_gone = True
+        self.quiet = True          # nothing more is written
+        discard_further_output(sys.stderr)
+
+
 def stderr_console(quiet: bool = False) -> Console:
     """The one console for progress, notices and errors (`quiet`: prints nothing, e.g. torchrun ranks > 0)."""
     # emoji=False: generated text such as ":X:" must not turn into an emoji in the preview.
-    return Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)
 
 
 class CorpusProgressDisplay:

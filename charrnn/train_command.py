@@ -27,15 +27,24 @@ EXIT_CODE_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM: the first asks the loop to save and stop, a second SIGINT stops at once."""
+    """Set by SIGINT/SIGTERM: the first asks the loop to save and stop, a second SIGINT stops at once.
+
+    Also set when the reader of stderr goes away (`charrnn train ... 2>&1 | head`): like
+    `sample | head`, the command then ends, but it saves first, so `--resume` loses nothing.
+    """
 
     def __init__(self, console) -> None:
         self.signal_number: Optional[int] = None
         self._console = console
         self._previous: dict[int, Any] = {}
 
+    @property
+    def reader_gone(self) -> bool:
+        """True once the console found nobody reading stderr any more."""
+        return getattr(self._console, "reader_gone", False)
+
     def __call__(self) -> bool:
-        return self.signal_number is not None
+        return self.signal_number is not None or self.reader_gone
 
     def _handle(self, signal_number: int, frame) -> None:
         if self.signal_number is not None and signal_number == signal.SIGINT:
@@ -328,6 +337,8 @@ def _train_until_stopped(console, prepared, model_config: ModelConfig, train_con
         stop.uninstall()
     if world.is_writer:
         run_dir.record_end(finished.reason, finished.step)   # `charrnn runs`: finished or stopped
+    if stop.reader_gone:
+        return 0   # nobody is reading: the run is saved, and `--resume` continues it
     if finished.reason == "interrupted":
         console.print(f"interrupted at step {finished.step}, saved in {run_dir.path}; resume with: "
                       f"{resume_hint(run_dir, corpus_source, world)}", markup=False, highlight=False)

@@ -86,6 +86,24 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(pattern_corpus, t
     assert f"resuming at step {saved_step}" in result.stderr
 
 
+def test_stderr_piped_to_head_saves_and_ends_quietly(pattern_corpus, tmp_path):
+    # `charrnn train ... 2>&1 | head`: once head has its lines, the run saves and ends with exit 0
+    # like `sample | head`, instead of dying between checkpoints (or training on with no reader).
+    out = tmp_path / "run"
+    command = " ".join([sys.executable, "-m", "charrnn", "train", str(pattern_corpus), "--out", str(out),
+                        *ENDLESS, *TINY_MODEL_OPTIONS])
+    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command} 2>&1 >/dev/null | head -2"],
+                              capture_output=True, timeout=120, cwd=REPO)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.decode().splitlines()[1] == f"run directory: {out}"
+    saved_step = load_training_state(out / "state.pt")["step"]
+    assert 1 <= saved_step < 1000
+    assert load_weights(out / "latest.safetensors").info["step"] == saved_step
+    result = run_cli("train", "--resume", str(out), "--max-steps", str(saved_step + 3))
+    assert result.exit_code == 0, result.stderr
+    assert f"resuming at step {saved_step}" in result.stderr
+
+
 def _train_first_checkpoint(corpus: Path, out: Path) -> dict[str, bytes]:
     result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "10", "--eval-every", "10",
                      *TINY_MODEL_OPTIONS)

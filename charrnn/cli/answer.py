@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import click
 
+from ..console import discard_further_output
 from ..rundir import BEST_WEIGHTS, LATEST_WEIGHTS
 
 
@@ -21,8 +21,7 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        discard_further_output(sys.stdout)
         sys.exit(0)
 
 

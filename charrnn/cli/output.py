@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
+from ..console import discard_further_output
 from ..errors import UsageProblem
 
 
@@ -47,8 +47,6 @@ def write_stream(chunks) -> None:
             out.write("\n")  # leave the shell prompt on a line of its own
         out.flush()
     except BrokenPipeError:
-        # The reader (head, less, ...) has gone: that is a normal end. Point stdout at
-        # /dev/null so the interpreter's final flush does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
+        # The reader (head, less, ...) has gone: that is a normal end.
+        discard_further_output(out)
         sys.exit(0)
