@@ -122,7 +122,10 @@ class TrainConfig(_JsonDataclass):
     seq_len: int = 128            # the truncated-BPTT window, in tokens
     batch_size: int = 32          # contiguous streams trained side by side
     lr: float = 5e-3              # peak learning rate of AdamW
-    weight_decay: float = 0.0
+    # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run) with both seeds tried,
+    # by 0.011 nats/char: in five passes over a small corpus the model starts to memorise it, and
+    # the decay holds that back (README, "How the defaults were chosen").
+    weight_decay: float = 0.1
     grad_clip: float = 1.0        # clip the global gradient norm to this (0 = off)
     warmup_steps: int = 50        # linear warm-up, then cosine decay over the budget
     # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps (a 5-minute
