@@ -1,6 +1,7 @@
 """Everything Rich: human output on stderr, live when stderr is a terminal, plain lines otherwise.
 
-stdout is never touched here: it belongs to generated text.
+stdout is never written here: it belongs to generated text. `discard_further_output` is
+here too, for any stream whose reader has gone (stdout of `sample | head` as well as stderr).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class StderrConsole(Console):
         discard_further_output(sys.stderr)
 
 
-def stderr_console(quiet: bool = False) -> Console:
+def stderr_console(quiet: bool = False) -> "StderrConsole":
     """The one console for progress, notices and errors (`quiet`: prints nothing, e.g. torchrun ranks > 0)."""
     # emoji=False: generated text such as ":X:" must not turn into an emoji in the preview.
     return StderrConsole(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)

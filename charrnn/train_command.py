@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import ModelConfig, TrainConfig
-from .console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
+from .console import (CorpusProgressDisplay, StderrConsole, TrainingDisplay, finished_message,
+                      stderr_console)
 from .distributed import TerminationWatchdog, World, check_resume_world_size
 from .errors import RunDirError, UsageProblem
 from .memory_check import check_training_fits, smallest_vocab_size
@@ -33,7 +34,7 @@ class StopRequest:
     `sample | head`, the command then ends, but it saves first, so `--resume` loses nothing.
     """
 
-    def __init__(self, console) -> None:
+    def __init__(self, console: StderrConsole) -> None:
         self.signal_number: Optional[int] = None
         self._console = console
         self._previous: dict[int, Any] = {}
@@ -41,7 +42,7 @@ class StopRequest:
     @property
     def reader_gone(self) -> bool:
         """True once the console found nobody reading stderr any more."""
-        return getattr(self._console, "reader_gone", False)
+        return self._console.reader_gone
 
     def __call__(self) -> bool:
         return self.signal_number is not None or self.reader_gone
@@ -283,9 +284,9 @@ def _plan_resume(run_dir: RunDir, source: Optional[CorpusScan], model_options: d
     # contradicting flag is refused rather than silently ignored.
     saved_shift = bool(state.get("shift_passes", False))
     if "shift_passes" in given and bool(train_options["shift_passes"]) != saved_shift:
-        wanted, trained = ("--shift-passes", "--no-shift-passes") if not saved_shift else (
-            "--no-shift-passes", "--shift-passes")
-        raise RunDirError(f"cannot resume: {wanted} was given but the run was trained with {trained}")
+        flag = {True: "--shift-passes", False: "--no-shift-passes"}
+        raise RunDirError(f"cannot resume: {flag[not saved_shift]} was given but the run was trained "
+                          f"with {flag[saved_shift]}")
     given_model = ModelConfig(**{**saved_model.to_dict(),
                                  **{k: v for k, v in model_options.items() if k in given}})
     if source is None:
