@@ -91,10 +91,10 @@ class ModelConfig(_JsonDataclass):
 
     model: str = "lstm"          # the recurrent cell: lstm, gru or rnn (tanh)
     num_layers: int = 2
-    # The defaults (2 x 384 LSTM, no dropout, batch 32 x 128, lr 5e-3) gave the best validation
-    # loss after `--max-time 5m` on data/tinyshakespeare.txt on a 2-core CPU among the sizes
-    # tried with benchmarks/sweep.py (README, "Performance"): a bigger model sees too little text
-    # in five minutes, a smaller one learns less from it, and dropout only slows it down there.
+    # The defaults (2 x 384 LSTM, no dropout, lr 5e-3) gave the best validation loss after
+    # `--max-time 5m` on data/tinyshakespeare.txt on a 2-core CPU among the sizes tried with
+    # benchmarks/sweep.py (README, "Performance"): a bigger model sees too little text in five
+    # minutes, a smaller one learns less from it, and dropout only slows it down there.
     hidden_size: int = 384
     embedding_size: int = 64
     dropout: float = 0.0         # between recurrent layers and before the output layer
@@ -120,7 +120,11 @@ class TrainConfig(_JsonDataclass):
     """How to train: data windows, optimiser, budget, evaluation, hardware."""
 
     seq_len: int = 128            # the truncated-BPTT window, in tokens
-    batch_size: int = 32          # contiguous streams trained side by side
+    # Contiguous streams trained side by side. 16 beat 32 after a 5-minute run (README, "How the
+    # defaults were chosen"): a step of 16 streams costs about half of one of 32 on a CPU (the
+    # characters per second hardly change), so a run makes twice the updates, and in the few
+    # passes over a small corpus that a short run makes, updates matter more than batch size.
+    batch_size: int = 16
     lr: float = 5e-3              # peak learning rate of AdamW
     # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run) with both seeds tried,
     # by 0.011 nats/char: in five passes over a small corpus the model starts to memorise it, and
