@@ -39,7 +39,7 @@ from charrnn.hardware import configure_threads, resolve_precision  # noqa: E402
 from charrnn.model import CharRNN, detach_state  # noqa: E402
 from charrnn.rundir import RunDir  # noqa: E402
 from charrnn.sampling import generate_text  # noqa: E402
-from charrnn.training import Trainer  # noqa: E402
+from charrnn.training import Trainer, build_optimizer  # noqa: E402
 
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
@@ -82,7 +82,7 @@ def bare_step_chars_per_second(model_config: ModelConfig, train_config: TrainCon
     """The fused layers' training step alone: random windows, no data pipeline, no logging."""
     torch.manual_seed(0)
     model = CharRNN(model_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(model, train_config, torch.device("cpu"))   # as `charrnn train` builds it
     batch, window = train_config.batch_size, train_config.seq_len
     inputs = torch.randint(model_config.vocab_size, (batch, window))
     targets = torch.randint(model_config.vocab_size, (batch, window))

@@ -37,6 +37,19 @@ from .schedule import LearningRateAnchor, Schedule
 from .windows import ShiftedPasses
 
 MAX_BAD_STEPS_IN_A_ROW = 5
+# Devices where PyTorch has a fused AdamW kernel that this project has run.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over every weight of `model`, fused into one kernel where the device has one.
+
+    PyTorch's default on a CPU is its per-tensor Python loop: about 30 small operations a
+    step for this model's 11 tensors, 3.6 ms of a 100 ms step at the default batch (README,
+    "Performance"). The fused kernel does the same update in one pass over the weights.
+    """
+    fused = {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 class Trainer:
@@ -71,8 +84,7 @@ class Trainer:
                 token_counts(corpus.train_tokens, self.model_config.vocab_size)))
         if world.is_distributed:
             torch.manual_seed(config.seed + world.rank)   # each rank its own dropout masks
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(self.model, config, self.device)
         self.batch_size = fit_batch_size(len(corpus.train_tokens), config.batch_size, config.seq_len,
                                          world.world_size)
         if self.batch_size < config.batch_size:

@@ -48,6 +48,30 @@ def _trainer(run_path, resume=False, world=World(), stop_after=None, **overrides
     return trainer, seen
 
 
+# -- the optimiser -----------------------------------------------------------------------------
+
+def test_training_on_a_cpu_uses_the_fused_adamw_with_the_same_updates(tmp_path):
+    """PyTorch's default AdamW on a CPU is a per-tensor Python loop; the trainer asks for the
+    fused kernel, which must make the same update (to float rounding) with the same settings."""
+    trainer, _ = _trainer(tmp_path / "run")
+    assert trainer.optimizer.defaults["fused"] is True
+    torch.manual_seed(0)
+    fused_model, loop_model = torch.nn.LSTM(4, 8), torch.nn.LSTM(4, 8)
+    loop_model.load_state_dict(fused_model.state_dict())
+    before = fused_model.weight_hh_l0.detach().clone()
+    config = TrainConfig(lr=0.01, weight_decay=0.1)
+    fused = charrnn.training.build_optimizer(fused_model, config, torch.device("cpu"))
+    loop = torch.optim.AdamW(loop_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for _ in range(5):
+        for optimizer, model in ((fused, fused_model), (loop, loop_model)):
+            optimizer.zero_grad()
+            model(torch.ones(3, 4))[0].square().sum().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(fused_model.weight_hh_l0, before)   # the steps did move the weights
+
+
 # -- the schedule ------------------------------------------------------------------------------
 
 def test_schedule_warms_up_then_falls_by_cosine_to_the_floor():
