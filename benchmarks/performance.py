@@ -44,6 +44,13 @@ from charrnn.training import Trainer, build_optimizer  # noqa: E402
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
+# Steps timed for the bare step and for the training loop. At the default batch of 16 a step
+# takes about 0.1 s; with half as many (the counts of batch 32) the bare step's median was at the
+# mercy of a few slow steps, and the loop measured 77% to 95% of it from one run to the next.
+BARE_STEPS = 24
+LOOP_STEPS = 80
+
+
 def median_seconds(function, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         function()
@@ -78,7 +85,7 @@ def training_flops_per_token(config: ModelConfig) -> float:
 
 
 def bare_step_chars_per_second(model_config: ModelConfig, train_config: TrainConfig, precision: str,
-                               steps: int = 12) -> float:
+                               steps: int = BARE_STEPS) -> float:
     """The fused layers' training step alone: random windows, no data pipeline, no logging."""
     torch.manual_seed(0)
     model = CharRNN(model_config)
@@ -103,7 +110,18 @@ def bare_step_chars_per_second(model_config: ModelConfig, train_config: TrainCon
     return batch * window / median_seconds(step, repeats=steps, warmup=3)
 
 
-def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfig, steps: int = 40) -> dict:
+def optimizer_step_milliseconds(model_config: ModelConfig, train_config: TrainConfig) -> dict:
+    """One AdamW step over the default model's weights: PyTorch's CPU default against `charrnn train`'s."""
+    model = CharRNN(model_config)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    builders = {"per-tensor loop (PyTorch's CPU default)": lambda: torch.optim.AdamW(
+                    model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay),
+                "fused (charrnn train)": lambda: build_optimizer(model, train_config, torch.device("cpu"))}
+    return {name: median_seconds(build().step, repeats=30, warmup=3) * 1e3 for name, build in builders.items()}
+
+
+def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfig, steps: int = LOOP_STEPS) -> dict:
     """`charrnn train`'s loop on the bundled corpus: data, events, a checkpoint; evaluation timed apart."""
     prepared = prepare_corpus(read_corpus(str(CORPUS)), "char", train_config.val_fraction)
     step_times: list[float] = []
@@ -203,6 +221,9 @@ def main() -> None:
         mfu = loop["chars_per_second"] * flops / 1e9 / peaks[precision]
         print(f"| {precision} | {bare:,.0f} | {loop['chars_per_second']:,.0f} | "
               f"{loop['chars_per_second'] / bare:.1%} | {mfu:.1%} | {loop['eval_seconds']:.1f} |", flush=True)
+
+    steps = optimizer_step_milliseconds(model_config, train_config)
+    print("\n" + "; ".join(f"AdamW step, {name}: {ms:.2f} ms" for name, ms in steps.items()))
 
     print("\n| sampling | chars/s |")
     print("|---|---|")

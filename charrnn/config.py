@@ -126,14 +126,15 @@ class TrainConfig(_JsonDataclass):
     # passes over a small corpus that a short run makes, updates matter more than batch size.
     batch_size: int = 16
     lr: float = 5e-3              # peak learning rate of AdamW
-    # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run) with both seeds tried,
-    # by 0.011 nats/char: in five passes over a small corpus the model starts to memorise it, and
-    # the decay holds that back (README, "How the defaults were chosen").
+    # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run at batch 32) with both
+    # seeds tried, by 0.011 nats/char: in five passes over a small corpus the model starts to
+    # memorise it, and the decay holds that back (README, "How the defaults were chosen").
     weight_decay: float = 0.1
     grad_clip: float = 1.0        # clip the global gradient norm to this (0 = off)
     warmup_steps: int = 50        # linear warm-up, then cosine decay over the budget
-    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps (a 5-minute
-    # run) with both seeds tried, by 0.012 nats/char (README, "How the defaults were chosen").
+    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps at batch 32
+    # (a 5-minute run) with both seeds tried, by 0.012 nats/char (README, "How the defaults were
+    # chosen").
     min_lr_fraction: float = 0.0
     max_steps: Optional[int] = None
     max_time: Optional[float] = None   # seconds of wall clock, evaluation included
