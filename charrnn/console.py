@@ -41,7 +41,7 @@ class StderrConsole(Console):
         discard_further_output(sys.stderr)
 
 
-def stderr_console(quiet: bool = False) -> "StderrConsole":
+def stderr_console(quiet: bool = False) -> StderrConsole:
     """The one console for progress, notices and errors (`quiet`: prints nothing, e.g. torchrun ranks > 0)."""
     # emoji=False: generated text such as ":X:" must not turn into an emoji in the preview.
     return StderrConsole(stderr=True, highlight=False, soft_wrap=True, quiet=quiet, emoji=False)
