@@ -120,11 +120,12 @@ class TrainConfig(_JsonDataclass):
     """How to train: data windows, optimiser, budget, evaluation, hardware."""
 
     seq_len: int = 128            # the truncated-BPTT window, in tokens
-    # Contiguous streams trained side by side. 16 beat 32 after a 5-minute run (README, "How the
-    # defaults were chosen"): a step of 16 streams costs little more than half of one of 32 on a
-    # CPU, so a run makes almost twice the updates (2,408 against 1,287 steps), and in the few
-    # passes over a small corpus that a short run makes, updates matter more than batch size.
-    batch_size: int = 16
+    # Contiguous streams trained side by side. 8 beat 16, and 16 beat 32, after 5-minute runs
+    # (README, "How the defaults were chosen"): on a CPU a step of half the streams costs a little
+    # more than half as much, so a run makes almost twice the updates (4,234 steps of 8 against
+    # 2,610 of 16) over a little less text, and in the few passes over a small corpus that a short
+    # run makes, updates matter more than batch size. Fewer than 8 streams did worse.
+    batch_size: int = 8
     lr: float = 5e-3              # peak learning rate of AdamW
     # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run at batch 32) with both
     # seeds tried, by 0.011 nats/char: in five passes over a small corpus the model starts to

@@ -45,7 +45,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
     """AdamW over every weight of `model`, fused into one kernel where the device has one.
 
     PyTorch's default on a CPU is its per-tensor Python loop: about 30 small operations a
-    step for the default model's 11 tensors, 2.5-2.8 ms of a 100 ms step at the default batch,
+    step for the default model's 11 tensors, 2.5-2.8 ms of a 70 ms step at the default batch,
     against 0.6-0.7 ms fused (README, "Performance"; `benchmarks/performance.py` times both).
     """
     fused = {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
