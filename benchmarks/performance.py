@@ -44,11 +44,15 @@ from charrnn.training import Trainer, build_optimizer  # noqa: E402
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
-# Steps timed for the bare step and for the training loop. At the default batch of 16 a step
-# takes about 0.1 s; with half as many (the counts of batch 32) the bare step's median was at the
+# Steps timed for the bare step and for the training loop. At the default batch of 8 a step
+# takes about 0.07 s; with half as many (the counts of batch 32) the bare step's median was at the
 # mercy of a few slow steps, and the loop measured 77% to 95% of it from one run to the next.
 BARE_STEPS = 24
 LOOP_STEPS = 80
+# The machine's speed drifts by a quarter within a minute (other guests on the same host), so one
+# bare measurement followed by one of the loop compared two different machines. The two are timed
+# in turn this many times, and the table shows medians and the median of each round's ratio.
+ROUNDS = 3
 
 
 def median_seconds(function, repeats: int, warmup: int = 2) -> float:
@@ -148,6 +152,20 @@ def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfi
             "eval_seconds": statistics.median(eval_seconds)}
 
 
+def bare_against_loop(model_config: ModelConfig, train_config: TrainConfig, precision: str,
+                      rounds: int = ROUNDS) -> tuple[float, float, str, float]:
+    """Median chars/s of the bare step and of the loop, timed in turn; the median ratio of a round (range)."""
+    bare, loop, ratios, eval_seconds = [], [], [], []
+    for _ in range(rounds):
+        bare.append(bare_step_chars_per_second(model_config, train_config, precision))
+        measured = trainer_chars_per_second(model_config, train_config)
+        loop.append(measured["chars_per_second"])
+        eval_seconds.append(measured["eval_seconds"])
+        ratios.append(loop[-1] / bare[-1])
+    ratio = f"{statistics.median(ratios):.1%} ({min(ratios):.0%}-{max(ratios):.0%})"
+    return statistics.median(bare), statistics.median(loop), ratio, statistics.median(eval_seconds)
+
+
 def sampling_chars_per_second(model_config: ModelConfig, batch: int, length: int, repeats: int = 5) -> float:
     """Median chars/s of `generate_text` on one thread (`benchmarks/sampling_speed.py` compares checkouts)."""
     tokenizer = prepare_corpus(Corpus("".join(chr(32 + i) for i in range(model_config.vocab_size)) * 3,
@@ -212,15 +230,13 @@ def main() -> None:
     peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     print(f"matrix multiply peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     flops = training_flops_per_token(model_config)
-    print("\n| precision | bare step chars/s | charrnn train chars/s | ratio | MFU (train) | eval seconds |")
+    print("\n| precision | bare step chars/s | charrnn train chars/s | ratio (range) | MFU (train) | eval seconds |")
     print("|---|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):
         config = TrainConfig(**{**train_config.to_dict(), "precision": precision})
-        bare = bare_step_chars_per_second(model_config, config, precision)
-        loop = trainer_chars_per_second(model_config, config)
-        mfu = loop["chars_per_second"] * flops / 1e9 / peaks[precision]
-        print(f"| {precision} | {bare:,.0f} | {loop['chars_per_second']:,.0f} | "
-              f"{loop['chars_per_second'] / bare:.1%} | {mfu:.1%} | {loop['eval_seconds']:.1f} |", flush=True)
+        bare, loop, ratio, eval_seconds = bare_against_loop(model_config, config, precision)
+        mfu = loop * flops / 1e9 / peaks[precision]
+        print(f"| {precision} | {bare:,.0f} | {loop:,.0f} | {ratio} | {mfu:.1%} | {eval_seconds:.1f} |", flush=True)
 
     steps = optimizer_step_milliseconds(model_config, train_config)
     print("\n" + "; ".join(f"AdamW step, {name}: {ms:.2f} ms" for name, ms in steps.items()))
