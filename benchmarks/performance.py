@@ -44,9 +44,8 @@ from charrnn.training import Trainer, build_optimizer  # noqa: E402
 CORPUS = REPO / "data" / "tinyshakespeare.txt"
 
 
-# Steps timed for the bare step and for the training loop. At the default batch of 8 a step
-# takes about 0.07 s; with half as many (the counts of batch 32) the bare step's median was at the
-# mercy of a few slow steps, and the loop measured 77% to 95% of it from one run to the next.
+# Steps timed for the bare step and for the training loop in each round. At the default batch of
+# 8 a step takes about 0.07 s; with half these counts a median was at the mercy of a few slow steps.
 BARE_STEPS = 24
 LOOP_STEPS = 80
 # The machine's speed drifts by a quarter within a minute (other guests on the same host), so one
@@ -153,8 +152,8 @@ def trainer_chars_per_second(model_config: ModelConfig, train_config: TrainConfi
 
 
 def bare_against_loop(model_config: ModelConfig, train_config: TrainConfig, precision: str,
-                      rounds: int = ROUNDS) -> tuple[float, float, str, float]:
-    """Median chars/s of the bare step and of the loop, timed in turn; the median ratio of a round (range)."""
+                      rounds: int = ROUNDS) -> tuple[float, float, list[float], float]:
+    """Median chars/s of the bare step and of the loop, timed in turn; each round's ratio; median eval seconds."""
     bare, loop, ratios, eval_seconds = [], [], [], []
     for _ in range(rounds):
         bare.append(bare_step_chars_per_second(model_config, train_config, precision))
@@ -162,8 +161,7 @@ def bare_against_loop(model_config: ModelConfig, train_config: TrainConfig, prec
         loop.append(measured["chars_per_second"])
         eval_seconds.append(measured["eval_seconds"])
         ratios.append(loop[-1] / bare[-1])
-    ratio = f"{statistics.median(ratios):.1%} ({min(ratios):.0%}-{max(ratios):.0%})"
-    return statistics.median(bare), statistics.median(loop), ratio, statistics.median(eval_seconds)
+    return statistics.median(bare), statistics.median(loop), ratios, statistics.median(eval_seconds)
 
 
 def sampling_chars_per_second(model_config: ModelConfig, batch: int, length: int, repeats: int = 5) -> float:
@@ -234,8 +232,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):
         config = TrainConfig(**{**train_config.to_dict(), "precision": precision})
-        bare, loop, ratio, eval_seconds = bare_against_loop(model_config, config, precision)
+        bare, loop, ratios, eval_seconds = bare_against_loop(model_config, config, precision)
         mfu = loop * flops / 1e9 / peaks[precision]
+        ratio = f"{statistics.median(ratios):.1%} ({min(ratios):.0%}-{max(ratios):.0%})"
         print(f"| {precision} | {bare:,.0f} | {loop:,.0f} | {ratio} | {mfu:.1%} | {eval_seconds:.1f} |", flush=True)
 
     steps = optimizer_step_milliseconds(model_config, train_config)
