@@ -4,7 +4,7 @@
 #   make test    install (with test tools) and run the test suite
 #   make bench   install and print the performance figures of the README
 #   make samples train 5 minutes on the bundled corpus and write samples/ (see samples/README.md)
-#   make pretrained  train the bundled model again (charrnn/pretrained/, see its README.md)
+#   make pretrained  train the bundled model again (charrnn/store/bundled/, see its README.md)
 #
 # torch is pinned to the 2.13.0 release first: on this kind of machine pip takes
 # a CPU build of it from local disk. A bare `torch` requirement on a machine with
@@ -59,7 +59,7 @@ pretrained: install
 	$(BIN)/charrnn train data/tinyshakespeare.txt --hidden-size 256 --max-steps $(PRETRAINED_STEPS) \
 	  --threads 1 --out $(PRETRAINED_RUN)
 	$(BIN)/python tools/build_pretrained.py $(PRETRAINED_RUN)/best.safetensors data/tinyshakespeare.txt \
-	  charrnn/pretrained/shakespeare.safetensors
+	  charrnn/store/bundled/shakespeare.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

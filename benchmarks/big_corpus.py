@@ -33,10 +33,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "data" / "tinyshakespeare.txt"
-VAL_MEGABYTES = 1     # the same validation split for every size, so evaluation costs the same
-TRAIN_ARGS = ["--max-steps", "20", "--eval-every", "20",
-              "--hidden-size", "128", "--embedding-size", "32", "--num-layers", "1",
-              "--batch-size", "32", "--seq-len", "128", "--threads", "1", "--dropout", "0"]
+VAL_MEGABYTES = 1  # the same validation split for every size, so evaluation costs the same
+TRAIN_ARGS = [
+    "--max-steps",
+    "20",
+    "--eval-every",
+    "20",
+    "--hidden-size",
+    "128",
+    "--embedding-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--batch-size",
+    "32",
+    "--seq-len",
+    "128",
+    "--threads",
+    "1",
+    "--dropout",
+    "0",
+]
 
 
 def build_corpus(path: Path, megabytes: int) -> None:
@@ -49,7 +66,7 @@ def build_corpus(path: Path, megabytes: int) -> None:
             order = paragraphs[:]
             random.Random(copy).shuffle(order)
             text = "\n\n".join(order) + "\n\n"
-            out.write(text[:target - written])
+            out.write(text[: target - written])
             written += min(len(text), target - written)
             copy += 1
 
@@ -70,6 +87,7 @@ class MemorySampler:
 
     def __init__(self) -> None:
         import threading
+
         self.peak_anonymous = _status_mb("RssAnon")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,7 +112,7 @@ def val_fraction(megabytes: int) -> str:
 
 
 def child_encode(corpus: str, cache: str, fraction: str) -> None:
-    from charrnn.token_cache import corpus_files, prepare_streamed_corpus, scan_corpus
+    from charrnn.data.token_cache import corpus_files, prepare_streamed_corpus, scan_corpus
 
     sampler = MemorySampler()
     started = time.perf_counter()
@@ -102,9 +120,17 @@ def child_encode(corpus: str, cache: str, fraction: str) -> None:
     scanned = time.perf_counter()
     prepared = prepare_streamed_corpus(scan, "char", float(fraction), cache_dir=Path(cache))
     encoded = time.perf_counter()
-    print(json.dumps({"megabytes": scan.num_bytes / 1e6, "read_seconds": scanned - started,
-                      "encode_seconds": encoded - scanned, "tokens": len(prepared.train_tokens)
-                      + len(prepared.val_tokens), **sampler.finish()}))
+    print(
+        json.dumps(
+            {
+                "megabytes": scan.num_bytes / 1e6,
+                "read_seconds": scanned - started,
+                "encode_seconds": encoded - scanned,
+                "tokens": len(prepared.train_tokens) + len(prepared.val_tokens),
+                **sampler.finish(),
+            }
+        )
+    )
 
 
 def child_train(corpus: str, cache: str, fraction: str, out: str) -> None:
@@ -112,11 +138,12 @@ def child_train(corpus: str, cache: str, fraction: str, out: str) -> None:
 
     sampler = MemorySampler()
     started = time.perf_counter()
-    sys.stdout = open(os.devnull, "w")          # charrnn train writes nothing there, but be sure
+    sys.stdout = open(os.devnull, "w")  # charrnn train writes nothing there, but be sure
     try:
-        cli.main(["train", corpus, "--out", out, "--cache-dir", cache, "--val-fraction", fraction,
-                  *TRAIN_ARGS],
-                 standalone_mode=False)
+        cli.main(
+            ["train", corpus, "--out", out, "--cache-dir", cache, "--val-fraction", fraction, *TRAIN_ARGS],
+            standalone_mode=False,
+        )
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
@@ -150,8 +177,9 @@ def main() -> None:
             build_corpus(corpus, megabytes)
             fraction = val_fraction(megabytes)
             encoding = run_child("--child", "encode", str(corpus), str(cache), fraction)
-            training = run_child("--child", "train", str(corpus), str(cache), fraction,
-                                 str(folder / f"run-{megabytes}"))
+            training = run_child(
+                "--child", "train", str(corpus), str(cache), fraction, str(folder / f"run-{megabytes}")
+            )
             rows.append((megabytes, encoding, training))
             print(f"{megabytes} MB done", file=sys.stderr)
             corpus.unlink()
@@ -159,17 +187,25 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     import torch
-    print(f"`python benchmarks/big_corpus.py --sizes {args.sizes}` on {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread; "
-          f"training: {' '.join(TRAIN_ARGS)}, the last {VAL_MEGABYTES} MB held out\n")
-    print("| corpus | read + hash + vocabulary | encode to token file | encoding: peak RSS | "
-          "20 training steps: peak RSS | of which anonymous (not page cache) |")
+
+    print(
+        f"`python benchmarks/big_corpus.py --sizes {args.sizes}` on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread; "
+        f"training: {' '.join(TRAIN_ARGS)}, the last {VAL_MEGABYTES} MB held out\n"
+    )
+    print(
+        "| corpus | read + hash + vocabulary | encode to token file | encoding: peak RSS | "
+        "20 training steps: peak RSS | of which anonymous (not page cache) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for megabytes, encoding, training in rows:
         size = encoding["megabytes"]
-        print(f"| {megabytes:,} MB | {size / encoding['read_seconds']:,.0f} MB/s | "
-              f"{size / encoding['encode_seconds']:,.0f} MB/s | {encoding['peak_rss_mb']:,.0f} MB | "
-              f"{training['peak_rss_mb']:,.0f} MB | {training['peak_anonymous_mb']:,.0f} MB |")
+        print(
+            f"| {megabytes:,} MB | {size / encoding['read_seconds']:,.0f} MB/s | "
+            f"{size / encoding['encode_seconds']:,.0f} MB/s | {encoding['peak_rss_mb']:,.0f} MB | "
+            f"{training['peak_rss_mb']:,.0f} MB | {training['peak_anonymous_mb']:,.0f} MB |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -24,18 +24,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CJK_BLOCKS = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF)]   # 70,000+ ideographs
+CJK_BLOCKS = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF)]  # 70,000+ ideographs
 
 
 def symbols_text(distinct: int, num_chars: int = 1_000_000, seed: int = 0) -> str:
     """Text over exactly `distinct` ideographs (and newlines), Zipf-distributed, each at least once."""
-    code_points = [c for first, last in CJK_BLOCKS for c in range(first, last + 1)][:distinct - 1]
+    code_points = [c for first, last in CJK_BLOCKS for c in range(first, last + 1)][: distinct - 1]
     chars = [chr(c) for c in code_points]
     rng = random.Random(seed)
     weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(chars))))
     drawn = rng.choices(chars, cum_weights=weights, k=num_chars - len(chars))
     body = "".join(chars) + "".join(drawn)
-    return "\n".join(body[start:start + 60] for start in range(0, len(body), 60)) + "\n"
+    return "\n".join(body[start : start + 60] for start in range(0, len(body), 60)) + "\n"
 
 
 def run_case(symbols: int, args: argparse.Namespace, folder: Path) -> dict:
@@ -46,20 +46,43 @@ def run_case(symbols: int, args: argparse.Namespace, folder: Path) -> dict:
         corpus = folder / f"symbols-{symbols}.txt"
         corpus.write_text(symbols_text(symbols), encoding="utf-8")
     out = folder / f"run-{symbols}"
-    command = [sys.executable, "-m", "charrnn", "train", str(corpus), "--tokenizer", "char",
-               "--max-steps", str(args.steps), "--eval-every", str(args.steps),
-               "--eval-tokens", str(args.eval_tokens), "--threads", str(args.threads),
-               "--precision", "fp32", "--out", str(out), "--cache-dir", str(folder / "cache"),
-               # The README's figures were measured at batch 32, the default of the time.
-               "--batch-size", "32"]
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--max-steps",
+        str(args.steps),
+        "--eval-every",
+        str(args.steps),
+        "--eval-tokens",
+        str(args.eval_tokens),
+        "--threads",
+        str(args.threads),
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(folder / "cache"),
+        # The README's figures were measured at batch 32, the default of the time.
+        "--batch-size",
+        "32",
+    ]
     with open(folder / f"run-{symbols}.log", "w", encoding="utf-8") as log:
         child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
         _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"the {symbols}-symbol case failed; see {folder / f'run-{symbols}.log'}")
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line][-1]
-    return {"symbols": symbols, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "eval_us_per_token": record["eval_seconds"] / args.eval_tokens * 1e6}
+    return {
+        "symbols": symbols,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "eval_us_per_token": record["eval_seconds"] / args.eval_tokens * 1e6,
+    }
 
 
 def main() -> None:
@@ -79,10 +102,14 @@ def main() -> None:
     print("| char vocabulary | peak RSS (train + eval) | evaluation per token | vs first row |")
     print("|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['symbols']:,} | {row['peak_rss_mb']:,.0f} MiB | {row['eval_us_per_token']:.1f} µs | "
-              f"{row['eval_us_per_token'] / base:.1f}x |")
-    print(f"\nProduced by: python benchmarks/big_vocab.py --symbols {args.symbols} --steps {args.steps} "
-          f"--eval-tokens {args.eval_tokens} --threads {args.threads}")
+        print(
+            f"| {row['symbols']:,} | {row['peak_rss_mb']:,.0f} MiB | {row['eval_us_per_token']:.1f} µs | "
+            f"{row['eval_us_per_token'] / base:.1f}x |"
+        )
+    print(
+        f"\nProduced by: python benchmarks/big_vocab.py --symbols {args.symbols} --steps {args.steps} "
+        f"--eval-tokens {args.eval_tokens} --threads {args.threads}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from charrnn.checkpoint import load_weights  # noqa: E402
 from charrnn.config import SampleConfig, parse_duration  # noqa: E402
-from charrnn.data import read_corpus  # noqa: E402
+from charrnn.data.in_memory import read_corpus  # noqa: E402
+from charrnn.generate.sampler import generate_text  # noqa: E402
 from charrnn.hardware import physical_cores  # noqa: E402
-from charrnn.sampling import generate_text  # noqa: E402
+from charrnn.store.checkpoint import load_weights  # noqa: E402
 
 DEFAULT_KINDS = "char,byte,bpe"
 
@@ -51,7 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=512, help="for bpe and unigram")
     parser.add_argument("--hidden-size", type=int, default=None, help="default: charrnn's default")
     parser.add_argument("--num-layers", type=int, default=None, help="default: charrnn's default")
-    parser.add_argument("--threads", type=int, default=None, help="training threads (default: physical cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="training threads (default: physical cores)"
+    )
     parser.add_argument("--sample-length", type=int, default=3000, help="characters written to time sampling")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     return parser.parse_args()
@@ -59,8 +61,19 @@ def parse_args() -> argparse.Namespace:
 
 def train(kind: str, args: argparse.Namespace, out: Path) -> None:
     """Train one kind for the budget in a fresh `charrnn train` process (its log goes to out/train.log)."""
-    command = [sys.executable, "-m", "charrnn", "train", args.corpus, "--tokenizer", kind,
-               "--max-time", args.budget, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        args.corpus,
+        "--tokenizer",
+        kind,
+        "--max-time",
+        args.budget,
+        "--out",
+        str(out),
+    ]
     if kind in ("bpe", "unigram"):
         command += ["--vocab-size", str(args.vocab_size)]
     for option in ("hidden_size", "num_layers", "threads"):
@@ -83,9 +96,9 @@ def measure(kind: str, args: argparse.Namespace, out: Path, text: str) -> dict:
     tokenizer = loaded.tokenizer
     chars_per_token = len(text) / len(tokenizer.encode(text))
 
-    torch.set_num_threads(1)   # as `charrnn sample` does by default
+    torch.set_num_threads(1)  # as `charrnn sample` does by default
     config = SampleConfig(length=args.sample_length, seed=0, temperature=1.0)
-    "".join(generate_text(loaded.model, tokenizer, SampleConfig(length=100, seed=1)))   # warm-up
+    "".join(generate_text(loaded.model, tokenizer, SampleConfig(length=100, seed=1)))  # warm-up
     started = time.perf_counter()
     written = "".join(generate_text(loaded.model, tokenizer, config))
     sample_seconds = time.perf_counter() - started
@@ -104,14 +117,17 @@ def measure(kind: str, args: argparse.Namespace, out: Path, text: str) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     """The comparison as a Markdown table."""
-    lines = ["| tokeniser | vocab | chars/token | val loss (nats/token) | val bits/char | "
-             "train chars/s | sample chars/s | steps | parameters |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| tokeniser | vocab | chars/token | val loss (nats/token) | val bits/char | "
+        "train chars/s | sample chars/s | steps | parameters |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['kind']} | {row['vocab']} | {row['chars_per_token']:.2f} | {row['val_loss']:.3f} | "
             f"**{row['val_bpc']:.3f}** | {row['train_chars_per_second']:,.0f} | "
-            f"{row['sample_chars_per_second']:,.0f} | {row['steps']} | {row['parameters']:,} |")
+            f"{row['sample_chars_per_second']:,.0f} | {row['steps']} | {row['parameters']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -130,14 +146,18 @@ def main() -> None:
             train(kind, args, out)
             rows.append(measure(kind, args, out, text))
     threads = args.threads or physical_cores()
-    print(f"Corpus {Path(args.corpus).name}, {args.budget} of training per tokeniser, "
-          f"{threads} training thread(s), sampling on 1 thread; {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}.\n")
+    print(
+        f"Corpus {Path(args.corpus).name}, {args.budget} of training per tokeniser, "
+        f"{threads} training thread(s), sampling on 1 thread; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}.\n"
+    )
     print(markdown(rows))
-    print(f"\nProduced by: python benchmarks/compare_tokenizers.py --budget {args.budget}"
-          + (f" --hidden-size {args.hidden_size}" if args.hidden_size else "")
-          + (f" --num-layers {args.num_layers}" if args.num_layers else "")
-          + (f" --threads {args.threads}" if args.threads else ""))
+    print(
+        f"\nProduced by: python benchmarks/compare_tokenizers.py --budget {args.budget}"
+        + (f" --hidden-size {args.hidden_size}" if args.hidden_size else "")
+        + (f" --num-layers {args.num_layers}" if args.num_layers else "")
+        + (f" --threads {args.threads}" if args.threads else "")
+    )
 
 
 if __name__ == "__main__":

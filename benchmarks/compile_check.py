@@ -57,6 +57,7 @@ def training_step_factory(compiled: bool):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -70,6 +71,7 @@ def sampler_step_factory(compiled: bool):
     def step() -> None:
         with torch.inference_mode():
             _, state[0] = forward(token, state[0])
+
     return step
 
 
@@ -77,8 +79,10 @@ def main() -> None:
     configure_threads(None)
     print("| what | eager per call | compiled per call | compile (first call) | break-even calls |")
     print("|---|---|---|---|---|")
-    for name, factory, calls, threads in (("training step (bf16, defaults)", training_step_factory, 10, None),
-                                          ("model on one token (batch 1)", sampler_step_factory, 2000, 1)):
+    for name, factory, calls, threads in (
+        ("training step (bf16, defaults)", training_step_factory, 10, None),
+        ("model on one token (batch 1)", sampler_step_factory, 2000, 1),
+    ):
         configure_threads(threads)
         eager = factory(False)
         eager()
@@ -88,8 +92,11 @@ def main() -> None:
         compiled_time = per_call(compiled, calls)
         saved = eager_time - compiled_time
         break_even = f"{compile_time / saved:,.0f}" if saved > 0 else "never"
-        print(f"| {name} | {eager_time * 1e3:.2f} ms | {compiled_time * 1e3:.2f} ms | "
-              f"{compile_time:.1f} s | {break_even} |", flush=True)
+        print(
+            f"| {name} | {eager_time * 1e3:.2f} ms | {compiled_time * 1e3:.2f} ms | "
+            f"{compile_time:.1f} s | {break_even} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

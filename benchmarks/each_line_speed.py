@@ -23,10 +23,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from charrnn.checkpoint import load_weights  # noqa: E402
 from charrnn.config import SampleConfig  # noqa: E402
-from charrnn.pretrained import BUNDLED_MODELS  # noqa: E402
-from charrnn.sampling import generate_records  # noqa: E402
+from charrnn.generate.sampler import generate_records  # noqa: E402
+from charrnn.store.bundled import BUNDLED_MODELS  # noqa: E402
+from charrnn.store.checkpoint import load_weights  # noqa: E402
 
 
 def main() -> None:
@@ -46,12 +46,17 @@ def main() -> None:
     for batch_size in args.batch_sizes:
         config = SampleConfig(stop=("\n\n",), length=args.length, seed=1, batch_size=batch_size)
         started = time.perf_counter()
-        chars = sum(record.chars for record in generate_records(loaded.model, loaded.tokenizer, config, primes))
+        chars = sum(
+            record.chars for record in generate_records(loaded.model, loaded.tokenizer, config, primes)
+        )
         seconds = time.perf_counter() - started
         lines_per_second = args.lines / seconds
         baseline = baseline or lines_per_second
-        print(f"| {batch_size} | {lines_per_second:,.1f} ({lines_per_second / baseline:.1f}x) | "
-              f"{chars / seconds:,.0f} |", flush=True)
+        print(
+            f"| {batch_size} | {lines_per_second:,.1f} ({lines_per_second / baseline:.1f}x) | "
+            f"{chars / seconds:,.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

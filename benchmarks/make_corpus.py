@@ -18,19 +18,34 @@ import random
 from pathlib import Path
 
 CJK_FIRST = 0x4E00
-EMOJI = [chr(c) for c in range(0x1F600, 0x1F650)] + ["\u2764\ufe0f", "\U0001F44D\U0001F3FD"]
-LATIN_WORDS = "ok lol yes no the and rust python http www jpg 2024 gg brb thanks".split()
-PUNCTUATION = ["\u3002", "\uff0c", "\u3001", "\uff01", "\uff1f"]   # 。，、！？
+EMOJI = [chr(c) for c in range(0x1F600, 0x1F650)] + ["\u2764\ufe0f", "\U0001f44d\U0001f3fd"]
+LATIN_WORDS = [
+    "ok",
+    "lol",
+    "yes",
+    "no",
+    "the",
+    "and",
+    "rust",
+    "python",
+    "http",
+    "www",
+    "jpg",
+    "2024",
+    "gg",
+    "brb",
+    "thanks",
+]
+PUNCTUATION = ["\u3002", "\uff0c", "\u3001", "\uff01", "\uff1f"]  # 。，、！？
 
 
 def synthetic_text(kind: str, num_chars: int, distinct: int = 4000, seed: int = 0) -> str:
     """About `num_chars` characters of a `kind` ("cjk" or "mixed") corpus, the same for the same arguments."""
     rng = random.Random(seed)
     chars = [chr(CJK_FIRST + i) for i in range(distinct)]
-    rng.shuffle(chars)       # frequency rank is not code-point order
+    rng.shuffle(chars)  # frequency rank is not code-point order
     char_weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(distinct)))
-    words = ["".join(rng.choices(chars, cum_weights=char_weights, k=rng.randint(2, 4)))
-             for _ in range(1500)]
+    words = ["".join(rng.choices(chars, cum_weights=char_weights, k=rng.randint(2, 4))) for _ in range(1500)]
     word_weights = list(itertools.accumulate(1.0 / (rank + 1) ** 0.9 for rank in range(len(words))))
     parts: list[str] = []
     written = 0
@@ -62,7 +77,9 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=4000, help="distinct CJK code points to draw from")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    Path(args.path).write_text(synthetic_text(args.kind, args.chars, args.distinct, args.seed), encoding="utf-8")
+    Path(args.path).write_text(
+        synthetic_text(args.kind, args.chars, args.distinct, args.seed), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

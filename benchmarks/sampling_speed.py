@@ -36,33 +36,35 @@ def measure(repo: Path, kind: str, batch: int, length: int) -> float:
 
     import charrnn
     from charrnn.config import ModelConfig, SampleConfig
-    from charrnn.sampling import generate_records, generate_text
+    from charrnn.generate.sampler import generate_records, generate_text
 
     if not Path(charrnn.__file__).resolve().is_relative_to(repo.resolve()):
         raise SystemExit(f"charrnn came from {charrnn.__file__}, not from {repo}")
     torch.set_num_threads(1)
     if kind == "stream":
-        from charrnn.data import Corpus, prepare_corpus
+        from charrnn.data.in_memory import Corpus, prepare_corpus
         from charrnn.model import CharRNN
 
-        tokenizer = prepare_corpus(Corpus("".join(chr(32 + i) for i in range(65)) * 3, "v", "v"),
-                                   "char", 0.3).tokenizer
+        tokenizer = prepare_corpus(
+            Corpus("".join(chr(32 + i) for i in range(65)) * 3, "v", "v"), "char", 0.3
+        ).tokenizer
         torch.manual_seed(0)
         model = CharRNN(ModelConfig(vocab_size=tokenizer.vocab_size)).eval()
         config = SampleConfig(length=length, num_samples=batch, seed=1, separator="")
         started = time.perf_counter()
         chars = sum(len(chunk) for chunk in generate_text(model, tokenizer, config))
     else:
-        from charrnn.checkpoint import load_weights
-        from charrnn.pretrained import BUNDLED_MODELS
+        from charrnn.store.bundled import BUNDLED_MODELS
+        from charrnn.store.checkpoint import load_weights
 
         text = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
         names = [line for line in text.splitlines() if line.endswith(":") and line.isupper()]
         loaded = load_weights(BUNDLED_MODELS["shakespeare"])
         config = SampleConfig(stop=("\n\n",), length=length, seed=1, batch_size=batch)
         started = time.perf_counter()
-        chars = sum(record.chars for record in generate_records(loaded.model, loaded.tokenizer, config,
-                                                                names[:64]))
+        chars = sum(
+            record.chars for record in generate_records(loaded.model, loaded.tokenizer, config, names[:64])
+        )
     return chars / (time.perf_counter() - started)
 
 
@@ -76,12 +78,20 @@ def run_worker(repo: Path, kind: str, batch: int, length: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout of charrnn to compare with")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--length", type=int, default=20000,
-                        help="characters of the batch-1 sample (long enough that the set-up, about 20 ms, is under 1%%)")
-    parser.add_argument("--worker", nargs=4, metavar=("REPO", "KIND", "BATCH", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--length",
+        type=int,
+        default=20000,
+        help="characters of the batch-1 sample (long enough that the set-up, about 20 ms, is under 1%%)",
+    )
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("REPO", "KIND", "BATCH", "LENGTH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         repo, kind, batch, length = args.worker
@@ -91,8 +101,10 @@ def main() -> None:
     checkouts = {"this checkout": REPO}
     if args.baseline is not None:
         checkouts = {"baseline": args.baseline.resolve(), **checkouts}
-    print(f"1 thread, median of {args.repeats} runs (fresh process each, checkouts interleaved); "
-          f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"1 thread, median of {args.repeats} runs (fresh process each, checkouts interleaved); "
+        f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     names = list(checkouts)
     header = " | ".join(f"{name} chars/s (min-max)" for name in names)
     print(f"\n| figure | {header} |" + (" ratio |" if len(names) == 2 else ""))
@@ -104,8 +116,9 @@ def main() -> None:
             for name in names:
                 results[name].append(run_worker(checkouts[name], kind, batch, length))
         medians = {name: statistics.median(values) for name, values in results.items()}
-        cells = " | ".join(f"{medians[name]:,.0f} ({min(results[name]):,.0f}-{max(results[name]):,.0f})"
-                           for name in names)
+        cells = " | ".join(
+            f"{medians[name]:,.0f} ({min(results[name]):,.0f}-{max(results[name]):,.0f})" for name in names
+        )
         ratio = f" {medians[names[1]] / medians[names[0]]:.2f}x |" if len(names) == 2 else ""
         print(f"| {figure} | {cells} |{ratio}", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")

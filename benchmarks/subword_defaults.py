@@ -27,14 +27,18 @@ sys.path.insert(0, str(REPO))
 from benchmarks.make_corpus import synthetic_text  # noqa: E402
 
 # Runs the CLI with the character share set (it is a module constant, not an option).
-LAUNCHER = ("import sys, charrnn.tokenizers_sentencepiece as pieces; pieces.CHARACTER_SHARE = float(sys.argv.pop(1)); "
-            "from charrnn.cli import main; main()")
+LAUNCHER = (
+    "import sys, charrnn.data.subword as pieces; pieces.CHARACTER_SHARE = float(sys.argv.pop(1)); "
+    "from charrnn.cli import main; main()"
+)
 
 
 def parse_args() -> argparse.Namespace:
     """Command-line options of the measurement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpora", default="english,cjk", help="english (data/tinyshakespeare.txt), cjk, mixed")
+    parser.add_argument(
+        "--corpora", default="english,cjk", help="english (data/tinyshakespeare.txt), cjk, mixed"
+    )
     # char and byte take one run each (their vocabulary is fixed), as a reference
     parser.add_argument("--kinds", default="bpe", help="comma-separated: char, byte, bpe, unigram")
     parser.add_argument("--vocab-sizes", default="512,1024,2048,4096,8192")
@@ -58,12 +62,36 @@ def corpus_path(name: str, folder: Path) -> Path:
 def run(corpus: Path, kind: str, vocab_size: int, share: float, args: argparse.Namespace, out: Path) -> dict:
     """Train one configuration and return its row."""
     sizing = ["--vocab-size", str(vocab_size)] if kind in ("bpe", "unigram") else []
-    command = [sys.executable, "-c", LAUNCHER, str(share), "train", str(corpus), "--tokenizer", kind,
-               *sizing, "--max-steps", str(args.steps), "--eval-every", str(args.steps), "--eval-tokens", "0",
-               "--hidden-size", str(args.hidden_size), "--num-layers", str(args.num_layers),
-               "--threads", "1", "--out", str(out), "--cache-dir", str(out.parent / "cache"),
-               # The README's figures were measured at batch 32, the default of the time.
-               "--batch-size", "32"]
+    command = [
+        sys.executable,
+        "-c",
+        LAUNCHER,
+        str(share),
+        "train",
+        str(corpus),
+        "--tokenizer",
+        kind,
+        *sizing,
+        "--max-steps",
+        str(args.steps),
+        "--eval-every",
+        str(args.steps),
+        "--eval-tokens",
+        "0",
+        "--hidden-size",
+        str(args.hidden_size),
+        "--num-layers",
+        str(args.num_layers),
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(out.parent / "cache"),
+        # The README's figures were measured at batch 32, the default of the time.
+        "--batch-size",
+        "32",
+    ]
     log = out.parent / f"{out.name}.log"
     with open(log, "w", encoding="utf-8") as handle:
         finished = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=handle)
@@ -94,11 +122,17 @@ def main() -> None:
                         print(f"training {label} ...", file=sys.stderr, flush=True)
                         row = run(corpus, kind, vocab_size, share, args, root / label)
                         figure = f"**{row['val_bpc']:.3f}**" if "val_bpc" in row else row["error"]
-                        shown = (vocab_size, share) if vocab_size else ("(corpus)" if kind == "char" else 256, "-")
+                        shown = (
+                            (vocab_size, share)
+                            if vocab_size
+                            else ("(corpus)" if kind == "char" else 256, "-")
+                        )
                         print(f"| {name} | {kind} | {shown[0]} | {shown[1]} | {figure} |", flush=True)
-    print(f"\nProduced by: python benchmarks/subword_defaults.py --corpora {args.corpora} --kinds {args.kinds} "
-          f"--vocab-sizes {args.vocab_sizes} --shares {args.shares} --steps {args.steps} "
-          f"--hidden-size {args.hidden_size} --num-layers {args.num_layers}")
+    print(
+        f"\nProduced by: python benchmarks/subword_defaults.py --corpora {args.corpora} --kinds {args.kinds} "
+        f"--vocab-sizes {args.vocab_sizes} --shares {args.shares} --steps {args.steps} "
+        f"--hidden-size {args.hidden_size} --num-layers {args.num_layers}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,32 +40,53 @@ CANDIDATES = [
 
 
 def run(corpus: Path, budget: list[str], extra: str, seed: int, out: Path, threads: int | None) -> dict:
-    command = [sys.executable, "-m", "charrnn", "train", str(corpus), *budget, "--seed", str(seed),
-               "--out", str(out), "--eval-tokens", "0", *shlex.split(extra)]
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        *budget,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        "--eval-tokens",
+        "0",
+        *shlex.split(extra),
+    ]
     if threads:
         command += ["--threads", str(threads)]
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best = min(records, key=lambda r: r["val_loss"])
-    return {"val_loss": best["val_loss"], "steps": records[-1]["step"],
-            "chars_per_second": records[-1]["chars_per_second"], "elapsed": records[-1]["elapsed"]}
+    return {
+        "val_loss": best["val_loss"],
+        "steps": records[-1]["step"],
+        "chars_per_second": records[-1]["chars_per_second"],
+        "elapsed": records[-1]["elapsed"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("options", nargs="*", help="extra `charrnn train` options per setting (quoted)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", default=None, help="--max-time of every run (default 5m)")
     budget.add_argument("--steps", type=int, default=None, help="--max-steps of every run instead")
     parser.add_argument("--seeds", default="1", help="comma-separated seeds, one run each per setting")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time, one thread each (only with --steps)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time, one thread each (only with --steps)"
+    )
     parser.add_argument("--corpus", default=str(REPO / "data" / "tinyshakespeare.txt"))
     args = parser.parse_args()
     if args.jobs > 1 and args.steps is None:
         parser.error("--jobs needs --steps: timed runs must not share the machine")
-    budget_options = (["--max-steps", str(args.steps)] if args.steps is not None
-                      else ["--max-time", args.budget or "5m"])
+    budget_options = (
+        ["--max-steps", str(args.steps)] if args.steps is not None else ["--max-time", args.budget or "5m"]
+    )
     seeds = [int(seed) for seed in args.seeds.split(",")]
     settings = args.options or CANDIDATES
     threads = 1 if args.jobs > 1 else None
@@ -75,16 +96,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
         # Seed by seed, every setting once each: the machine's speed drifts over half an hour,
         # and this spreads the drift over the settings instead of handing it to the last one.
-        jobs = {(index, seed): pool.submit(run, Path(args.corpus), budget_options, extra, seed,
-                                           Path(folder) / f"setting{index}-seed{seed}", threads)
-                for seed in seeds for index, extra in enumerate(settings)}
+        jobs = {
+            (index, seed): pool.submit(
+                run,
+                Path(args.corpus),
+                budget_options,
+                extra,
+                seed,
+                Path(folder) / f"setting{index}-seed{seed}",
+                threads,
+            )
+            for seed in seeds
+            for index, extra in enumerate(settings)
+        }
         for index, extra in enumerate(settings):
             rows = [jobs[index, seed].result() for seed in seeds]
             losses = [row["val_loss"] for row in rows]
-            print(f"| `{extra or '(defaults)'}` | {statistics.median(losses):.4f} "
-                  f"| {', '.join(f'{loss:.4f}' for loss in losses)} "
-                  f"| {statistics.median(row['steps'] for row in rows):.0f} "
-                  f"| {statistics.median(row['chars_per_second'] for row in rows):,.0f} |", flush=True)
+            print(
+                f"| `{extra or '(defaults)'}` | {statistics.median(losses):.4f} "
+                f"| {', '.join(f'{loss:.4f}' for loss in losses)} "
+                f"| {statistics.median(row['steps'] for row in rows):.0f} "
+                f"| {statistics.median(row['chars_per_second'] for row in rows):,.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,14 @@ Importing the package is cheap: torch is imported on first use of the API.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "api", "train": "api", "Model": "api",
-    "LineScore": "scoring", "TextEvaluation": "text_evaluation",
-    "SampleConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
+    "load": "api",
+    "train": "api",
+    "Model": "api",
+    "LineScore": "inspect.scoring",
+    "TextEvaluation": "inspect.eval_text",
+    "SampleConfig": "config",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
     "CharrnnError": "errors",
 }
 

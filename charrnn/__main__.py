@@ -1,6 +1,6 @@
 """`python -m charrnn` (and `torchrun -m charrnn`) run the command line."""
 
-from .cli import main
+from charrnn.cli import main
 
 if __name__ == "__main__":
     main()

@@ -6,17 +6,18 @@ The commands `sample`, `eval`, `score` and `info` are clients of this module.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Union
 
 import torch
 
-from .checkpoint import LoadedModel, load_weights
-from .config import SampleConfig
-from .rundir import resolve_weights
-from .scoring import LineScore, LineScorer
-from .text_evaluation import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
-from .text_input import TextSource, iter_lines, iter_text_chunks
+from charrnn.config import SampleConfig
+from charrnn.data.text_input import TextSource, iter_lines, iter_text_chunks
+from charrnn.inspect.eval_text import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
+from charrnn.inspect.scoring import LineScore, LineScorer
+from charrnn.store.checkpoint import LoadedModel, load_weights
+from charrnn.store.run_dir import resolve_weights
 
 PathLike = Union[str, os.PathLike]
 
@@ -27,7 +28,7 @@ class Model:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         self._loaded = loaded
         self.device = device
-        self._cpu_copy: Optional[torch.nn.Module] = None
+        self._cpu_copy: torch.nn.Module | None = None
 
     @property
     def path(self) -> Path:
@@ -47,13 +48,16 @@ class Model:
     @property
     def info(self) -> dict[str, Any]:
         """What the checkpoint holds: model, tokeniser, training run (as `charrnn info --json`)."""
-        from .checkpoint_info import describe
+        from charrnn.store.describe import describe
+
         return describe(self.path)
 
     def __repr__(self) -> str:
         config = self._loaded.model_config
-        return (f"<charrnn.Model {config.model} {config.num_layers}x{config.hidden_size} "
-                f"{self.tokenizer.kind} vocabulary {self.tokenizer.vocab_size} from {self.path} on {self.device}>")
+        return (
+            f"<charrnn.Model {config.model} {config.num_layers}x{config.hidden_size} "
+            f"{self.tokenizer.kind} vocabulary {self.tokenizer.vocab_size} from {self.path} on {self.device}>"
+        )
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -62,7 +66,7 @@ class Model:
 
         E.g. `generate(temperature=0.8, length=200, prime="ROMEO:", seed=1)`.
         """
-        from .sampling import generate_text
+        from charrnn.generate.sampler import generate_text
 
         config = SampleConfig(**options).validate()
         return generate_text(self._sampling_model(), self.tokenizer, config)
@@ -77,13 +81,15 @@ class Model:
             return self.module
         if self._cpu_copy is None:
             import copy
+
             self._cpu_copy = copy.deepcopy(self.module).cpu().eval()
         return self._cpu_copy
 
     # -- measuring --------------------------------------------------------------------------
 
-    def score_lines(self, lines: Iterable[str], skip_unknown: bool = False,
-                    carry_state: bool = False) -> Iterator[LineScore]:
+    def score_lines(
+        self, lines: Iterable[str], skip_unknown: bool = False, carry_state: bool = False
+    ) -> Iterator[LineScore]:
         """A `LineScore` per line, in order, streamed (lines are batched internally).
 
         Each line is scored alone, after a newline (with `carry_state`, after all the lines
@@ -92,57 +98,79 @@ class Model:
         """
         return LineScorer(self.module, self.tokenizer, self.device, skip_unknown).score(lines, carry_state)
 
-    def score(self, text: Union[str, Iterable[str]], skip_unknown: bool = False,
-              carry_state: bool = False) -> list[LineScore]:
+    def score(
+        self, text: str | Iterable[str], skip_unknown: bool = False, carry_state: bool = False
+    ) -> list[LineScore]:
         """Scores of every line of `text` (a string, split at newlines, or an iterable of lines)."""
         lines = text.split("\n") if isinstance(text, str) else text
         if isinstance(text, str) and text.endswith("\n"):
             lines = lines[:-1]
         return list(self.score_lines(lines, skip_unknown, carry_state))
 
-    def evaluate(self, text_or_path: Union[str, os.PathLike], skip_unknown: bool = False) -> TextEvaluation:
+    def evaluate(self, text_or_path: str | os.PathLike, skip_unknown: bool = False) -> TextEvaluation:
         """Bits per character and loss per token on a text: a `str` is the text itself, a
         `pathlib.Path` a file (read in bounded memory, any size)."""
         if isinstance(text_or_path, os.PathLike):
             return self.evaluate_file(text_or_path, skip_unknown)
-        return evaluate_chunks(self.module, self.tokenizer, text_chunks(text_or_path), self.device,
-                               name="text", skip_unknown=skip_unknown, temp_folder=default_temp_folder())
+        return evaluate_chunks(
+            self.module,
+            self.tokenizer,
+            text_chunks(text_or_path),
+            self.device,
+            name="text",
+            skip_unknown=skip_unknown,
+            temp_folder=default_temp_folder(),
+        )
 
     def evaluate_file(self, path: PathLike, skip_unknown: bool = False) -> TextEvaluation:
         """As `evaluate`, for a file path (or `-` for standard input)."""
         source = TextSource.of(path)
-        return evaluate_chunks(self.module, self.tokenizer, iter_text_chunks(source), self.device,
-                               name=source.name, skip_unknown=skip_unknown, temp_folder=default_temp_folder())
+        return evaluate_chunks(
+            self.module,
+            self.tokenizer,
+            iter_text_chunks(source),
+            self.device,
+            name=source.name,
+            skip_unknown=skip_unknown,
+            temp_folder=default_temp_folder(),
+        )
 
-    def score_file(self, path: PathLike, skip_unknown: bool = False,
-                   carry_state: bool = False) -> Iterator[LineScore]:
+    def score_file(
+        self, path: PathLike, skip_unknown: bool = False, carry_state: bool = False
+    ) -> Iterator[LineScore]:
         """`score_lines` over the lines of a file (or `-` for standard input), read as they come."""
         return self.score_lines(iter_lines(TextSource.of(path)), skip_unknown, carry_state)
 
 
-def load(path: Optional[PathLike] = None, device: str = "auto") -> Model:
+def load(path: PathLike | None = None, device: str = "auto") -> Model:
     """Load a model: a `.safetensors` file, a run directory, or (None) the most recent run under runs/.
 
     `device` is auto (a GPU when there is one), cpu, cuda or mps.
     """
-    from .hardware import resolve_device
+    from charrnn.hardware import resolve_device
 
     resolved_device = resolve_device(device)
     weights = resolve_weights(None if path is None else str(path))
     return Model(load_weights(weights, resolved_device), resolved_device)
 
 
-def train(corpus: PathLike, *, out: Optional[PathLike] = None, resume: bool = False,
-          cache_dir: Optional[PathLike] = None, **options: Any) -> Model:
+def train(
+    corpus: PathLike,
+    *,
+    out: PathLike | None = None,
+    resume: bool = False,
+    cache_dir: PathLike | None = None,
+    **options: Any,
+) -> Model:
     """Train as `charrnn train` does and return the trained model (on the CPU).
 
     `options` are the fields of `ModelConfig` and `TrainConfig` (as the command's options, in
     snake_case: `max_steps=200`, `hidden_size=128`, ...). Progress goes to stderr. The run
     directory is `out`, or runs/<corpus name> (-2, -3, ... when taken), as for the command.
     """
-    from .config import ModelConfig, TrainConfig
-    from .errors import UsageProblem
-    from .train_command import run_training
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.errors import UsageProblem
+    from charrnn.training.session import run_training
 
     model_fields = {name for name in ModelConfig().to_dict() if name != "vocab_size"}
     train_fields = set(TrainConfig().to_dict())
@@ -153,12 +181,18 @@ def train(corpus: PathLike, *, out: Optional[PathLike] = None, resume: bool = Fa
     if out is None and not resume and corpus == "-":
         raise UsageProblem("training from standard input needs out=RUN_DIR")
     trained_in: list[Path] = []
-    exit_code = run_training(corpus=corpus, out=None if out is None else str(out), resume=resume,
-                             model_options={k: v for k, v in options.items() if k in model_fields},
-                             train_options={k: v for k, v in options.items() if k in train_fields},
-                             given=set(options), cache_dir=None if cache_dir is None else str(cache_dir),
-                             on_run_dir=trained_in.append)
+    exit_code = run_training(
+        corpus=corpus,
+        out=None if out is None else str(out),
+        resume=resume,
+        model_options={k: v for k, v in options.items() if k in model_fields},
+        train_options={k: v for k, v in options.items() if k in train_fields},
+        given=set(options),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        on_run_dir=trained_in.append,
+    )
     if exit_code != 0:
         raise KeyboardInterrupt(
-            f"training was interrupted (exit code {exit_code}); the run is saved in {trained_in[-1]}")
+            f"training was interrupted (exit code {exit_code}); the run is saved in {trained_in[-1]}"
+        )
     return load(trained_in[-1], device="cpu")

@@ -11,13 +11,13 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from .errors import ConfigError
+from charrnn.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
-SENTENCEPIECE_KINDS = ("bpe", "unigram")   # learned subword vocabularies (--vocab-size applies)
+SENTENCEPIECE_KINDS = ("bpe", "unigram")  # learned subword vocabularies (--vocab-size applies)
 # Best validation bits/char after 200 steps among 512..4096 on English (tinyshakespeare) and on a
 # generated CJK-style corpus (README, "A CJK-style corpus"); a short corpus gets what it can fill.
 DEFAULT_SUBWORD_VOCAB_SIZE = 4096
@@ -49,8 +49,10 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _finite(name: str, value: float) -> None:
-    _require(isinstance(value, (int, float)) and math.isfinite(value),
-             f"{name} must be a finite number, got {value!r}")
+    _require(
+        isinstance(value, (int, float)) and math.isfinite(value),
+        f"{name} must be a finite number, got {value!r}",
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -61,8 +63,7 @@ def parse_duration(text: str) -> float:
     else:
         parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", cleaned)
         if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", cleaned).strip():
-            raise ConfigError(
-                f"cannot read {text!r} as a duration: use e.g. 90s, 5m, 1h or 1h30m")
+            raise ConfigError(f"cannot read {text!r} as a duration: use e.g. 90s, 5m, 1h or 1h30m")
         scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
         seconds = sum(float(number) * scale[unit] for number, unit in parts)
     if not math.isfinite(seconds) or seconds <= 0:
@@ -89,7 +90,7 @@ class _JsonDataclass:
 class ModelConfig(_JsonDataclass):
     """Shape of the network: embedding -> stacked recurrent layers -> linear."""
 
-    model: str = "lstm"          # the recurrent cell: lstm, gru or rnn (tanh)
+    model: str = "lstm"  # the recurrent cell: lstm, gru or rnn (tanh)
     num_layers: int = 2
     # The defaults (2 x 384 LSTM, no dropout, lr 5e-3) gave the best validation loss after
     # `--max-time 5m` on data/tinyshakespeare.txt on a 2-core CPU among the sizes tried with
@@ -97,18 +98,19 @@ class ModelConfig(_JsonDataclass):
     # minutes, a smaller one learns less from it, and dropout only slows it down there.
     hidden_size: int = 384
     embedding_size: int = 64
-    dropout: float = 0.0         # between recurrent layers and before the output layer
-    vocab_size: int = 0          # filled in from the tokeniser
+    dropout: float = 0.0  # between recurrent layers and before the output layer
+    vocab_size: int = 0  # filled in from the tokeniser
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Check every field; return self so calls can chain."""
-        _require(self.model in MODEL_KINDS,
-                 f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
+        _require(
+            self.model in MODEL_KINDS, f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}"
+        )
         _require(1 <= self.num_layers <= 16, f"--num-layers must be 1..16, got {self.num_layers}")
-        _require(1 <= self.hidden_size <= 16384,
-                 f"--hidden-size must be 1..16384, got {self.hidden_size}")
-        _require(1 <= self.embedding_size <= 16384,
-                 f"--embedding-size must be 1..16384, got {self.embedding_size}")
+        _require(1 <= self.hidden_size <= 16384, f"--hidden-size must be 1..16384, got {self.hidden_size}")
+        _require(
+            1 <= self.embedding_size <= 16384, f"--embedding-size must be 1..16384, got {self.embedding_size}"
+        )
         _finite("--dropout", self.dropout)
         _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         _require(self.vocab_size >= 0, f"vocab_size must be >= 0, got {self.vocab_size}")
@@ -119,28 +121,28 @@ class ModelConfig(_JsonDataclass):
 class TrainConfig(_JsonDataclass):
     """How to train: data windows, optimiser, budget, evaluation, hardware."""
 
-    seq_len: int = 128            # the truncated-BPTT window, in tokens
+    seq_len: int = 128  # the truncated-BPTT window, in tokens
     # Contiguous streams trained side by side. 8 beat 16, and 16 beat 32, after 5-minute runs
     # (README, "How the defaults were chosen"): on a CPU a step of half the streams costs a little
     # more than half as much, so a run makes almost twice the updates (4,234 steps of 8 against
     # 2,610 of 16) over a little less text, and in the few passes over a small corpus that a short
     # run makes, updates matter more than batch size. Fewer than 8 streams did worse.
     batch_size: int = 8
-    lr: float = 5e-3              # peak learning rate of AdamW
+    lr: float = 5e-3  # peak learning rate of AdamW
     # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run at batch 32) with both
     # seeds tried, by 0.011 nats/char: in five passes over a small corpus the model starts to
     # memorise it, and the decay holds that back (README, "How the defaults were chosen").
     weight_decay: float = 0.1
-    grad_clip: float = 1.0        # clip the global gradient norm to this (0 = off)
-    warmup_steps: int = 50        # linear warm-up, then cosine decay over the budget
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay over the budget
     # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps at batch 32
     # (a 5-minute run) with both seeds tried, by 0.012 nats/char (README, "How the defaults were
     # chosen").
     min_lr_fraction: float = 0.0
-    max_steps: Optional[int] = None
-    max_time: Optional[float] = None   # seconds of wall clock, evaluation included
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds of wall clock, evaluation included
     val_fraction: float = 0.1
-    eval_every: Optional[int] = None   # steps between evaluations; None = about EVALS_PER_RUN per run
+    eval_every: int | None = None  # steps between evaluations; None = about EVALS_PER_RUN per run
     # Validation tokens evaluated each time: the first this many of the split (0 = all of it).
     # The whole split of a small corpus (tinyshakespeare's is 111,540 characters); on a corpus
     # of gigabytes, evaluating all of its 10% split eight times would eat the whole budget.
@@ -150,18 +152,17 @@ class TrainConfig(_JsonDataclass):
     # the seed and the pass number), so the windows are cut in other places each pass.
     shift_passes: bool = True
     device: str = "auto"
-    threads: Optional[int] = None      # None = the machine's physical cores
+    threads: int | None = None  # None = the machine's physical cores
     precision: str = "auto"
     tokenizer: str = "char"
-    vocab_size: Optional[int] = None   # for the sentencepiece tokenisers
-    keep: int = 0                 # step checkpoints kept beside best and latest
-    early_stop: Optional[int] = None   # stop after this many evaluations without a better val loss
+    vocab_size: int | None = None  # for the sentencepiece tokenisers
+    keep: int = 0  # step checkpoints kept beside best and latest
+    early_stop: int | None = None  # stop after this many evaluations without a better val loss
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every field; return self so calls can chain."""
         _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be >= 1, got {self.seq_len}")
-        _require(1 <= self.batch_size <= 1_000_000,
-                 f"--batch-size must be >= 1, got {self.batch_size}")
+        _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be >= 1, got {self.batch_size}")
         _finite("--lr", self.lr)
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _finite("--weight-decay", self.weight_decay)
@@ -170,41 +171,53 @@ class TrainConfig(_JsonDataclass):
         _require(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         _finite("--min-lr-fraction", self.min_lr_fraction)
-        _require(0 <= self.min_lr_fraction <= 1,
-                 f"--min-lr-fraction must be in [0, 1], got {self.min_lr_fraction}")
+        _require(
+            0 <= self.min_lr_fraction <= 1, f"--min-lr-fraction must be in [0, 1], got {self.min_lr_fraction}"
+        )
         if self.max_steps is not None:
             _require(self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}")
         if self.max_time is not None:
             _finite("--max-time", self.max_time)
             _require(self.max_time > 0, f"--max-time must be > 0, got {self.max_time}")
         _finite("--val-fraction", self.val_fraction)
-        _require(0 < self.val_fraction < 1,
-                 f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        _require(
+            0 < self.val_fraction < 1,
+            f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}",
+        )
         if self.eval_every is not None:
             _require(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
-        _require(self.eval_tokens == 0 or self.eval_tokens >= 2,
-                 f"--eval-tokens must be 0 (all) or >= 2, got {self.eval_tokens}")
+        _require(
+            self.eval_tokens == 0 or self.eval_tokens >= 2,
+            f"--eval-tokens must be 0 (all) or >= 2, got {self.eval_tokens}",
+        )
         _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
-        _require(self.device in DEVICES,
-                 f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads is not None:
             _require(1 <= self.threads <= 1024, f"--threads must be >= 1, got {self.threads}")
-        _require(self.precision in PRECISIONS,
-                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        _require(self.tokenizer in TOKENIZER_KINDS,
-                 f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}")
+        _require(
+            self.precision in PRECISIONS,
+            f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+        _require(
+            self.tokenizer in TOKENIZER_KINDS,
+            f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer!r}",
+        )
         if self.vocab_size is not None:
-            _require(self.tokenizer in SENTENCEPIECE_KINDS,
-                     f"--vocab-size applies to --tokenizer {' or '.join(SENTENCEPIECE_KINDS)} only "
-                     f"(the {self.tokenizer!r} vocabulary is fixed by the corpus or by UTF-8)")
-            _require(2 <= self.vocab_size <= MAX_VOCAB_SIZE,
-                     f"--vocab-size must be 2..{MAX_VOCAB_SIZE}, got {self.vocab_size}")
+            _require(
+                self.tokenizer in SENTENCEPIECE_KINDS,
+                f"--vocab-size applies to --tokenizer {' or '.join(SENTENCEPIECE_KINDS)} only "
+                f"(the {self.tokenizer!r} vocabulary is fixed by the corpus or by UTF-8)",
+            )
+            _require(
+                2 <= self.vocab_size <= MAX_VOCAB_SIZE,
+                f"--vocab-size must be 2..{MAX_VOCAB_SIZE}, got {self.vocab_size}",
+            )
         _require(self.keep >= 0, f"--keep must be >= 0, got {self.keep}")
         if self.early_stop is not None:
             _require(self.early_stop >= 1, f"--early-stop must be >= 1, got {self.early_stop}")
         return self
 
-    def budget_seconds(self) -> Optional[float]:
+    def budget_seconds(self) -> float | None:
         """The wall-clock budget in force: --max-time, or the default when no limit was given."""
         if self.max_time is not None:
             return self.max_time
@@ -218,19 +231,19 @@ class SampleConfig(_JsonDataclass):
     """How to write text from a trained model."""
 
     temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    top_k: int | None = None
+    top_p: float | None = None
     greedy: bool = False
-    length: int = 1000            # characters to write; -1 = until the reader closes the pipe
-    prime: Optional[str] = None   # text the model is warmed up with (echoed first)
-    seed: Optional[int] = None    # None = a fresh seed each run
+    length: int = 1000  # characters to write; -1 = until the reader closes the pipe
+    prime: str | None = None  # text the model is warmed up with (echoed first)
+    seed: int | None = None  # None = a fresh seed each run
     num_samples: int = 1
     separator: str = "\n\n"
-    stop: tuple[str, ...] = ()   # a sample ends where its text first contains one of these
-    keep_stop: bool = False       # write the stop string that ended a sample
-    batch_size: int = 32          # primes completed side by side (one per input line)
+    stop: tuple[str, ...] = ()  # a sample ends where its text first contains one of these
+    keep_stop: bool = False  # write the stop string that ended a sample
+    batch_size: int = 32  # primes completed side by side (one per input line)
 
-    def validate(self) -> "SampleConfig":
+    def validate(self) -> SampleConfig:
         """Check every field; return self so calls can chain."""
         _finite("--temperature", self.temperature)
         _require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
@@ -240,10 +253,11 @@ class SampleConfig(_JsonDataclass):
             _finite("--top-p", self.top_p)
             _require(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.length >= -1, f"--length must be >= 0, or -1 for no end, got {self.length}")
-        _require(1 <= self.num_samples <= 10_000,
-                 f"--num-samples must be 1..10000, got {self.num_samples}")
-        _require(not (self.length == -1 and self.num_samples > 1),
-                 "--length -1 (no end) works with one sample only")
+        _require(1 <= self.num_samples <= 10_000, f"--num-samples must be 1..10000, got {self.num_samples}")
+        _require(
+            not (self.length == -1 and self.num_samples > 1),
+            "--length -1 (no end) works with one sample only",
+        )
         if self.seed is not None:
             _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         _require(not isinstance(self.stop, str), "stop must be a list of stop strings, not one string")

@@ -24,12 +24,12 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 
-from .errors import CharrnnError
+from charrnn.errors import CharrnnError
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 # After SIGTERM, how long a worker may take to stop and save before it exits anyway.
@@ -48,7 +48,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    local_world_size: int = 1     # processes of this run on this machine (they share its cores)
+    local_world_size: int = 1  # processes of this run on this machine (they share its cores)
 
     @property
     def is_distributed(self) -> bool:
@@ -60,18 +60,23 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, environ: Optional[dict[str, str]] = None) -> "World":
+    def from_env(cls, environ: dict[str, str] | None = None) -> World:
         """The world torchrun describes in the environment, or a world of one."""
         env = os.environ if environ is None else environ
         if "RANK" not in env or "WORLD_SIZE" not in env:
             return cls()
         try:
-            world = cls(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")),
-                        world_size=int(env["WORLD_SIZE"]),
-                        local_world_size=max(1, int(env.get("LOCAL_WORLD_SIZE", "1"))))
+            world = cls(
+                rank=int(env["RANK"]),
+                local_rank=int(env.get("LOCAL_RANK", "0")),
+                world_size=int(env["WORLD_SIZE"]),
+                local_world_size=max(1, int(env.get("LOCAL_WORLD_SIZE", "1"))),
+            )
         except ValueError:
-            raise DistributedError("RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers "
-                                   "(they are set by torchrun)") from None
+            raise DistributedError(
+                "RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE must be integers "
+                "(they are set by torchrun)"
+            ) from None
         if world.world_size < 1 or not 0 <= world.rank < world.world_size:
             raise DistributedError(f"RANK {world.rank} is outside WORLD_SIZE {world.world_size}")
         return world
@@ -103,8 +108,9 @@ class World:
             # a restarted worker would read the dead workers' addresses and fail to connect.
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             store = dist.PrefixStore(f"charrnn/attempt-{attempt}", store)
-            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
-                                    timeout=timeout)
+            dist.init_process_group(
+                backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout
+            )
         except (RuntimeError, ValueError) as error:
             raise DistributedError(f"cannot join the distributed run: {_first_line(error)}") from None
         try:
@@ -113,7 +119,8 @@ class World:
             if not _is_communication_error(error):
                 raise
             raise DistributedError(
-                f"lost contact with another training process: {_first_line(error)}") from None
+                f"lost contact with another training process: {_first_line(error)}"
+            ) from None
         finally:
             try:
                 dist.destroy_process_group()
@@ -168,12 +175,15 @@ def check_resume_world_size(state: dict, world: World) -> None:
     """
     saved = int(state.get("world_size", 1))
     if saved != world.world_size:
+
         def processes(count: int) -> str:
             return "1 process" if count == 1 else f"{count} processes"
+
         raise DistributedError(
             f"cannot resume: this run was trained with {processes(saved)} but this launch has "
             f"{processes(world.world_size)}; resume it with the same number "
-            f"({'torchrun --nproc-per-node ... with ' + str(saved) + ' in total' if saved > 1 else 'without torchrun'})")
+            f"({'torchrun --nproc-per-node ... with ' + str(saved) + ' in total' if saved > 1 else 'without torchrun'})"
+        )
 
 
 def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
@@ -199,8 +209,8 @@ class TerminationWatchdog:
 
     def __init__(self, grace: float = TERMINATION_GRACE_SECONDS) -> None:
         self.grace = grace
-        self._reader: Optional[socket.socket] = None
-        self._writer: Optional[socket.socket] = None
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
         self._previous_fd = -1
 
     def install(self) -> None:
@@ -248,19 +258,19 @@ def end_worker_process(code: object) -> None:
     try:
         if not World.from_env().is_distributed:
             return
-    except DistributedError:                # bad variables: the error was already reported
+    except DistributedError:  # bad variables: the error was already reported
         return
     if code is None:
         status = 0
     elif isinstance(code, int):
         status = code
-    else:                                   # sys.exit("message") prints it and exits 1
+    else:  # sys.exit("message") prints it and exits 1
         print(code, file=sys.stderr)
         status = 1
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):       # a closed pipe must not stop the exit
+        except (OSError, ValueError):  # a closed pipe must not stop the exit
             pass
     os._exit(status)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 
 @dataclass
@@ -23,17 +22,17 @@ class TrainingStarted:
     chars_per_token: float
     train_tokens: int
     val_tokens: int
-    eval_tokens: int         # the first eval_tokens of the val split are evaluated
+    eval_tokens: int  # the first eval_tokens of the val split are evaluated
     batch_size: int
     seq_len: int
     device: str
     precision: str
     threads: int
     start_step: int
-    max_steps: Optional[int]
-    budget_seconds: Optional[float]
-    processes: int = 1       # torchrun workers; batch_size is per process
-    parent: Optional[dict] = None   # the model a fine-tuning run started from: name, weights_sha256
+    max_steps: int | None
+    budget_seconds: float | None
+    processes: int = 1  # torchrun workers; batch_size is per process
+    parent: dict | None = None  # the model a fine-tuning run started from: name, weights_sha256
 
 
 @dataclass
@@ -44,15 +43,15 @@ class StepDone:
     grad_norm: float
     elapsed: float
     chars_per_second: float
-    progress: float          # 0..1 of the step or time budget
+    progress: float  # 0..1 of the step or time budget
 
 
 @dataclass
 class EvaluationDone:
     step: int
     train_loss: float
-    val_loss: float          # nats per token
-    val_bpc: float           # bits per character of the original text
+    val_loss: float  # nats per token
+    val_bpc: float  # bits per character of the original text
     is_best: bool
     elapsed: float
     eval_seconds: float
@@ -62,7 +61,7 @@ class EvaluationDone:
 @dataclass
 class TrainingFinished:
     step: int
-    reason: str              # "done", "time", "interrupted", "early-stop"
+    reason: str  # "done", "time", "interrupted", "early-stop"
     best_val_loss: float
     best_val_bpc: float
     elapsed: float
@@ -73,6 +72,6 @@ class TrainingFinished:
 class CorpusProgress:
     """How far a streaming pass over the corpus has got (for a progress bar)."""
 
-    phase: str               # "reading" (validate, hash, vocabulary) or "encoding" (token file)
+    phase: str  # "reading" (validate, hash, vocabulary) or "encoding" (token file)
     done_bytes: int
     total_bytes: int

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageProblem
+from charrnn.errors import UsageProblem
 
 
 def physical_cores() -> int:

@@ -17,8 +17,6 @@ of the blocks combined at the end: many tokens per read of the output weights
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,9 +30,14 @@ MAX_CHUNK_LOGITS = 1 << 22
 ROWS_PER_BLOCK = 1024
 
 
-def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
-                       ignore_index: int = -100, reduction: str = "mean",
-                       max_chunk_logits: Optional[int] = None) -> torch.Tensor:
+def head_cross_entropy(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    max_chunk_logits: int | None = None,
+) -> torch.Tensor:
     """`F.cross_entropy(head(hidden).float(), targets)` without building every logit at once.
 
     `hidden` is (..., hidden_size), `targets` the matching (...) int64 ids; targets
@@ -53,7 +56,8 @@ def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Ten
         return F.cross_entropy(head(hidden).float(), targets, ignore_index=ignore_index, reduction=reduction)
     chunk_tokens = max(1, max_chunk_logits // vocab_size)
     wants_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, head.weight, head.bias))
+        t is not None and t.requires_grad for t in (hidden, head.weight, head.bias)
+    )
     if wants_grad:
         total = _ChunkedHeadLoss.apply(hidden, head.weight, head.bias, targets, ignore_index, chunk_tokens)
     else:
@@ -64,8 +68,14 @@ def head_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Ten
     return total / (targets != ignore_index).sum()
 
 
-def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  targets: torch.Tensor, ignore_index: int, chunk_tokens: int):
+def _chunked_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    chunk_tokens: int,
+):
     """Summed loss over all tokens, and its gradients for hidden, weight and bias."""
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden)
@@ -73,9 +83,9 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     grad_bias = None if bias is None else torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
     for start in range(0, hidden.shape[0], chunk_tokens):
-        hidden_chunk = hidden[start:start + chunk_tokens]
-        target_chunk = targets[start:start + chunk_tokens]
-        logits = F.linear(hidden_chunk, weight, bias)   # the autocast dtype under autocast
+        hidden_chunk = hidden[start : start + chunk_tokens]
+        target_chunk = targets[start : start + chunk_tokens]
+        logits = F.linear(hidden_chunk, weight, bias)  # the autocast dtype under autocast
         counted = target_chunk != ignore_index
         safe_targets = torch.where(counted, target_chunk, torch.zeros_like(target_chunk))
         log_probs = torch.log_softmax(logits.float(), dim=1)
@@ -83,25 +93,33 @@ def _chunked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         total = total - torch.where(counted, picked, torch.zeros_like(picked)).sum()
         # d(sum of -log softmax[target]) / d logits = softmax - one_hot(target), on counted rows.
         grad_logits = log_probs.exp_()
-        grad_logits.scatter_add_(1, safe_targets.unsqueeze(1),
-                                 torch.full_like(picked, -1.0).unsqueeze(1))
+        grad_logits.scatter_add_(1, safe_targets.unsqueeze(1), torch.full_like(picked, -1.0).unsqueeze(1))
         grad_logits.mul_(counted.unsqueeze(1))
-        compute = grad_logits.to(logits.dtype)    # what autograd would carry back through the linear layer
-        grad_hidden[start:start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
-        if compute.dtype == grad_weight.dtype:   # in place: no vocab x hidden temporary per chunk
+        compute = grad_logits.to(logits.dtype)  # what autograd would carry back through the linear layer
+        grad_hidden[start : start + chunk_tokens] = (compute @ weight.to(logits.dtype)).to(hidden.dtype)
+        if compute.dtype == grad_weight.dtype:  # in place: no vocab x hidden temporary per chunk
             grad_weight.addmm_(compute.t(), hidden_chunk.to(compute.dtype))
         else:
             grad_weight += (compute.t() @ hidden_chunk.to(compute.dtype)).float()
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0)
         del logits
-    grads = (grad_hidden, grad_weight.to(weight.dtype),
-             None if grad_bias is None else grad_bias.to(bias.dtype))
+    grads = (
+        grad_hidden,
+        grad_weight.to(weight.dtype),
+        None if grad_bias is None else grad_bias.to(bias.dtype),
+    )
     return total, grads
 
 
-def _blocked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  targets: torch.Tensor, ignore_index: int, max_chunk_logits: int) -> torch.Tensor:
+def _blocked_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    max_chunk_logits: int,
+) -> torch.Tensor:
     """Summed loss without gradients, in blocks of tokens x vocabulary slices of at most `max_chunk_logits`.
 
     Each token's log-sum-exp over the vocabulary is the log-sum-exp of its per-slice ones, so
@@ -112,14 +130,15 @@ def _blocked_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     vocab_size = weight.shape[0]
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], rows_per_block):
-        hidden_block = hidden[start:start + rows_per_block]
-        target_block = targets[start:start + rows_per_block]
+        hidden_block = hidden[start : start + rows_per_block]
+        target_block = targets[start : start + rows_per_block]
         slice_sums = []
         target_logit = torch.zeros(hidden_block.shape[0], dtype=torch.float32, device=hidden.device)
         for first in range(0, vocab_size, vocab_slice):
             last = min(vocab_size, first + vocab_slice)
-            logits = F.linear(hidden_block, weight[first:last],
-                              None if bias is None else bias[first:last]).float()
+            logits = F.linear(
+                hidden_block, weight[first:last], None if bias is None else bias[first:last]
+            ).float()
             slice_sums.append(torch.logsumexp(logits, dim=1))
             inside = (target_block >= first) & (target_block < last)
             column = torch.where(inside, target_block - first, torch.zeros_like(target_block))

@@ -6,12 +6,12 @@ pair of tensors (LSTM), each of shape (num_layers, batch, hidden_size).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from charrnn.config import ModelConfig
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,7 +54,7 @@ class CharRNN(nn.Module):
         with torch.no_grad():
             self.head.bias.copy_(torch.log(counts / counts.sum()).to(self.head.bias.device))
 
-    def initial_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> State:
         """The all-zero state a stream starts from."""
         device = device or self.head.weight.device
         shape = (self.config.num_layers, batch_size, self.config.hidden_size)
@@ -63,8 +63,9 @@ class CharRNN(nn.Module):
             return zeros, torch.zeros(shape, device=device)
         return zeros
 
-    def forward(self, tokens: torch.Tensor, state: Optional[State] = None,
-                features_only: bool = False) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, tokens: torch.Tensor, state: State | None = None, features_only: bool = False
+    ) -> tuple[torch.Tensor, State]:
         """Logits of shape (batch, time, vocab) for int64 `tokens` of shape (batch, time), and the new state.
 
         With `features_only`, the inputs of the output layer instead (see `features`); a keyword
@@ -75,7 +76,7 @@ class CharRNN(nn.Module):
             return outputs, state
         return self.head(outputs), state
 
-    def features(self, tokens: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+    def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """The top layer's outputs after dropout, (batch, time, hidden_size), and the new state.
 
         `self.head` turns them into logits; `loss.head_cross_entropy` takes them as they are,

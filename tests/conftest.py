@@ -26,8 +26,22 @@ from charrnn.cli import cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PATTERN = "the quick brown fox jumps over the lazy dog.\n"
-TINY_MODEL_OPTIONS = ["--hidden-size", "32", "--embedding-size", "16", "--num-layers", "1",
-                      "--dropout", "0", "--seq-len", "32", "--batch-size", "8", "--threads", "1"]
+TINY_MODEL_OPTIONS = [
+    "--hidden-size",
+    "32",
+    "--embedding-size",
+    "16",
+    "--num-layers",
+    "1",
+    "--dropout",
+    "0",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+]
 
 
 def run_cli(*args: str, input: str | None = None):
@@ -35,11 +49,13 @@ def run_cli(*args: str, input: str | None = None):
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
-def run_charrnn_process(*args: str, input: bytes | None = None, cwd: Path | None = None,
-                        timeout: float = 120) -> subprocess.CompletedProcess:
+def run_charrnn_process(
+    *args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run `python -m charrnn ARGS` as a real process (for real pipes and signals)."""
-    return subprocess.run([sys.executable, "-m", "charrnn", *args], input=input, cwd=cwd,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *args], input=input, cwd=cwd, capture_output=True, timeout=timeout
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -69,8 +85,22 @@ def trained_run(tmp_path_factory) -> Path:
     corpus = folder / "pattern.txt"
     corpus.write_text(PATTERN * 200, encoding="utf-8")
     out = folder / "run"
-    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "150",
-                     "--eval-every", "50", "--lr", "0.01", "--warmup-steps", "10", "--precision", "fp32",
-                     *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "150",
+        "--eval-every",
+        "50",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "10",
+        "--precision",
+        "fp32",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
     return out

@@ -25,7 +25,7 @@ def _inside(path, folder: str) -> bool:
 
 
 def _refusal(error_number: int, path) -> OSError:
-    return OSError(error_number, os.strerror(error_number), os.fsdecode(path))   # PermissionError for EACCES
+    return OSError(error_number, os.strerror(error_number), os.fsdecode(path))  # PermissionError for EACCES
 
 
 def deny_writes_under(monkeypatch, folder: Path, error_number: int = errno.EACCES) -> None:
@@ -52,7 +52,7 @@ def deny_writes_under(monkeypatch, folder: Path, error_number: int = errno.EACCE
         return real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(io, "open", guarded_open)        # pathlib opens through io.open
+    monkeypatch.setattr(io, "open", guarded_open)  # pathlib opens through io.open
     monkeypatch.setattr(os, "open", guarded_os_open)
     monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_MODEL_OPTIONS, run_cli
 
 import charrnn
 from charrnn.errors import CheckpointError, UsageProblem
-from conftest import REPO, TINY_MODEL_OPTIONS, run_cli
 
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
 
@@ -32,7 +32,9 @@ def test_load_resolves_like_the_commands(trained_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # With no run at all, the bundled model; and without that (a build that left it out), one clear error.
     assert charrnn.load().path.name == "shakespeare.safetensors"
-    monkeypatch.setattr("charrnn.pretrained.BUNDLED_MODELS", {"shakespeare": tmp_path / "absent.safetensors"})
+    monkeypatch.setattr(
+        "charrnn.store.bundled.BUNDLED_MODELS", {"shakespeare": tmp_path / "absent.safetensors"}
+    )
     with pytest.raises(CheckpointError, match="no trained model under runs/"):
         charrnn.load()
     (tmp_path / "runs").mkdir()
@@ -45,8 +47,20 @@ def test_generate_is_what_charrnn_sample_writes(trained_run):
     options = dict(temperature=0.7, length=120, prime="the ", seed=5, top_k=5)
     text = model.generate_text(**options)
     assert "".join(model.generate(**options)) == text
-    cli = run_cli("sample", str(trained_run), "--temperature", "0.7", "--length", "120", "--prime", "the ",
-                  "--seed", "5", "--top-k", "5")
+    cli = run_cli(
+        "sample",
+        str(trained_run),
+        "--temperature",
+        "0.7",
+        "--length",
+        "120",
+        "--prime",
+        "the ",
+        "--seed",
+        "5",
+        "--top-k",
+        "5",
+    )
     assert cli.stdout == text
     assert text.startswith("the ") and len(text) == 124
     with pytest.raises(TypeError):
@@ -62,6 +76,7 @@ def test_score_and_evaluate_agree_with_the_commands(trained_run, tmp_path):
     assert from_text.bits_per_char == pytest.approx(from_path.bits_per_char, rel=1e-9)
     assert from_path.name == str(path)
     import json
+
     cli = json.loads(run_cli("eval", str(trained_run), str(path), "--json").stdout)["files"][0]
     assert cli["bits_per_char"] == pytest.approx(from_path.bits_per_char, rel=1e-9)
     scores = model.score("the quick brown fox\njumps over the lazy dog.\n")
@@ -75,8 +90,9 @@ def test_train_returns_the_trained_model_and_refuses_unknown_options(tmp_path, m
     corpus.write_text(SHAKESPEARE, encoding="utf-8")
     with pytest.raises(UsageProblem, match="unknown training options: hiden_size"):
         charrnn.train(corpus, hiden_size=3)
-    options = dict(zip([o.lstrip("-").replace("-", "_") for o in TINY_MODEL_OPTIONS[::2]],
-                       TINY_MODEL_OPTIONS[1::2]))
+    options = dict(
+        zip([o.lstrip("-").replace("-", "_") for o in TINY_MODEL_OPTIONS[::2]], TINY_MODEL_OPTIONS[1::2])
+    )
     typed = {k: (float(v) if k == "dropout" else int(v)) for k, v in options.items()}
     model = charrnn.train(corpus, max_steps=5, precision="fp32", **typed)
     assert model.path == Path("runs/corpus/best.safetensors")
@@ -96,8 +112,15 @@ def test_the_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "tinyshakespeare.txt").write_text(SHAKESPEARE, encoding="utf-8")
-    result = run_cli("train", "data/tinyshakespeare.txt", "--out", "runs/tinyshakespeare", "--max-steps", "10",
-                     *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        "data/tinyshakespeare.txt",
+        "--out",
+        "runs/tinyshakespeare",
+        "--max-steps",
+        "10",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
     namespace: dict = {}
     for block in blocks:

@@ -8,13 +8,13 @@ import random
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL_OPTIONS, run_cli
+
 from charrnn import loss as chunked_loss
-from charrnn.checkpoint import load_weights
 from charrnn.config import SampleConfig
-from charrnn.sampling import choose_next_tokens
-from charrnn.tokenizers import fit_tokenizer
+from charrnn.data.tokenizers import fit_tokenizer
+from charrnn.generate.sampler import choose_next_tokens
+from charrnn.store.checkpoint import load_weights
 
 
 def many_character_text(num_chars: int = 24_000, distinct: int = 3000, seed: int = 0) -> str:
@@ -24,11 +24,22 @@ def many_character_text(num_chars: int = 24_000, distinct: int = 3000, seed: int
     rng.shuffle(chars)
     weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(distinct)))
     words = ["".join(rng.choices(chars, cum_weights=weights, k=rng.randint(2, 4))) for _ in range(200)]
-    parts = ["".join(chars)]   # every character at least once
+    parts = ["".join(chars)]  # every character at least once
     while sum(map(len, parts)) < num_chars:
         roll = rng.random()
-        parts.append(rng.choice(words) if roll < 0.5 else "。\n" if roll < 0.55 else "🐈" if roll < 0.56
-                     else " ok " if roll < 0.562 else "\u2581" if roll < 0.563 else rng.choices(chars, cum_weights=weights)[0])
+        parts.append(
+            rng.choice(words)
+            if roll < 0.5
+            else "。\n"
+            if roll < 0.55
+            else "🐈"
+            if roll < 0.56
+            else " ok "
+            if roll < 0.562
+            else "\u2581"
+            if roll < 0.563
+            else rng.choices(chars, cum_weights=weights)[0]
+        )
     return "".join(parts) + "\n"
 
 
@@ -44,8 +55,23 @@ def test_every_tokeniser_trains_samples_and_round_trips_thousands_of_characters(
     text = corpus.read_text(encoding="utf-8")
     assert len(set(text)) > 3000
     out = tmp_path / "run"
-    trained = run_cli("train", str(corpus), "--tokenizer", kind, "--out", str(out), "--max-steps", "3",
-                      "--eval-every", "3", "--eval-tokens", "2000", "--precision", "fp32", *TINY_MODEL_OPTIONS)
+    trained = run_cli(
+        "train",
+        str(corpus),
+        "--tokenizer",
+        kind,
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--eval-tokens",
+        "2000",
+        "--precision",
+        "fp32",
+        *TINY_MODEL_OPTIONS,
+    )
     assert trained.exit_code == 0, trained.stderr
     sampled = run_cli("sample", str(out), "--length", "40", "--seed", "1", "--top-p", "0.9")
     assert sampled.exit_code == 0, sampled.stderr
@@ -71,8 +97,17 @@ def test_training_with_the_loss_in_chunks_matches_training_without(corpus, tmp_p
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
         return [record["val_loss"] for record in records]
 
-    options = ["--max-steps", "4", "--eval-every", "2", "--eval-tokens", "3000", "--precision", "fp32",
-               *TINY_MODEL_OPTIONS]
+    options = [
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-tokens",
+        "3000",
+        "--precision",
+        "fp32",
+        *TINY_MODEL_OPTIONS,
+    ]
     assert run_cli("train", str(corpus), "--out", str(tmp_path / "plain"), *options).exit_code == 0
     # A few hundred logits at a time: every training step and evaluation goes through the chunks.
     monkeypatch.setattr(chunked_loss, "MAX_CHUNK_LOGITS", 50_000)
@@ -99,7 +134,7 @@ def _reference_choice(logits, config, generator):
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
 
 
-@pytest.mark.parametrize("scale", [0.05, 1.0, 6.0])   # flat, middling and peaked distributions
+@pytest.mark.parametrize("scale", [0.05, 1.0, 6.0])  # flat, middling and peaked distributions
 @pytest.mark.parametrize("top_k,top_p", [(None, 0.9), (None, 0.5), (50, 0.95), (None, 0.999)])
 def test_top_p_without_a_full_sort_picks_the_same_tokens(scale, top_k, top_p):
     config = SampleConfig(top_k=top_k, top_p=top_p, temperature=0.8)

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 
 import pytest
+import tomllib
 import torch
+from conftest import REPO, error_lines, run_cli
 from safetensors.torch import load_file, save_file
 
-from charrnn.checkpoint import load_weights, read_metadata
 from charrnn.errors import CheckpointError
-from charrnn.pretrained import BUNDLED_MODELS, is_bundled
-from charrnn.rundir import resolve_weights
-
-from conftest import REPO, error_lines, run_cli
+from charrnn.store.bundled import BUNDLED_MODELS, is_bundled
+from charrnn.store.checkpoint import load_weights, read_metadata
+from charrnn.store.run_dir import resolve_weights
 
 BUNDLED = BUNDLED_MODELS["shakespeare"]
 
@@ -24,7 +23,9 @@ BUNDLED = BUNDLED_MODELS["shakespeare"]
 def _stored_as(source, target, dtype, only=None):
     tensors = load_file(str(source))
     metadata = read_metadata(source.read_bytes(), source)
-    converted = {name: tensor.to(dtype) if only in (None, name) else tensor for name, tensor in tensors.items()}
+    converted = {
+        name: tensor.to(dtype) if only in (None, name) else tensor for name, tensor in tensors.items()
+    }
     save_file(converted, str(target), metadata=metadata)
 
 
@@ -40,7 +41,9 @@ def test_weights_stored_in_16_bit_floats_load_as_float32(trained_run, tmp_path, 
     assert sampled.stdout == "the quick brown fox jumps over the lazy dog.\nthe quic"
 
 
-@pytest.mark.parametrize("dtype, only", [(torch.int32, None), (torch.float64, None), (torch.float16, "head.weight")])
+@pytest.mark.parametrize(
+    "dtype, only", [(torch.int32, None), (torch.float64, None), (torch.float16, "head.weight")]
+)
 def test_other_or_mixed_tensor_types_are_still_refused(trained_run, tmp_path, dtype, only):
     _stored_as(trained_run / "best.safetensors", tmp_path / "odd.safetensors", dtype, only)
     with pytest.raises(CheckpointError, match="is corrupted \\(tensor"):
@@ -70,7 +73,7 @@ def test_the_bundled_model_is_announced_on_a_terminal(tmp_path):
 
     finished, told = run_with_terminal_stderr("sample", "-n", "20", "--seed", "3", cwd=tmp_path)
     assert finished.returncode == 0 and len(finished.stdout.decode()) == 20
-    assert "bundled model" in told and "--seed" not in told   # seeded: no seed notice
+    assert "bundled model" in told and "--seed" not in told  # seeded: no seed notice
 
 
 def test_an_existing_path_wins_over_a_bundled_name(in_tmp, trained_run):
@@ -84,11 +87,28 @@ def test_the_wheel_carries_the_bundled_model(tmp_path):
     """A wheel built from the project holds the model (installing that wheel in a fresh venv and
     running `cd / && charrnn sample -n 200` was checked by hand: see the README)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    package_data = project["tool"]["setuptools"]["package-data"]["charrnn.pretrained"]
+    package_data = project["tool"]["setuptools"]["package-data"]["charrnn.store.bundled"]
     assert "*.safetensors" in package_data and "README.md" in package_data
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-                            "--quiet", "-w", str(tmp_path)], capture_output=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr.decode()[-2000:]
     (wheel,) = tmp_path.glob("charrnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "charrnn/pretrained/shakespeare.safetensors" in names and "charrnn/pretrained/README.md" in names
+    assert (
+        "charrnn/store/bundled/shakespeare.safetensors" in names
+        and "charrnn/store/bundled/README.md" in names
+    )

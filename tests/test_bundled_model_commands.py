@@ -15,13 +15,17 @@ def test_eval_score_and_info_take_the_bundled_model_by_name(in_tmp):
     figures = json.loads(evaluated.stdout)
     # A Shakespeare model finds Shakespeare easy: far below the 6 bits of a uniform guess over 65 characters.
     assert 0.5 < figures["files"][0]["bits_per_char"] < 2.5
-    (in_tmp / "speech.txt").write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n",
-                                       encoding="utf-8")
+    (in_tmp / "speech.txt").write_text(
+        "ROMEO:\nBut soft, what light through yonder window breaks?\n", encoding="utf-8"
+    )
 
     scored = run_cli("score", "shakespeare", "speech.txt")
     assert scored.exit_code == 0, scored.stderr
     lines = scored.stdout.splitlines()
-    assert [line.split("\t")[2] for line in lines] == ["ROMEO:", "But soft, what light through yonder window breaks?"]
+    assert [line.split("\t")[2] for line in lines] == [
+        "ROMEO:",
+        "But soft, what light through yonder window breaks?",
+    ]
 
     info = run_cli("info", "shakespeare", "--json")
     assert info.exit_code == 0, info.stderr

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import TINY_MODEL_OPTIONS, error_lines
 from test_token_cache import _streamed, _write
 
@@ -26,8 +25,10 @@ def test_temp_files_of_a_killed_encoding_are_removed_by_the_next_run(tmp_path):
     cache.mkdir()
     dead = _finished_process_pid()
     # An encoding of another corpus killed midway: its temp token file and sidecar temp remain.
-    killed = [cache / f".other-0123456789abcdef.tokens.tmp-{dead}",
-              cache / f".other-0123456789abcdef.json.tmp-{dead}"]
+    killed = [
+        cache / f".other-0123456789abcdef.tokens.tmp-{dead}",
+        cache / f".other-0123456789abcdef.json.tmp-{dead}",
+    ]
     for leftover in killed:
         leftover.write_bytes(b"\x00" * 100)
     (cache / "other-0123456789abcdef.lock").touch()
@@ -35,6 +36,7 @@ def test_temp_files_of_a_killed_encoding_are_removed_by_the_next_run(tmp_path):
     live = cache / f".busy-fedcba9876543210.tokens.tmp-{os.getpid()}"
     live.write_bytes(b"\x01" * 10)
     import fcntl
+
     with open(cache / "busy-fedcba9876543210.lock", "a+") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         _streamed(_write(tmp_path / "corpus.txt", "next run\n" * 50), cache_dir=cache)
@@ -43,7 +45,7 @@ def test_temp_files_of_a_killed_encoding_are_removed_by_the_next_run(tmp_path):
 
 
 def test_stdin_spools_of_dead_processes_on_this_machine_are_removed(tmp_path):
-    from charrnn.token_cache import _host_tag, remove_stale_files
+    from charrnn.data.token_cache import _host_tag, remove_stale_files
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -54,11 +56,11 @@ def test_stdin_spools_of_dead_processes_on_this_machine_are_removed(tmp_path):
         spool.write_text("spooled text")
     remove_stale_files(cache)
     assert not dead.exists()
-    assert alive.exists() and elsewhere.exists()    # in use here, or maybe in use on another machine
+    assert alive.exists() and elsewhere.exists()  # in use here, or maybe in use on another machine
 
 
 def test_ctrl_c_while_stdin_is_copied_leaves_no_spool(tmp_path):
-    from charrnn.token_cache import spool_stream
+    from charrnn.data.token_cache import spool_stream
 
     class InterruptedStream(io.RawIOBase):
         reads = 0
@@ -91,10 +93,24 @@ def _wait_for(predicate, seconds: float = 60) -> bool:
 @pytest.mark.parametrize("how", ["ctrl-c", "kill"])
 def test_a_run_stopped_while_copying_stdin_leaves_no_spool_behind(tmp_path, how):
     cache = tmp_path / "cache"
-    process = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "-", "--out", str(tmp_path / "run"),
-                                "--cache-dir", str(cache), *TINY_MODEL_OPTIONS],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               cwd=tmp_path)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "-",
+            "--out",
+            str(tmp_path / "run"),
+            "--cache-dir",
+            str(cache),
+            *TINY_MODEL_OPTIONS,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     try:
         process.stdin.write(b"half of a corpus\n" * 1000)
         process.stdin.flush()
@@ -110,6 +126,6 @@ def test_a_run_stopped_while_copying_stdin_leaves_no_spool_behind(tmp_path, how)
         assert error_lines(stderr.decode()) == ["Error: interrupted"]
         assert not list(cache.glob(".stdin-*"))
     else:
-        assert list(cache.glob(".stdin-*.txt"))         # a killed process cannot clean up...
+        assert list(cache.glob(".stdin-*.txt"))  # a killed process cannot clean up...
         _streamed(_write(tmp_path / "next.txt", "next run\n" * 50), cache_dir=cache)
-        assert not list(cache.glob(".stdin-*"))          # ...the next run does
+        assert not list(cache.glob(".stdin-*"))  # ...the next run does

@@ -19,7 +19,9 @@ print(json.dumps({"codes": codes, "heavy": heavy}))
 
 
 def test_help_of_the_group_and_of_every_command_imports_no_heavy_module():
-    result = subprocess.run([sys.executable, "-c", HELP_EVERYWHERE], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_EVERYWHERE], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert set(answer["codes"]) >= {"", "train", "sample", "eval", "score", "info", "runs", "plot", "explain"}

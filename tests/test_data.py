@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charrnn.data import IGNORE_TARGET, BatchStream, Corpus, EvaluationWindows, prepare_corpus, read_corpus
+from charrnn.data.in_memory import Corpus, prepare_corpus, read_corpus
+from charrnn.data.windows import IGNORE_TARGET, BatchStream, EvaluationWindows
 
 
 def test_windows_of_each_stream_are_contiguous_and_targets_shifted_by_one():
@@ -18,8 +19,8 @@ def test_windows_of_each_stream_are_contiguous_and_targets_shifted_by_one():
     x0, y0 = stream.window(0)
     x1, y1 = stream.window(1)
     assert x0.shape == (4, 10) and x0.dtype == np.int64
-    assert np.array_equal(y0, x0 + 1)                  # next-token targets
-    assert np.array_equal(x1[:, 0], x0[:, -1] + 1)     # window 1 continues window 0 in every stream
+    assert np.array_equal(y0, x0 + 1)  # next-token targets
+    assert np.array_equal(x1[:, 0], x0[:, -1] + 1)  # window 1 continues window 0 in every stream
     assert np.array_equal(x0[:, 0], np.arange(4) * 249)
     assert stream.starts_epoch(24) and np.array_equal(stream.window(24)[0], x0)
 
@@ -27,7 +28,9 @@ def test_windows_of_each_stream_are_contiguous_and_targets_shifted_by_one():
 def test_ranks_own_disjoint_streams_that_make_up_the_global_batch():
     tokens = np.arange(2000, dtype=np.uint16)
     whole = BatchStream(tokens, batch_size=6, seq_len=8).window(3)[0]
-    parts = [BatchStream(tokens, batch_size=3, seq_len=8, rank=r, world_size=2).window(3)[0] for r in range(2)]
+    parts = [
+        BatchStream(tokens, batch_size=3, seq_len=8, rank=r, world_size=2).window(3)[0] for r in range(2)
+    ]
     assert np.array_equal(np.concatenate(parts), whole)
 
 

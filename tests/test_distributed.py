@@ -16,20 +16,33 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process
 
 from charrnn.distributed import DistributedError, World, check_resume_world_size
 
-from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process
-
 pytestmark = pytest.mark.distributed
 
-SENTENCES = ["the quick brown fox jumps over the lazy dog.\n", "pack my box with five dozen jugs!\n",
-             "how vexingly quick daft zebras jump?\n", "sphinx of black quartz, judge my vow.\n"]
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog.\n",
+    "pack my box with five dozen jugs!\n",
+    "how vexingly quick daft zebras jump?\n",
+    "sphinx of black quartz, judge my vow.\n",
+]
 # Per process: 2 processes x batch 4 = the 1-process batch of 8 (TINY_MODEL_OPTIONS).
 PER_PROCESS_OPTIONS = [*TINY_MODEL_OPTIONS, "--batch-size", "4"]
 # fp32: under bf16 autocast the two gradient reductions round differently, beyond the tolerance.
-RUN_OPTIONS = ["--max-steps", "100", "--eval-every", "20", "--lr", "0.01", "--warmup-steps", "5",
-               "--precision", "fp32"]
+RUN_OPTIONS = [
+    "--max-steps",
+    "100",
+    "--eval-every",
+    "20",
+    "--lr",
+    "0.01",
+    "--warmup-steps",
+    "5",
+    "--precision",
+    "fp32",
+]
 
 
 def _free_port() -> int:
@@ -39,9 +52,22 @@ def _free_port() -> int:
 
 
 def _torchrun_command(*args: str, processes: int = 2, max_restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-            "--max-restarts", str(max_restarts), "-m", "charrnn", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(processes),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--max-restarts",
+        str(max_restarts),
+        "-m",
+        "charrnn",
+        *args,
+    ]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -65,10 +91,12 @@ def _worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
 
 def _start_and_kill_rank_1(tmp_path: Path, run: Path, corpus: Path, max_restarts: int):
     """Start a 2-process run, SIGKILL rank 1 right after the first checkpoint; return (launcher, kill time)."""
-    command = _torchrun_command("train", str(corpus), "--out", str(run), *RUN_OPTIONS,
-                                *PER_PROCESS_OPTIONS, max_restarts=max_restarts)
-    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=open(tmp_path / "launcher.err", "wb"))
+    command = _torchrun_command(
+        "train", str(corpus), "--out", str(run), *RUN_OPTIONS, *PER_PROCESS_OPTIONS, max_restarts=max_restarts
+    )
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=open(tmp_path / "launcher.err", "wb")
+    )
     deadline = time.monotonic() + 60
     while not (run / "state.pt").exists():
         assert launcher.poll() is None, (tmp_path / "launcher.err").read_text()
@@ -90,9 +118,12 @@ def two_process_run(tmp_path_factory, corpus) -> tuple[Path, subprocess.Complete
     """One uninterrupted 2-process run (the reference for the other tests)."""
     folder = tmp_path_factory.mktemp("ddp")
     run = folder / "run"
-    result = subprocess.run(_torchrun_command("train", str(corpus), "--out", str(run), *RUN_OPTIONS,
-                                              *PER_PROCESS_OPTIONS),
-                            cwd=folder, capture_output=True, timeout=120)
+    result = subprocess.run(
+        _torchrun_command("train", str(corpus), "--out", str(run), *RUN_OPTIONS, *PER_PROCESS_OPTIONS),
+        cwd=folder,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     return run, result
 
@@ -116,14 +147,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     metrics = _metrics(run)
     assert [record["step"] for record in metrics] == [20, 40, 60, 80, 100]
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "best.safetensors", "end.json", "latest.safetensors", "metrics.jsonl", "state.pt"]
+        "best.safetensors",
+        "end.json",
+        "latest.safetensors",
+        "metrics.jsonl",
+        "state.pt",
+    ]
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["batch_size"] == 4
-    assert state["hidden"][0].shape[1] == 8                       # both ranks' streams are saved
+    assert state["hidden"][0].shape[1] == 8  # both ranks' streams are saved
 
     single = tmp_path / "single"
-    alone = run_charrnn_process("train", str(corpus), "--out", str(single), *RUN_OPTIONS,
-                                *TINY_MODEL_OPTIONS, cwd=tmp_path)
+    alone = run_charrnn_process(
+        "train", str(corpus), "--out", str(single), *RUN_OPTIONS, *TINY_MODEL_OPTIONS, cwd=tmp_path
+    )
     assert alone.returncode == 0, alone.stderr.decode()
     for together, by_itself in zip(metrics, _metrics(single), strict=True):
         assert together["val_loss"] == pytest.approx(by_itself["val_loss"], rel=1e-4)
@@ -134,12 +171,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
 def test_resuming_with_another_number_of_processes_is_refused(two_process_run, corpus, tmp_path):
     run, _ = two_process_run
     before = (run / "state.pt").read_bytes()
-    result = run_charrnn_process("train", str(corpus), "--out", str(run), "--resume", "--max-steps", "120",
-                                 cwd=tmp_path)
+    result = run_charrnn_process(
+        "train", str(corpus), "--out", str(run), "--resume", "--max-steps", "120", cwd=tmp_path
+    )
     lines = error_lines(result.stderr.decode())
     assert result.returncode == 1
-    assert len(lines) == 1 and lines[0].startswith("Error: cannot resume: this run was trained with "
-                                                   "2 processes but this launch has 1 process")
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: cannot resume: this run was trained with 2 processes but this launch has 1 process"
+    )
     assert (run / "state.pt").read_bytes() == before
 
 
@@ -175,9 +214,15 @@ def test_a_worker_ends_with_its_exit_code_and_its_message_flushed(corpus, tmp_pa
     # Workers skip the interpreter's shutdown (distributed.end_worker_process); the exit code
     # and the one error line must come through all the same.
     environment = {**os.environ, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
-    result = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus)], cwd=tmp_path,
-                            env=environment, capture_output=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(corpus)],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert error_lines(result.stderr.decode()) == [
         "Error: under torchrun, pass --out RUN_DIR: every process and every restart must find the "
-        "same run directory"]
+        "same run directory"
+    ]

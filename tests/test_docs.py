@@ -9,9 +9,9 @@ from conftest import REPO
 
 def _module_map() -> str:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Development"):]
+    section = readme[readme.index("## Development") :]
     opening = section.index("```")
-    return section[opening:section.index("```", opening + 3)]
+    return section[opening : section.index("```", opening + 3)]
 
 
 def test_the_module_map_names_every_module():

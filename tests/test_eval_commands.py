@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-
-from charrnn import text_evaluation
-from charrnn.api import load
-from charrnn.text_input import TextSource, iter_text_chunks
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
+
+from charrnn.api import load
+from charrnn.data.text_input import TextSource, iter_text_chunks
+from charrnn.inspect import eval_text
 
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]
 
@@ -21,11 +21,24 @@ def _train(folder: Path, tokenizer: str) -> tuple[Path, Path]:
     corpus = folder / "corpus.txt"
     corpus.write_text(SHAKESPEARE, encoding="utf-8")
     out = folder / f"run-{tokenizer}"
-    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "30", "--eval-every", "30",
-                     "--precision", "fp32", "--tokenizer", tokenizer, *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "30",
+        "--eval-every",
+        "30",
+        "--precision",
+        "fp32",
+        "--tokenizer",
+        tokenizer,
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
     val = folder / f"val-{tokenizer}.txt"
-    val.write_text(SHAKESPEARE[int(len(SHAKESPEARE) * 0.9):], encoding="utf-8")
+    val.write_text(SHAKESPEARE[int(len(SHAKESPEARE) * 0.9) :], encoding="utf-8")
     return out, val
 
 
@@ -57,7 +70,8 @@ def test_several_files_give_each_and_the_total(shakespeare_run, tmp_path):
     total = answer["total"]
     assert total["chars"] == first["chars"] + second["chars"]
     assert total["bits_per_char"] == pytest.approx(
-        (first["total_nats"] + second["total_nats"]) / math.log(2) / total["chars"])
+        (first["total_nats"] + second["total_nats"]) / math.log(2) / total["chars"]
+    )
     table = run_cli("eval", str(run), str(val), str(other), "--threads", "1")
     assert table.exit_code == 0 and table.stderr == ""
     lines = table.stdout.splitlines()
@@ -70,8 +84,9 @@ def test_model_argument_rule_stdin_and_the_most_recent_run(shakespeare_run, tmp_
     run, val = shakespeare_run
     by_file = json.loads(run_cli("eval", str(run), str(val), "--json").stdout)["files"][0]
     by_option = json.loads(run_cli("eval", "-m", str(run), str(val), "--json").stdout)["files"][0]
-    by_stdin = json.loads(run_cli("eval", str(run), "-", "--json",
-                                  input=val.read_text(encoding="utf-8")).stdout)["files"][0]
+    by_stdin = json.loads(
+        run_cli("eval", str(run), "-", "--json", input=val.read_text(encoding="utf-8")).stdout
+    )["files"][0]
     assert by_stdin["name"] == "standard input"
     assert by_option["bits_per_char"] == by_file["bits_per_char"]
     assert by_stdin["bits_per_char"] == pytest.approx(by_file["bits_per_char"], rel=1e-9)
@@ -84,7 +99,9 @@ def test_model_argument_rule_stdin_and_the_most_recent_run(shakespeare_run, tmp_
     # A run directory alone is a MODEL with nothing to read: a usage error.
     missing = run_cli("eval", str(run))
     assert missing.exit_code == 2
-    assert error_lines(missing.stderr) == ["Error: missing FILE to read (a text file, or - for standard input)"]
+    assert error_lines(missing.stderr) == [
+        "Error: missing FILE to read (a text file, or - for standard input)"
+    ]
 
 
 def test_unknown_characters_stop_with_one_line_or_are_skipped_and_counted(shakespeare_run, tmp_path):
@@ -116,9 +133,10 @@ def test_chunked_and_spilled_reading_gives_the_same_figure(shakespeare_run, monk
     whole = model.evaluate(val.read_text(encoding="utf-8"))
     chunks = list(iter_text_chunks(TextSource.of(val), chunk_bytes=100))
     assert max(len(chunk.encode("utf-8")) for chunk in chunks) <= 100
-    monkeypatch.setattr(text_evaluation, "SPILL_BYTES", 64)
-    spilled = text_evaluation.evaluate_chunks(model.module, model.tokenizer, iter(chunks), model.device,
-                                              temp_folder=None)
+    monkeypatch.setattr(eval_text, "SPILL_BYTES", 64)
+    spilled = eval_text.evaluate_chunks(
+        model.module, model.tokenizer, iter(chunks), model.device, temp_folder=None
+    )
     assert spilled.bits_per_char == pytest.approx(whole.bits_per_char, rel=1e-9)
     assert spilled.chars == whole.chars
 
@@ -130,13 +148,19 @@ def test_a_character_cut_between_chunks_is_read_whole(tmp_path):
         assert "".join(iter_text_chunks(TextSource.of(path), chunk_bytes=size)) == "é€😀" * 50
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "Error: file not found: {path}"),
-    ("dir", "Error: {path} is a directory, not a text file"),
-    (b"", "Error: {path} is empty"),
-    (b"a", "Error: {path} is too short to evaluate (one token: every token after the first is predicted)"),
-    (b"good line\nthen \xff bad", "Error: {path} is not valid UTF-8: byte 0xff at offset 15 (line 2)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "Error: file not found: {path}"),
+        ("dir", "Error: {path} is a directory, not a text file"),
+        (b"", "Error: {path} is empty"),
+        (
+            b"a",
+            "Error: {path} is too short to evaluate (one token: every token after the first is predicted)",
+        ),
+        (b"good line\nthen \xff bad", "Error: {path} is not valid UTF-8: byte 0xff at offset 15 (line 2)"),
+    ],
+)
 def test_bad_input_is_one_error_line(shakespeare_run, tmp_path, content, message):
     run, _ = shakespeare_run
     path = tmp_path / "input.txt"
@@ -153,7 +177,7 @@ def test_bad_input_is_one_error_line(shakespeare_run, tmp_path, content, message
 def test_damaged_model_and_stdin_twice(shakespeare_run, tmp_path):
     run, val = shakespeare_run
     damaged = tmp_path / "damaged.safetensors"
-    damaged.write_bytes((run / "best.safetensors").read_bytes()[:-100])    # cut short
+    damaged.write_bytes((run / "best.safetensors").read_bytes()[:-100])  # cut short
     result = run_cli("eval", str(damaged), str(val))
     assert result.exit_code == 1 and result.stdout == ""
     [line] = error_lines(result.stderr)
@@ -168,21 +192,22 @@ def test_a_huge_single_line_is_encoded_in_bounded_memory(trained_run, tmp_path):
     import tracemalloc
 
     path = tmp_path / "one-line.txt"
-    piece = ("the lazy dog " * 80_000).encode("utf-8")           # about 1 MB
+    piece = ("the lazy dog " * 80_000).encode("utf-8")  # about 1 MB
     with open(path, "wb") as out:
         for _ in range(24):
             out.write(piece)
     model = load(trained_run, device="cpu")
     tracemalloc.start()
     try:
-        sink, skipped = text_evaluation.encode_text(model.tokenizer, iter_text_chunks(TextSource.of(path)),
-                                                    str(path), temp_folder=tmp_path)
+        sink, skipped = eval_text.encode_text(
+            model.tokenizer, iter_text_chunks(TextSource.of(path)), str(path), temp_folder=tmp_path
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     try:
         assert sink.num_tokens == 24 * len(piece) and skipped == 0
-        assert sink.file is not None                       # spilled, not kept in memory
+        assert sink.file is not None  # spilled, not kept in memory
         assert peak < 40_000_000, f"peak {peak / 1e6:.0f} MB for a 24 MB line"
     finally:
         sink.close()

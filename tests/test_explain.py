@@ -10,24 +10,32 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from charrnn.activations import analyse_text, parse_unit, UnitRef
-from charrnn.checkpoint import save_weights
-from charrnn.config import ModelConfig
-from charrnn.errors import UsageProblem
-from charrnn.model import CharRNN
-from charrnn.report_html import read_embedded_data
-from charrnn.tokenizers import ByteTokenizer, CharTokenizer
-from charrnn.unit_finder import bracket_depth, find_units, inside_quotes, position_in_line
 from conftest import PATTERN, error_lines, run_charrnn_process, run_cli
+
+from charrnn.cli.explain_html import read_embedded_data
+from charrnn.config import ModelConfig
+from charrnn.data.tokenizers import ByteTokenizer, CharTokenizer
+from charrnn.errors import UsageProblem
+from charrnn.inspect.activations import UnitRef, analyse_text, parse_unit
+from charrnn.inspect.unit_finder import bracket_depth, find_units, inside_quotes, position_in_line
+from charrnn.model import CharRNN
+from charrnn.store.checkpoint import save_weights
 
 TEXT = 'He said "stop (now)" and left.\nShe said "go [there]".\n'
 
 
 def tiny_model(kind: str, vocab_size: int, layers: int = 2, hidden: int = 8, seed: int = 0) -> CharRNN:
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(model=kind, num_layers=layers, hidden_size=hidden, embedding_size=6,
-                                dropout=0.0, vocab_size=vocab_size))
+    model = CharRNN(
+        ModelConfig(
+            model=kind,
+            num_layers=layers,
+            hidden_size=hidden,
+            embedding_size=6,
+            dropout=0.0,
+            vocab_size=vocab_size,
+        )
+    )
     return model.eval()
 
 
@@ -54,12 +62,16 @@ def test_surprise_and_states_are_the_models_own_numbers(kind):
         _, state = model(tokens)
     hidden = state[0] if kind == "lstm" else state
     for layer in range(2):
-        np.testing.assert_allclose(analysis.activations[(layer, "hidden")][-1], hidden[layer, 0].numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            analysis.activations[(layer, "hidden")][-1], hidden[layer, 0].numpy(), atol=1e-5
+        )
         if kind == "lstm":
-            np.testing.assert_allclose(analysis.activations[(layer, "cell")][-1], state[1][layer, 0].numpy(),
-                                       atol=1e-5)
-    assert set(part for _, part in analysis.activations) == ({"cell", "hidden"} if kind == "lstm" else {"hidden"})
+            np.testing.assert_allclose(
+                analysis.activations[(layer, "cell")][-1], state[1][layer, 0].numpy(), atol=1e-5
+            )
+    assert set(part for _, part in analysis.activations) == (
+        {"cell", "hidden"} if kind == "lstm" else {"hidden"}
+    )
 
 
 def test_top_predictions_are_the_models_probabilities():
@@ -69,7 +81,7 @@ def test_top_predictions_are_the_models_probabilities():
     tokens = torch.from_numpy(tokenizer.encode(TEXT).astype(np.int64)).unsqueeze(0)
     with torch.no_grad():
         probs = F.softmax(model(tokens)[0][0].double(), dim=-1)
-    position = 10   # the predictions shown at character 10 were made after reading character 9
+    position = 10  # the predictions shown at character 10 were made after reading character 9
     expected = torch.topk(probs[position - 1], 5)
     shown = analysis.predictions[position]
     assert [label for label, _ in shown] == [tokenizer.chars[int(i)] for i in expected.indices]
@@ -85,13 +97,13 @@ def test_byte_tokens_group_into_whole_characters():
     assert analysis.segments == list(text)
     token_bits = reference_bits(model, tokenizer.encode(text))
     # "€" is three bytes: its surprise is the sum of their three bits, shown on one character.
-    euro_start = len("né".encode("utf-8"))
-    assert analysis.bits[2] == pytest.approx(token_bits[euro_start - 1:euro_start + 2].sum())
+    euro_start = len("né".encode())
+    assert analysis.bits[2] == pytest.approx(token_bits[euro_start - 1 : euro_start + 2].sum())
     assert analysis.per_char(analysis.bits).shape == (len(text),)
 
 
 def test_subword_pieces_colour_all_their_characters():
-    from charrnn.tokenizers_sentencepiece import SentencePieceTokenizer
+    from charrnn.data.subword import SentencePieceTokenizer
 
     tokenizer = SentencePieceTokenizer.fit("bpe", PATTERN * 50, 300)
     model = tiny_model("lstm", tokenizer.vocab_size)
@@ -103,7 +115,7 @@ def test_subword_pieces_colour_all_their_characters():
     assert len(values) == len(text)
     first_long = next(i for i, segment in enumerate(analysis.segments) if len(segment) > 1)
     start = sum(len(segment) for segment in analysis.segments[:first_long])
-    assert len(set(values[start:start + len(analysis.segments[first_long])].tolist())) == 1
+    assert len(set(values[start : start + len(analysis.segments[first_long])].tolist())) == 1
 
 
 def test_text_properties():
@@ -121,20 +133,23 @@ def column_counter_model(tokenizer: CharTokenizer, unit: int) -> CharRNN:
     """
     vocab = tokenizer.vocab_size
     torch.manual_seed(1)
-    model = CharRNN(ModelConfig(model="lstm", num_layers=1, hidden_size=16, embedding_size=vocab,
-                                dropout=0.0, vocab_size=vocab)).eval()
+    model = CharRNN(
+        ModelConfig(
+            model="lstm", num_layers=1, hidden_size=16, embedding_size=vocab, dropout=0.0, vocab_size=vocab
+        )
+    ).eval()
     hidden = 16
     newline = tokenizer.chars.index("\n")
     with torch.no_grad():
         model.embedding.weight.copy_(torch.eye(vocab))
         recurrent = model.recurrent
-        for gate in range(4):                       # PyTorch's order: input, forget, candidate, output
+        for gate in range(4):  # PyTorch's order: input, forget, candidate, output
             row = gate * hidden + unit
             recurrent.weight_ih_l0[row].zero_()
             recurrent.weight_hh_l0[row].zero_()
             recurrent.bias_hh_l0[row] = 0.0
             recurrent.bias_ih_l0[row] = 20.0
-        recurrent.weight_ih_l0[hidden + unit, newline] = -40.0   # newline: forget everything
+        recurrent.weight_ih_l0[hidden + unit, newline] = -40.0  # newline: forget everything
     return model
 
 
@@ -146,7 +161,7 @@ def test_finder_finds_a_planted_unit():
     best = results["column"].matches[0]
     assert best.unit == UnitRef(0, 5, "cell")
     assert best.correlation > 0.99
-    assert results["quotes"].matches == []        # no quotes in the text: nothing to track
+    assert results["quotes"].matches == []  # no quotes in the text: nothing to track
 
 
 @pytest.fixture
@@ -169,7 +184,7 @@ def test_find_units_command_lists_the_planted_unit(planted_checkpoint):
     table = run_cli("explain", str(checkpoint), str(text_file), "--find-units", "--show")
     assert table.exit_code == 0, table.stderr
     assert "position in the line" in table.stdout and "0:5:cell" in table.stdout
-    assert "layer 0 unit 5 cell state" in table.stdout    # --show: the unit's coloured view follows
+    assert "layer 0 unit 5 cell state" in table.stdout  # --show: the unit's coloured view follows
 
 
 def test_html_page_embeds_the_models_numbers(planted_checkpoint, tmp_path):
@@ -180,7 +195,7 @@ def test_html_page_embeds_the_models_numbers(planted_checkpoint, tmp_path):
     assert result.stdout == ""
     page = page_path.read_text(encoding="utf-8")
     data = read_embedded_data(page)
-    from charrnn.checkpoint import load_weights
+    from charrnn.store.checkpoint import load_weights
 
     loaded = load_weights(checkpoint)
     expected_bits = reference_bits(loaded.model, loaded.tokenizer.encode(text))
@@ -192,7 +207,7 @@ def test_html_page_embeds_the_models_numbers(planted_checkpoint, tmp_path):
     assert [label for label, _ in top] == [label for label, _ in analysis.predictions[7]]
     assert [p for _, p in top] == pytest.approx([p for _, p in analysis.predictions[7]], abs=1e-5)
     views = {view["key"]: view for view in data["views"]}
-    assert list(views)[:2] == ["surprise", "0:2:cell"]           # surprise, the chosen unit, the found ones
+    assert list(views)[:2] == ["surprise", "0:2:cell"]  # surprise, the chosen unit, the found ones
     assert "0:5:cell" in views and "position in the line" in views["0:5:cell"]["label"]
     assert views["0:5:cell"]["values"] == pytest.approx(analysis.unit_values(UnitRef(0, 5, "cell")), abs=1e-4)
     # Self-contained: no address outside the page.
@@ -200,20 +215,23 @@ def test_html_page_embeds_the_models_numbers(planted_checkpoint, tmp_path):
 
 
 def test_html_data_cannot_end_the_script_element(tmp_path):
-    from charrnn.report_html import render_page
+    from charrnn.cli.explain_html import render_page
 
     hostile = {"segments": [{"text": "</script><script>alert(1)</script>&", "bits": None, "top": []}]}
     page = render_page(hostile, "t")
-    assert page.count("</script>") == 2    # the data element's and the page script's own
+    assert page.count("</script>") == 2  # the data element's and the page script's own
     assert read_embedded_data(page) == hostile
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("5:0", "layer 5 does not exist: the model has 1 layer (0-0)"),
-    ("0:99", "index 99 is out of range: each layer has 16 units (0-15)"),
-    ("0:1:gate", "state must be cell or hidden"),
-    ("x", "--unit must look like LAYER:INDEX"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("5:0", "layer 5 does not exist: the model has 1 layer (0-0)"),
+        ("0:99", "index 99 is out of range: each layer has 16 units (0-15)"),
+        ("0:1:gate", "state must be cell or hidden"),
+        ("x", "--unit must look like LAYER:INDEX"),
+    ],
+)
 def test_bad_unit_is_one_line(planted_checkpoint, spec, message):
     checkpoint, text_file, _ = planted_checkpoint
     result = run_cli("explain", str(checkpoint), str(text_file), "--unit", spec)
@@ -247,15 +265,18 @@ def test_terminal_view_in_a_pipe_is_the_plain_text(planted_checkpoint):
     assert "bits/char on average" in result.stderr
 
 
-@pytest.mark.parametrize("arguments, code, message", [
-    ((), 2, "give the text to explain"),
-    (("a", "b", "c"), 2, "give the text to explain"),
-    (("{model}", "missing.txt"), 1, "text file not found: missing.txt"),
-    (("{model}", "{bad_utf8}"), 1, "is not valid UTF-8"),
-    (("{model}", "{unseen}"), 1, "characters the model never saw in training: 'Z'"),
-    (("{model}", "{empty}"), 2, "the text is empty"),
-    (("no-such-run", "{unseen}"), 1, "checkpoint not found: no-such-run"),
-])
+@pytest.mark.parametrize(
+    "arguments, code, message",
+    [
+        ((), 2, "give the text to explain"),
+        (("a", "b", "c"), 2, "give the text to explain"),
+        (("{model}", "missing.txt"), 1, "text file not found: missing.txt"),
+        (("{model}", "{bad_utf8}"), 1, "is not valid UTF-8"),
+        (("{model}", "{unseen}"), 1, "characters the model never saw in training: 'Z'"),
+        (("{model}", "{empty}"), 2, "the text is empty"),
+        (("no-such-run", "{unseen}"), 1, "checkpoint not found: no-such-run"),
+    ],
+)
 def test_bad_input_is_one_line(planted_checkpoint, tmp_path, monkeypatch, arguments, code, message):
     checkpoint, _, _ = planted_checkpoint
     monkeypatch.chdir(tmp_path)
@@ -288,8 +309,11 @@ def test_pipe_to_head_ends_quietly(planted_checkpoint):
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "charrnn", "explain", str(checkpoint), str(text_file),
-                                "--max-chars", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "explain", str(checkpoint), str(text_file), "--max-chars", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.read(10)
     process.stdout.close()
     stderr = process.stderr.read().decode()

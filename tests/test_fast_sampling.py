@@ -5,23 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from charrnn import blas_threads
-from charrnn.config import ModelConfig, SampleConfig
-from charrnn.model import CharRNN
-from charrnn.sampling import choose_next_tokens, generate_records, generate_text
-from charrnn.token_choice import TokenChooser, UniformStream
-
 from conftest import run_cli
 
-SETTINGS = [SampleConfig(), SampleConfig(temperature=0.7), SampleConfig(temperature=1.6, top_k=5),
-            SampleConfig(top_p=0.8), SampleConfig(greedy=True)]
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.generate import blas_threads
+from charrnn.generate.sampler import choose_next_tokens, generate_records, generate_text
+from charrnn.generate.token_choice import TokenChooser, UniformStream
+from charrnn.model import CharRNN
+
+SETTINGS = [
+    SampleConfig(),
+    SampleConfig(temperature=0.7),
+    SampleConfig(temperature=1.6, top_k=5),
+    SampleConfig(top_p=0.8),
+    SampleConfig(greedy=True),
+]
 
 
 def test_drawing_ahead_gives_the_numbers_of_one_draw_at_a_time():
     stream = UniformStream(torch.Generator().manual_seed(3))
     one_at_a_time = torch.Generator().manual_seed(3)
-    drawn = [stream.next() for _ in range(700)]           # crosses two block boundaries
+    drawn = [stream.next() for _ in range(700)]  # crosses two block boundaries
     expected = [torch.rand((1, 1), generator=one_at_a_time).item() for _ in range(700)]
     assert [float(value) for value in drawn] == expected
 
@@ -47,7 +51,7 @@ def test_a_row_picks_the_same_token_alone_or_in_a_batch(config):
     alone_streams = [UniformStream(torch.Generator().manual_seed(seed)) for seed in range(6)]
     for step in logits:
         together = batched.choose(step, batch_streams).tolist()
-        one_by_one = [int(alone.choose(step[row:row + 1], [alone_streams[row]])[0]) for row in range(6)]
+        one_by_one = [int(alone.choose(step[row : row + 1], [alone_streams[row]])[0]) for row in range(6)]
         assert together == one_by_one
 
 
@@ -63,11 +67,12 @@ def test_default_shaped_model_writes_what_the_fused_layers_write(kind, table, mo
     """Same seed, a model of the default width: the NumPy path and stepping nn.LSTM/nn.GRU agree,
     with the first layer's per-token table and without it (as for a big vocabulary)."""
     if not table:
-        monkeypatch.setattr("charrnn.stepper.MAX_FIRST_LAYER_TABLE_FLOATS", 0)
-    from charrnn.data import Corpus, prepare_corpus
+        monkeypatch.setattr("charrnn.generate.stepper.MAX_FIRST_LAYER_TABLE_FLOATS", 0)
+    from charrnn.data.in_memory import Corpus, prepare_corpus
 
-    tokenizer = prepare_corpus(Corpus("".join(chr(32 + i) for i in range(65)) * 3, "v", "v"),
-                               "char", 0.3).tokenizer
+    tokenizer = prepare_corpus(
+        Corpus("".join(chr(32 + i) for i in range(65)) * 3, "v", "v"), "char", 0.3
+    ).tokenizer
     torch.manual_seed(4)
     model = CharRNN(ModelConfig(model=kind, hidden_size=384, vocab_size=tokenizer.vocab_size)).eval()
     config = SampleConfig(temperature=0.9, seed=21, length=150, prime="AB")
@@ -84,7 +89,7 @@ def test_default_shaped_model_writes_what_the_fused_layers_write(kind, table, mo
 
 
 def test_every_sample_of_a_batch_is_its_seed_written_alone(trained_run):
-    from charrnn.checkpoint import load_weights
+    from charrnn.store.checkpoint import load_weights
 
     loaded = load_weights(trained_run / "best.safetensors")
     config = SampleConfig(num_samples=5, length=120, seed=8, temperature=1.2, prime="the")
@@ -103,7 +108,7 @@ def test_sampling_runs_numpy_on_one_thread_and_puts_the_count_back(trained_run, 
         seen.append(threads)
         original(threads)
 
-    monkeypatch.setattr("charrnn.stepper.set_blas_threads", recording)
+    monkeypatch.setattr("charrnn.generate.stepper.set_blas_threads", recording)
     original(2)
     assert run_cli("sample", str(trained_run), "--length", "20", "--seed", "1").exit_code == 0
     assert seen == [1]

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import finetune
 from charrnn.config import ModelConfig
+from charrnn.data.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
 from charrnn.errors import TokenizerError, UsageProblem
 from charrnn.model import CharRNN
-from charrnn.tokenizers import ByteTokenizer, CharTokenizer, tokenizer_from_dict
+from charrnn.training import finetune
 
 
 def test_a_grown_char_vocabulary_keeps_every_old_id_and_appends_the_new_characters():
     parent = CharTokenizer.fit("hello world")
     grown, added = finetune.extend_tokenizer(parent, "héllo wörld!")
     assert added == ["!", "é", "ö"]
-    assert grown.chars[:parent.vocab_size] == parent.chars
+    assert grown.chars[: parent.vocab_size] == parent.chars
     assert grown.vocab_size == parent.vocab_size + 3
     # Old text encodes to the same ids; new characters get the new ids at the end.
     assert grown.encode("hello world").tolist() == parent.encode("hello world").tolist()
@@ -52,7 +52,7 @@ def test_a_vocabulary_pushed_past_the_id_limit_is_refused(monkeypatch):
 def test_grown_weights_keep_the_parent_and_start_new_rows_sensibly():
     torch.manual_seed(0)
     parent = CharRNN(ModelConfig(hidden_size=8, embedding_size=4, num_layers=1, vocab_size=5))
-    counts = np.array([10, 10, 10, 10, 10, 50, 0])       # 2 new tokens: one frequent, one absent
+    counts = np.array([10, 10, 10, 10, 10, 50, 0])  # 2 new tokens: one frequent, one absent
     child = finetune.grown_model(parent, 7, counts)
     old, new = parent.state_dict(), child.state_dict()
     for name in ("embedding.weight", "head.weight", "head.bias"):
@@ -78,8 +78,9 @@ def test_grown_weights_keep_the_parent_and_start_new_rows_sensibly():
 def test_shape_and_tokeniser_options_that_contradict_the_model_are_refused():
     config = ModelConfig(hidden_size=64, vocab_size=10)
     tokenizer = CharTokenizer.fit("abcdefghij")
-    finetune.check_options_agree(config, tokenizer, {"hidden_size": 64}, {"tokenizer": "char"},
-                                 given={"hidden_size", "tokenizer"})
+    finetune.check_options_agree(
+        config, tokenizer, {"hidden_size": 64}, {"tokenizer": "char"}, given={"hidden_size", "tokenizer"}
+    )
     with pytest.raises(UsageProblem, match="--hidden-size is 32 but the model has 64"):
         finetune.check_options_agree(config, tokenizer, {"hidden_size": 32}, {}, given={"hidden_size"})
     with pytest.raises(UsageProblem, match="--tokenizer is 'byte' but the model uses 'char'"):

@@ -26,7 +26,7 @@ def test_processes_on_one_machine_share_its_cores(eight_cores):
 def test_omp_num_threads_wins_when_set(eight_cores, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert hardware.default_threads(processes_on_this_machine=4) == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "lots")          # not a number: ignored
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a number: ignored
     assert hardware.default_threads() == 8
 
 

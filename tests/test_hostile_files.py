@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
+from faults import deny_writes_under
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from charrnn.checkpoint import FORMAT_VERSION, expected_tensor_shapes
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
-
-from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
-from faults import deny_writes_under
+from charrnn.store.checkpoint import FORMAT_VERSION, expected_tensor_shapes
 
 
 def _tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -41,6 +40,7 @@ def _assert_one_error_line(result, *phrases: str) -> str:
 
 
 # -- weights files (what `sample` reads) -------------------------------------------------------
+
 
 def _damaged_weights(kind: str, good: Path) -> bytes:
     data = good.read_bytes()
@@ -70,30 +70,34 @@ def _damaged_weights(kind: str, good: Path) -> bytes:
         return safetensors_bytes(tensors, metadata={**metadata, "model_config": json.dumps(giant)})
     if kind == "offsets past the end":
         header_len = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
         header["head.bias"]["data_offsets"] = [0, 10**12]
         raw = json.dumps(header).encode()
-        return struct.pack("<Q", len(raw)) + raw + data[8 + header_len:]
+        return struct.pack("<Q", len(raw)) + raw + data[8 + header_len :]
     if kind == "non-finite weights":
-        return safetensors_bytes({**tensors, "head.bias": tensors["head.bias"] * float("nan")},
-                                 metadata=metadata)
+        return safetensors_bytes(
+            {**tensors, "head.bias": tensors["head.bias"] * float("nan")}, metadata=metadata
+        )
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind, phrase", [
-    ("truncated", "is corrupted"),
-    ("empty", "is corrupted"),
-    ("random bytes", "is corrupted or not a charrnn checkpoint"),
-    ("a .pt renamed", "is corrupted or not a charrnn checkpoint"),
-    ("foreign safetensors", "is not a charrnn checkpoint"),
-    ("newer format", f"was written by a newer charrnn (format {FORMAT_VERSION + 1}"),
-    ("huge header length", "is corrupted or not a charrnn checkpoint (bad header length)"),
-    ("wrong dtype", "is corrupted (tensor head.bias is torch.float16"),
-    ("missing tensor", "is corrupted (missing tensor head.bias)"),
-    ("header claims a giant model", "is corrupted (missing tensor"),
-    ("offsets past the end", "is corrupted"),
-    ("non-finite weights", "is corrupted (tensor head.bias has non-finite values)"),
-])
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [
+        ("truncated", "is corrupted"),
+        ("empty", "is corrupted"),
+        ("random bytes", "is corrupted or not a charrnn checkpoint"),
+        ("a .pt renamed", "is corrupted or not a charrnn checkpoint"),
+        ("foreign safetensors", "is not a charrnn checkpoint"),
+        ("newer format", f"was written by a newer charrnn (format {FORMAT_VERSION + 1}"),
+        ("huge header length", "is corrupted or not a charrnn checkpoint (bad header length)"),
+        ("wrong dtype", "is corrupted (tensor head.bias is torch.float16"),
+        ("missing tensor", "is corrupted (missing tensor head.bias)"),
+        ("header claims a giant model", "is corrupted (missing tensor"),
+        ("offsets past the end", "is corrupted"),
+        ("non-finite weights", "is corrupted (tensor head.bias has non-finite values)"),
+    ],
+)
 def test_damaged_weights_file_is_one_clear_line_and_fast(trained_run, tmp_path, kind, phrase):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(_damaged_weights(kind, trained_run / "best.safetensors"))
@@ -111,6 +115,7 @@ def test_expected_shapes_match_the_real_model():
 
 
 # -- malicious pickles -------------------------------------------------------------------------
+
 
 class _CreatesMarker:
     """Unpickling this calls open(marker, 'w'): the marker file appears if any code ran."""
@@ -142,8 +147,12 @@ def test_the_payloads_are_live(tmp_path):
 @pytest.mark.parametrize("payload", ["torch zip", "raw pickle"])
 def test_state_with_code_payload_is_refused_without_running_it(pattern_corpus, tmp_path, payload):
     out = tmp_path / "run"
-    assert run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "3",
-                   *TINY_MODEL_OPTIONS).exit_code == 0
+    assert (
+        run_cli(
+            "train", str(pattern_corpus), "--out", str(out), "--max-steps", "3", *TINY_MODEL_OPTIONS
+        ).exit_code
+        == 0
+    )
     marker = tmp_path / "pwned"
     (out / "state.pt").write_bytes(_payloads(marker)[payload])
     result = run_cli("train", "--resume", str(out))
@@ -161,6 +170,7 @@ def test_sampling_never_unpickles(tmp_path, payload):
 
 
 # -- damaged training states (what `train --resume` reads) --------------------------------------
+
 
 def _state_bytes(kind: str, good: bytes) -> bytes:
     if kind == "truncated":
@@ -185,20 +195,27 @@ def _state_bytes(kind: str, good: bytes) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("kind, phrase", [
-    ("truncated", "is corrupted or not a charrnn training state"),
-    ("empty", "is corrupted"),
-    ("random bytes", "is corrupted or not a charrnn training state"),
-    ("safetensors renamed", "is corrupted or not a charrnn training state"),
-    ("foreign torch file", "is not a charrnn training state"),
-    ("newer format", "was written by a newer charrnn"),
-    ("field of the wrong type", "is corrupted (field 'step'"),
-    ("tensor of the wrong shape", "is corrupted"),
-])
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [
+        ("truncated", "is corrupted or not a charrnn training state"),
+        ("empty", "is corrupted"),
+        ("random bytes", "is corrupted or not a charrnn training state"),
+        ("safetensors renamed", "is corrupted or not a charrnn training state"),
+        ("foreign torch file", "is not a charrnn training state"),
+        ("newer format", "was written by a newer charrnn"),
+        ("field of the wrong type", "is corrupted (field 'step'"),
+        ("tensor of the wrong shape", "is corrupted"),
+    ],
+)
 def test_damaged_training_state_is_one_clear_line(pattern_corpus, tmp_path, kind, phrase):
     out = tmp_path / "run"
-    assert run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "3",
-                   *TINY_MODEL_OPTIONS).exit_code == 0
+    assert (
+        run_cli(
+            "train", str(pattern_corpus), "--out", str(out), "--max-steps", "3", *TINY_MODEL_OPTIONS
+        ).exit_code
+        == 0
+    )
     state = out / "state.pt"
     state.write_bytes(_state_bytes(kind, state.read_bytes()))
     latest = (out / "latest.safetensors").read_bytes()
@@ -208,10 +225,23 @@ def test_damaged_training_state_is_one_clear_line(pattern_corpus, tmp_path, kind
 
 # -- the disk fills up; the folder cannot be written ------------------------------------------
 
+
 def test_disk_full_while_saving_is_one_line_and_changes_nothing(pattern_corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    assert run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "10",
-                   "--eval-every", "10", *TINY_MODEL_OPTIONS).exit_code == 0
+    assert (
+        run_cli(
+            "train",
+            str(pattern_corpus),
+            "--out",
+            str(out),
+            "--max-steps",
+            "10",
+            "--eval-every",
+            "10",
+            *TINY_MODEL_OPTIONS,
+        ).exit_code
+        == 0
+    )
     before = {p.name: p.read_bytes() for p in out.glob("*.*")}
     real_write = os.write
 
@@ -226,10 +256,12 @@ def test_disk_full_while_saving_is_one_line_and_changes_nothing(pattern_corpus, 
     monkeypatch.setattr(os, "write", write_until_full)
     result = run_cli("train", "--resume", str(out), "--max-steps", "20")
     assert result.exit_code == 1
-    lines = error_lines(result.stderr)   # progress lines first, then the one error line
+    lines = error_lines(result.stderr)  # progress lines first, then the one error line
     assert [line for line in lines if line.startswith("Error")] == [lines[-1]]
-    assert lines[-1] == (f"Error: disk full while saving {out / 'latest.safetensors'}: the previous "
-                         "checkpoint is unchanged; free some space, then resume")
+    assert lines[-1] == (
+        f"Error: disk full while saving {out / 'latest.safetensors'}: the previous "
+        "checkpoint is unchanged; free some space, then resume"
+    )
     assert "Traceback" not in result.stderr
     for name in ("latest.safetensors", "best.safetensors", "state.pt"):
         assert (out / name).read_bytes() == before[name], name
@@ -247,7 +279,7 @@ def test_unwritable_output_directory_fails_before_training(pattern_corpus, tmp_p
 def test_read_only_output_directory_fails_before_training(pattern_corpus, tmp_path, monkeypatch):
     read_only = tmp_path / "ro"
     read_only.mkdir()
-    deny_writes_under(monkeypatch, read_only)     # simulated: file modes do not stop root
+    deny_writes_under(monkeypatch, read_only)  # simulated: file modes do not stop root
     result = run_cli("train", str(pattern_corpus), "--out", str(read_only), *TINY_MODEL_OPTIONS)
     _assert_one_error_line(result, "cannot write to run directory", "ermission denied")
     assert "parameters" not in result.stderr

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.api import load
 from charrnn.model import count_parameters
-from charrnn.rundir import RunDir
-from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
+from charrnn.store.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,21 @@ def runs_folder(tmp_path_factory) -> Path:
     corpus = folder / "pattern.txt"
     corpus.write_text(PATTERN * 100, encoding="utf-8")
     for name, steps in (("short", "5"), ("longer", "60")):
-        result = run_cli("train", str(corpus), "--out", str(folder / "runs" / name), "--max-steps", steps,
-                         "--lr", "0.01", "--warmup-steps", "5", "--precision", "fp32", *TINY_MODEL_OPTIONS)
+        result = run_cli(
+            "train",
+            str(corpus),
+            "--out",
+            str(folder / "runs" / name),
+            "--max-steps",
+            steps,
+            "--lr",
+            "0.01",
+            "--warmup-steps",
+            "5",
+            "--precision",
+            "fp32",
+            *TINY_MODEL_OPTIONS,
+        )
         assert result.exit_code == 0, result.stderr
     return folder / "runs"
 
@@ -32,8 +45,17 @@ def test_info_shows_the_checkpoint_at_a_glance(trained_run):
     result = run_cli("info", str(trained_run))
     assert result.exit_code == 0 and result.stderr == ""
     text = result.stdout
-    for expected in ("lstm, 1 layers x 32 units", "char, vocabulary", "corpus sha256", "best val bits/char",
-                     "best.safetensors", "metrics.jsonl", "state.pt", "steps", "150"):
+    for expected in (
+        "lstm, 1 layers x 32 units",
+        "char, vocabulary",
+        "corpus sha256",
+        "best val bits/char",
+        "best.safetensors",
+        "metrics.jsonl",
+        "state.pt",
+        "steps",
+        "150",
+    ):
         assert expected in text
 
 
@@ -63,7 +85,8 @@ def test_info_of_a_damaged_or_missing_model_is_one_error_line(trained_run, tmp_p
     result = run_cli("info", str(damaged))
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
-        f"Error: {damaged} is corrupted or not a charrnn checkpoint (bad header length)"]
+        f"Error: {damaged} is corrupted or not a charrnn checkpoint (bad header length)"
+    ]
     missing = run_cli("info", str(tmp_path / "nope.safetensors"))
     assert error_lines(missing.stderr) == [f"Error: checkpoint not found: {tmp_path / 'nope.safetensors'}"]
 
@@ -78,7 +101,9 @@ def test_runs_are_sorted_by_best_bits_per_char_with_their_state(runs_folder):
     rows = json.loads(run_cli("runs", str(runs_folder), "--json").stdout)
     assert [row["name"] for row in rows] == ["longer", "short"]
     assert rows[0]["best_val_bpc"] < rows[1]["best_val_bpc"]
-    assert rows[0]["steps"] == 60 and rows[0]["model"] == "lstm 1x32" and rows[0]["tokenizer"].startswith("char")
+    assert (
+        rows[0]["steps"] == 60 and rows[0]["model"] == "lstm 1x32" and rows[0]["tokenizer"].startswith("char")
+    )
 
 
 def test_training_records_how_it_ended(runs_folder):
@@ -90,16 +115,26 @@ def test_a_live_lock_means_in_progress(runs_folder):
     run.lock()
     try:
         assert run.is_locked()
-        states = {row["name"]: row["state"] for row in json.loads(run_cli("runs", str(runs_folder), "--json").stdout)}
+        states = {
+            row["name"]: row["state"]
+            for row in json.loads(run_cli("runs", str(runs_folder), "--json").stdout)
+        }
         assert states == {"short": "in progress", "longer": "finished"}
     finally:
         run.unlock()
     assert not run.is_locked()
     # Held by another process, as a training holds it.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from charrnn.rundir import RunDir; r = RunDir(sys.argv[1]); "
-         "r.lock(); print('locked', flush=True); sys.stdin.read()", str(run.path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from charrnn.store.run_dir import RunDir; r = RunDir(sys.argv[1]); "
+            "r.lock(); print('locked', flush=True); sys.stdin.read()",
+            str(run.path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline() == b"locked\n"
         assert run.is_locked()
@@ -128,7 +163,8 @@ def test_runs_of_a_missing_folder_is_one_error_line(tmp_path):
     result = run_cli("runs", str(tmp_path / "nowhere"))
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
-        f"Error: no runs folder {tmp_path / 'nowhere'}: train a model first, or name the folder"]
+        f"Error: no runs folder {tmp_path / 'nowhere'}: train a model first, or name the folder"
+    ]
 
 
 def test_a_training_takes_its_lock_even_while_someone_is_looking(tmp_path):

@@ -7,23 +7,25 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from charrnn.checkpoint import load_weights, save_weights
-from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.data import Corpus, prepare_corpus
-from charrnn.model import CharRNN
-from charrnn.rundir import RunDir
-from charrnn.sampling import generate_text
-from charrnn.training import Trainer
-
 from conftest import PATTERN, run_cli
+
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
+from charrnn.data.in_memory import Corpus, prepare_corpus
+from charrnn.generate.sampler import generate_text
+from charrnn.model import CharRNN
+from charrnn.store.checkpoint import load_weights, save_weights
+from charrnn.store.run_dir import RunDir
+from charrnn.training.loop import Trainer
 
 
 def test_model_learns_repeated_pattern_and_greedy_sampling_reproduces_it(trained_run):
     loaded = load_weights(trained_run / "best.safetensors")
     assert loaded.info["best_val_loss"] < 0.1
-    text = "".join(generate_text(loaded.model, loaded.tokenizer,
-                                 SampleConfig(greedy=True, prime="the quick", length=120)))
+    text = "".join(
+        generate_text(
+            loaded.model, loaded.tokenizer, SampleConfig(greedy=True, prime="the quick", length=120)
+        )
+    )
     expected = (PATTERN * 4)[: len("the quick") + 120]
     assert text == expected
 
@@ -50,10 +52,10 @@ def test_hidden_state_is_carried_between_windows_and_detached(tmp_path):
     for _ in range(3):
         trainer.train_step()
     assert trainer.step == 3
-    assert all(torch.count_nonzero(part) == 0 for part in seen_states[0])   # first window: zero state
+    assert all(torch.count_nonzero(part) == 0 for part in seen_states[0])  # first window: zero state
     for before, after in zip(seen_states[1:], outputs[:-1]):
         for entering, left in zip(before, after):
-            assert torch.equal(entering, left)           # the state a window leaves is the next one's start
+            assert torch.equal(entering, left)  # the state a window leaves is the next one's start
             assert torch.count_nonzero(entering) > 0
 
 
@@ -61,8 +63,15 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
     torch.manual_seed(0)
     corpus = prepare_corpus(Corpus(PATTERN * 20, "p", "p"), "char", 0.1)
     for kind in ("lstm", "gru", "rnn"):
-        model = CharRNN(ModelConfig(model=kind, hidden_size=24, embedding_size=8, num_layers=2,
-                                    vocab_size=corpus.tokenizer.vocab_size)).eval()
+        model = CharRNN(
+            ModelConfig(
+                model=kind,
+                hidden_size=24,
+                embedding_size=8,
+                num_layers=2,
+                vocab_size=corpus.tokenizer.vocab_size,
+            )
+        ).eval()
         path = tmp_path / f"{kind}.safetensors"
         save_weights(path, model, corpus.tokenizer, {"step": 1})
         loaded = load_weights(path)
@@ -74,8 +83,10 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path):
 
 def test_training_output_never_reaches_stdout(in_tmp, pattern_corpus):
     from conftest import TINY_MODEL_OPTIONS
-    result = run_cli("train", str(pattern_corpus), "--max-steps", "10", "--eval-every", "5",
-                     *TINY_MODEL_OPTIONS)
+
+    result = run_cli(
+        "train", str(pattern_corpus), "--max-steps", "10", "--eval-every", "5", *TINY_MODEL_OPTIONS
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "val loss" in result.stderr and "bits/char" in result.stderr
@@ -89,13 +100,17 @@ def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tm
     losses = {}
     for kind in ("char", "byte"):
         corpus = prepare_corpus(Corpus(text, "p", "p"), kind, 0.1)
-        trainer = Trainer(corpus, ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0),
-                          TrainConfig(seq_len=16, batch_size=4, max_steps=1, eval_every=100, threads=1,
-                                      precision="fp32"), RunDir(tmp_path / kind))
+        trainer = Trainer(
+            corpus,
+            ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0),
+            TrainConfig(seq_len=16, batch_size=4, max_steps=1, eval_every=100, threads=1, precision="fp32"),
+            RunDir(tmp_path / kind),
+        )
         probabilities = torch.softmax(trainer.model.head.bias.detach(), dim=0)
         counts = np.bincount(corpus.train_tokens, minlength=corpus.tokenizer.vocab_size) + 1.0
         torch.testing.assert_close(probabilities, torch.from_numpy(counts / counts.sum()).float())
-        from charrnn.training import evaluate
+        from charrnn.training.loop import evaluate
+
         losses[kind] = evaluate(trainer.model, corpus.val_tokens, corpus.val_chars, torch.device("cpu")).loss
     # Untrained, both predict about the letter frequencies: 256 byte outputs do not start far behind 65.
     assert abs(losses["byte"] - losses["char"]) < 0.25, losses
@@ -104,19 +119,22 @@ def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tm
 def test_timed_evaluations_are_spaced_to_take_a_small_share_of_the_budget(tmp_path, monkeypatch):
     import time
 
-    import charrnn.training
+    import charrnn.training.loop
 
-    real_evaluate = charrnn.training.evaluate
+    real_evaluate = charrnn.training.loop.evaluate
 
-    def slow_evaluate(*args, **kwargs):       # as if the validation split were large
+    def slow_evaluate(*args, **kwargs):  # as if the validation split were large
         time.sleep(0.4)
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(charrnn.training, "evaluate", slow_evaluate)
+    monkeypatch.setattr(charrnn.training.loop, "evaluate", slow_evaluate)
     corpus = prepare_corpus(Corpus(PATTERN * 40, "p", "p"), "char", 0.1)
-    trainer = Trainer(corpus, ModelConfig(hidden_size=16, embedding_size=8, num_layers=1),
-                      TrainConfig(seq_len=16, batch_size=4, max_time=4.0, threads=1, precision="fp32"),
-                      RunDir(tmp_path))
+    trainer = Trainer(
+        corpus,
+        ModelConfig(hidden_size=16, embedding_size=8, num_layers=1),
+        TrainConfig(seq_len=16, batch_size=4, max_time=4.0, threads=1, precision="fp32"),
+        RunDir(tmp_path),
+    )
     trainer.run()
     records = trainer.run_dir.read_metrics()
     # 8 evaluations of 0.4 s would be 80% of the 4 s: after the first, they come >= 4 s apart.
@@ -129,13 +147,14 @@ def test_bits_per_char_of_a_trained_model_matches_a_direct_computation(trained_r
     loaded = load_weights(trained_run / "best.safetensors")
     text = PATTERN * 30
     tokens = loaded.tokenizer.encode(text)
-    from charrnn.evaluation import evaluate
+    from charrnn.inspect.evaluation import evaluate
+
     result = evaluate(loaded.model, tokens, len(text) - 1, torch.device("cpu"))
     inputs = torch.from_numpy(np.asarray(tokens, dtype=np.int64))[None, :]
     with torch.no_grad():
-        logits, _ = loaded.model(inputs[:, :-1])    # one stream read from the start: the plain definition
+        logits, _ = loaded.model(inputs[:, :-1])  # one stream read from the start: the plain definition
     nats = float(torch.nn.functional.cross_entropy(logits[0], inputs[0, 1:], reduction="sum"))
-    assert nats / (len(text) - 1) < 0.1            # trained: far from the untrained ~3 nats
+    assert nats / (len(text) - 1) < 0.1  # trained: far from the untrained ~3 nats
     # Evaluation cuts the text into streams warmed by their preceding context, so allow a hair.
     assert result.bits_per_char == pytest.approx(nats / math.log(2) / (len(text) - 1), rel=0.05, abs=1e-3)
     assert result.loss == pytest.approx(nats / (len(text) - 1), rel=0.05, abs=1e-3)

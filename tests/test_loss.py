@@ -34,24 +34,40 @@ def _loss_and_grads(loss_fn, head, hidden, targets):
 @pytest.mark.parametrize("ignored", [0, 5])
 def test_chunked_loss_and_gradients_equal_the_plain_ones(reduction, ignored):
     head, hidden, targets = _case(ignored=ignored)
-    plain = _loss_and_grads(lambda h, m, t: F.cross_entropy(
-        m(h).float(), t, ignore_index=-1, reduction=reduction), head, hidden, targets)
+    plain = _loss_and_grads(
+        lambda h, m, t: F.cross_entropy(m(h).float(), t, ignore_index=-1, reduction=reduction),
+        head,
+        hidden,
+        targets,
+    )
     # 50 symbols x 7 tokens per chunk: six chunks and a short last one.
-    chunked = _loss_and_grads(lambda h, m, t: head_cross_entropy(
-        h, m, t, ignore_index=-1, reduction=reduction, max_chunk_logits=350), head, hidden, targets)
+    chunked = _loss_and_grads(
+        lambda h, m, t: head_cross_entropy(
+            h, m, t, ignore_index=-1, reduction=reduction, max_chunk_logits=350
+        ),
+        head,
+        hidden,
+        targets,
+    )
     for expected, got in zip(plain, chunked):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_loss_under_bf16_autocast_matches_the_plain_one():
     head, hidden, targets = _case(tokens=64, hidden_size=16, vocab=300, ignored=3)
+
     def plain(h, m, t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return F.cross_entropy(m(h).float(), t, ignore_index=-1)
+
     def chunked(h, m, t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return head_cross_entropy(h, m, t, ignore_index=-1, max_chunk_logits=3000)
-    expected, got = _loss_and_grads(plain, head, hidden, targets), _loss_and_grads(chunked, head, hidden, targets)
+
+    expected, got = (
+        _loss_and_grads(plain, head, hidden, targets),
+        _loss_and_grads(chunked, head, hidden, targets),
+    )
     # bf16 logits: both round to the same 8-bit mantissa; only the order of sums differs.
     for want, have in zip(expected, got):
         assert have.dtype == want.dtype
@@ -62,13 +78,16 @@ def test_chunked_loss_without_gradients_matches_under_inference_mode():
     head, hidden, targets = _case(ignored=4)
     with torch.inference_mode():
         expected = F.cross_entropy(head(hidden), targets, ignore_index=-1, reduction="sum")
-        got = head_cross_entropy(hidden, head, targets, ignore_index=-1, reduction="sum", max_chunk_logits=100)
+        got = head_cross_entropy(
+            hidden, head, targets, ignore_index=-1, reduction="sum", max_chunk_logits=100
+        )
     torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("rows_per_block", [8, 1024])
 def test_blocked_evaluation_loss_over_token_blocks_and_vocabulary_slices_equals_the_plain_one(
-        monkeypatch, rows_per_block):
+    monkeypatch, rows_per_block
+):
     import charrnn.loss as loss_module
 
     monkeypatch.setattr(loss_module, "ROWS_PER_BLOCK", rows_per_block)
@@ -76,7 +95,9 @@ def test_blocked_evaluation_loss_over_token_blocks_and_vocabulary_slices_equals_
     with torch.no_grad():
         expected = F.cross_entropy(head(hidden), targets, ignore_index=-1, reduction="sum")
         # 8 tokens x 125 symbols (three slices, the last of 57), or 45 tokens x 22 symbols.
-        got = head_cross_entropy(hidden, head, targets, ignore_index=-1, reduction="sum", max_chunk_logits=1000)
+        got = head_cross_entropy(
+            hidden, head, targets, ignore_index=-1, reduction="sum", max_chunk_logits=1000
+        )
         mean = head_cross_entropy(hidden, head, targets, ignore_index=-1, max_chunk_logits=1000)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(mean, expected / 39)

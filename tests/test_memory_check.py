@@ -6,13 +6,12 @@ import sys
 
 import pytest
 import torch
-
-from charrnn import memory_check, train_command
-from charrnn.config import ModelConfig
-from charrnn.memory_check import count_parameters_of, training_memory_bytes
-from charrnn.model import CharRNN
-
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
+
+from charrnn.config import ModelConfig
+from charrnn.model import CharRNN
+from charrnn.training import memory_check, session
+from charrnn.training.memory_check import count_parameters_of, training_memory_bytes
 
 GB = 10**9
 
@@ -36,65 +35,82 @@ def test_unknown_available_memory_does_not_stop_training(monkeypatch):
     memory_check.check_training_fits(ModelConfig(num_layers=16, hidden_size=16384), 65)
 
 
-def test_a_model_too_big_for_memory_is_refused_before_the_corpus_is_read(in_tmp, pattern_corpus,
-                                                                          monkeypatch):
+def test_a_model_too_big_for_memory_is_refused_before_the_corpus_is_read(in_tmp, pattern_corpus, monkeypatch):
     monkeypatch.setattr(memory_check, "available_memory_bytes", lambda *args: 8 * GB)
-    monkeypatch.setattr(train_command, "_scan", lambda *args, **kwargs: pytest.fail("corpus read"))
-    result = run_cli("train", str(pattern_corpus), "--num-layers", "16", "--hidden-size", "16384",
-                     "--threads", "1")
+    monkeypatch.setattr(session, "_scan", lambda *args, **kwargs: pytest.fail("corpus read"))
+    result = run_cli(
+        "train", str(pattern_corpus), "--num-layers", "16", "--hidden-size", "16384", "--threads", "1"
+    )
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
         "Error: this model is too big: its 33.3 G parameters need at least 532.7 GB (weights, "
         "gradients and AdamW's two moments in fp32) but 8.0 GB is available here; choose a smaller "
-        "--hidden-size or --num-layers"]
-    assert not (in_tmp / "runs").exists()       # nothing was created either
+        "--hidden-size or --num-layers"
+    ]
+    assert not (in_tmp / "runs").exists()  # nothing was created either
 
 
 def test_the_exact_check_with_the_fitted_vocabulary_runs_before_the_model_is_built(
-        in_tmp, pattern_corpus, monkeypatch):
+    in_tmp, pattern_corpus, monkeypatch
+):
     config = ModelConfig(hidden_size=32, embedding_size=16, num_layers=1, dropout=0)
     vocabulary = len(set(pattern_corpus.read_text()))
     # Enough for the vocabulary-free estimate made before reading the corpus, not for the real one.
-    monkeypatch.setattr(memory_check, "available_memory_bytes",
-                        lambda *args: training_memory_bytes(config, 1) + 1)
+    monkeypatch.setattr(
+        memory_check, "available_memory_bytes", lambda *args: training_memory_bytes(config, 1) + 1
+    )
 
     def no_trainer(*args, **kwargs):
         pytest.fail("the trainer was built")
 
-    monkeypatch.setattr(train_command, "_train_until_stopped", no_trainer)
+    monkeypatch.setattr(session, "_train_until_stopped", no_trainer)
     result = run_cli("train", str(pattern_corpus), *TINY_MODEL_OPTIONS)
     assert result.exit_code == 1
     needed = training_memory_bytes(config, vocabulary)
     [line] = error_lines(result.stderr)
     parameters = memory_check.format_count(count_parameters_of(config, vocabulary))
-    assert line.startswith(f"Error: this model is too big: its {parameters} parameters need at least "
-                           f"{memory_check.format_bytes(needed)} ")
+    assert line.startswith(
+        f"Error: this model is too big: its {parameters} parameters need at least "
+        f"{memory_check.format_bytes(needed)} "
+    )
 
 
-@pytest.mark.parametrize("failure, shown", [
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8 GiB)\nmore"),
-     "Error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8 GiB))"),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                  "memory: you tried to allocate 70368744177664 bytes. Error code 12 (Cannot allocate memory)"),
-     "Error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate "
-     "70368744177664 bytes. Error code 12 (Cannot allocate memory))"),
-    (MemoryError(), "Error: out of memory"),
-])
+@pytest.mark.parametrize(
+    "failure, shown",
+    [
+        (
+            torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8 GiB)\nmore"
+            ),
+            "Error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 8 GiB))",
+        ),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                "memory: you tried to allocate 70368744177664 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            "Error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+            "70368744177664 bytes. Error code 12 (Cannot allocate memory))",
+        ),
+        (MemoryError(), "Error: out of memory"),
+    ],
+)
 def test_running_out_of_memory_anywhere_is_one_error_line(monkeypatch, failure, shown):
     def run_out(**kwargs):
         raise failure
 
-    monkeypatch.setattr(train_command, "run_training", run_out)
+    monkeypatch.setattr(session, "run_training", run_out)
     result = run_cli("train", "corpus.txt")
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
-        f"{shown}: to train, try a smaller --hidden-size, --num-layers, --batch-size or --seq-len"]
+        f"{shown}: to train, try a smaller --hidden-size, --num-layers, --batch-size or --seq-len"
+    ]
 
 
 def test_other_runtime_errors_are_not_disguised_as_out_of_memory(monkeypatch):
     def fail(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(train_command, "run_training", fail)
+    monkeypatch.setattr(session, "run_training", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli("train", "corpus.txt")

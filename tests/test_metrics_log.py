@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from charrnn.metrics_log import read_metrics_file
-from charrnn.rundir import RunDir
+from charrnn.store.metrics_log import read_metrics_file
+from charrnn.store.run_dir import RunDir
 
 TORN = b'{"step": 20, "val_lo'
 
@@ -17,12 +17,12 @@ def test_append_adds_one_line_and_never_rewrites_the_earlier_ones(tmp_path):
     inode = run_dir.metrics.stat().st_ino
     run_dir.append_metrics({"step": 20, "val_loss": 2.0})
     assert run_dir.metrics.read_bytes() == earlier + b'{"step": 20, "val_loss": 2.0}\n'
-    assert run_dir.metrics.stat().st_ino == inode       # appended in place, not replaced
+    assert run_dir.metrics.stat().st_ino == inode  # appended in place, not replaced
 
 
 def test_a_record_after_a_torn_line_starts_on_its_own_line(tmp_path):
     run_dir = RunDir(tmp_path)
-    run_dir.metrics.write_bytes(b'{"step": 10}\n' + TORN)   # the crash cut the last write short
+    run_dir.metrics.write_bytes(b'{"step": 10}\n' + TORN)  # the crash cut the last write short
     run_dir.append_metrics({"step": 20})
     assert run_dir.metrics.read_bytes() == b'{"step": 10}\n' + TORN + b'\n{"step": 20}\n'
     reading = run_dir.read_metrics_reading()
@@ -35,8 +35,8 @@ def test_damaged_lines_are_reported_not_dropped_in_silence(tmp_path):
     path.write_bytes(b'{"step": 1}\n[1, 2]\n\n\xff\xfe not utf-8\n{"step": 2}\n' + TORN)
     reading = read_metrics_file(path)
     assert [record["step"] for record in reading.records] == [1, 2]
-    assert reading.damaged_lines == [2, 4, 6]      # a list is not a record; blank line 3 is nothing
-    assert RunDir(tmp_path).read_metrics() == reading.records      # the old API: records only
+    assert reading.damaged_lines == [2, 4, 6]  # a list is not a record; blank line 3 is nothing
+    assert RunDir(tmp_path).read_metrics() == reading.records  # the old API: records only
 
 
 def test_a_missing_metrics_file_has_no_records(tmp_path):
@@ -46,13 +46,19 @@ def test_a_missing_metrics_file_has_no_records(tmp_path):
 
 def test_forgetting_drops_only_later_records_and_keeps_damaged_lines_in_place(tmp_path):
     run_dir = RunDir(tmp_path)
-    lines = [b'{"step": 5,  "val_loss": 3.0}', b"garbage", b'{"step": 10}', b'{"note": "no step"}',
-             b'{"step": 15}', TORN]
+    lines = [
+        b'{"step": 5,  "val_loss": 3.0}',
+        b"garbage",
+        b'{"step": 10}',
+        b'{"note": "no step"}',
+        b'{"step": 15}',
+        TORN,
+    ]
     run_dir.metrics.write_bytes(b"\n".join(lines))
     run_dir.forget_metrics_after(10)
     assert run_dir.metrics.read_bytes() == b"\n".join(lines[:4] + [TORN]) + b"\n"
     assert run_dir.read_metrics_reading().damaged_lines == [2, 5]
-    run_dir.append_metrics({"step": 15})     # the resumed run's next evaluation: a line of its own
+    run_dir.append_metrics({"step": 15})  # the resumed run's next evaluation: a line of its own
     assert [r.get("step") for r in run_dir.read_metrics()] == [5, 10, None, 15]
 
 
@@ -62,7 +68,7 @@ def test_forgetting_nothing_leaves_the_file_alone(tmp_path):
     inode = run_dir.metrics.stat().st_ino
     run_dir.forget_metrics_after(5)
     assert run_dir.metrics.stat().st_ino == inode
-    run_dir.forget_metrics_after(4)         # cutting back replaces the file atomically
+    run_dir.forget_metrics_after(4)  # cutting back replaces the file atomically
     assert run_dir.metrics.read_bytes() == b""
 
 

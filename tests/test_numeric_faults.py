@@ -6,16 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn import events
-from charrnn.checkpoint import load_training_state, load_weights
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.data import Corpus, prepare_corpus
+from charrnn.data.in_memory import Corpus, prepare_corpus
 from charrnn.model import CharRNN
-from charrnn.rundir import RunDir
-from charrnn.training import Trainer, TrainingDiverged
-
-from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
+from charrnn.store.checkpoint import load_training_state, load_weights
+from charrnn.store.run_dir import RunDir
+from charrnn.training.loop import Trainer, TrainingDiverged
 
 
 class _NanGradient(torch.autograd.Function):
@@ -50,12 +49,15 @@ def poison(monkeypatch):
 
     def configure(loss_steps=(), grad_steps=()):
         plan["loss"], plan["grad"] = set(loss_steps), set(grad_steps)
+
     return configure
 
 
 def _trainer(run_path, **overrides):
     corpus = prepare_corpus(Corpus(PATTERN * 60, "p", "p.txt"), "char", 0.1)
-    settings = dict(seq_len=16, batch_size=4, max_steps=8, eval_every=4, warmup_steps=1, threads=1, precision="fp32")
+    settings = dict(
+        seq_len=16, batch_size=4, max_steps=8, eval_every=4, warmup_steps=1, threads=1, precision="fp32"
+    )
     run_dir = RunDir(run_path)
     run_dir.prepare()
     seen = {"notices": [], "params": {}}
@@ -66,8 +68,13 @@ def _trainer(run_path, **overrides):
         elif isinstance(event, events.StepDone):
             seen["params"][event.step] = [p.detach().clone() for p in trainer.model.parameters()]
 
-    trainer = Trainer(corpus, ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0),
-                      TrainConfig(**{**settings, **overrides}), run_dir, on_event=record)
+    trainer = Trainer(
+        corpus,
+        ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0),
+        TrainConfig(**{**settings, **overrides}),
+        run_dir,
+        on_event=record,
+    )
     return trainer, seen
 
 
@@ -79,24 +86,38 @@ def test_non_finite_steps_are_skipped_counted_and_leave_the_weights_alone(tmp_pa
     for skipped in (3, 6):
         assert all(torch.equal(a, b) for a, b in zip(seen["params"][skipped - 1], seen["params"][skipped]))
     assert not all(torch.equal(a, b) for a, b in zip(seen["params"][3], seen["params"][4]))
-    assert seen["notices"] == ["step 3: non-finite loss, step skipped (1 skipped so far)",
-                               "step 6: non-finite gradient, step skipped (2 skipped so far)"]
+    assert seen["notices"] == [
+        "step 3: non-finite loss, step skipped (1 skipped so far)",
+        "step 6: non-finite gradient, step skipped (2 skipped so far)",
+    ]
     assert [r["skipped_steps"] for r in trainer.run_dir.read_metrics()] == [1, 2]
     assert load_training_state(tmp_path / "run/state.pt")["skipped_steps"] == 2
-    load_weights(tmp_path / "run/latest.safetensors")   # finite, loadable
+    load_weights(tmp_path / "run/latest.safetensors")  # finite, loadable
 
 
 def test_several_non_finite_steps_in_a_row_stop_training_keeping_last_good_checkpoint(
-        pattern_corpus, tmp_path, poison):
+    pattern_corpus, tmp_path, poison
+):
     poison(loss_steps=range(13, 100))
     out = tmp_path / "run"
-    result = run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "40",
-                     "--eval-every", "10", *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(pattern_corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "40",
+        "--eval-every",
+        "10",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 1
     lines = error_lines(result.stderr)
     assert [line for line in lines if line.startswith("Error")] == [lines[-1]]
-    assert lines[-1] == (f"Error: training diverged: 5 non-finite steps in a row, the last at step 17; "
-                         f"the last good checkpoint in {out} is kept (try a lower --lr or --grad-clip)")
+    assert lines[-1] == (
+        f"Error: training diverged: 5 non-finite steps in a row, the last at step 17; "
+        f"the last good checkpoint in {out} is kept (try a lower --lr or --grad-clip)"
+    )
     assert load_training_state(out / "state.pt")["step"] == 10
     assert load_weights(out / "latest.safetensors").info["step"] == 10
 
@@ -114,8 +135,19 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_pre_clip_gradient_norm_is_logged(pattern_corpus, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "10",
-                     "--eval-every", "5", "--grad-clip", "0.001", *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(pattern_corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "10",
+        "--eval-every",
+        "5",
+        "--grad-clip",
+        "0.001",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
     assert "grad norm" in result.stderr and "(before clipping)" in result.stderr
     records = RunDir(out).read_metrics()

@@ -7,15 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn import events
-from charrnn.checkpoint import load_training_state, load_weights
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.data import Corpus, prepare_corpus
-from charrnn.rundir import RunDir
-from charrnn.training import Trainer
-
-from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
+from charrnn.data.in_memory import Corpus, prepare_corpus
+from charrnn.store.checkpoint import load_training_state, load_weights
+from charrnn.store.run_dir import RunDir
+from charrnn.training.loop import Trainer
 
 # Two layers and dropout, so the torch RNG matters between steps (dropout masks).
 MODEL = dict(model="lstm", num_layers=2, hidden_size=24, embedding_size=8, dropout=0.2)
@@ -25,8 +24,17 @@ TEXT = "".join(f"{i} {PATTERN}" for i in range(120))
 def _train(run_path, max_steps, stop_after=None, resume=False, **train_overrides):
     """Run a Trainer in-process; stop via should_stop after `stop_after` steps. Returns (losses, finished)."""
     corpus = prepare_corpus(Corpus(TEXT, "t", "t.txt"), "char", 0.1)
-    settings = dict(seq_len=16, batch_size=4, max_steps=max_steps, eval_every=7, warmup_steps=5,
-                    lr=5e-3, threads=1, seed=3, precision="fp32")
+    settings = dict(
+        seq_len=16,
+        batch_size=4,
+        max_steps=max_steps,
+        eval_every=7,
+        warmup_steps=5,
+        lr=5e-3,
+        threads=1,
+        seed=3,
+        precision="fp32",
+    )
     train_config = TrainConfig(**{**settings, **train_overrides})
     run_dir = RunDir(run_path)
     run_dir.prepare()
@@ -37,9 +45,15 @@ def _train(run_path, max_steps, stop_after=None, resume=False, **train_overrides
             losses.append((event.step, event.loss, event.grad_norm))
 
     state = load_training_state(run_dir.state) if resume else None
-    trainer = Trainer(corpus, ModelConfig(**MODEL), train_config, run_dir, on_event=record,
-                      should_stop=lambda: stop_after is not None and len(losses) >= stop_after,
-                      resume_state=state)
+    trainer = Trainer(
+        corpus,
+        ModelConfig(**MODEL),
+        train_config,
+        run_dir,
+        on_event=record,
+        should_stop=lambda: stop_after is not None and len(losses) >= stop_after,
+        resume_state=state,
+    )
     return losses, trainer.run()
 
 
@@ -57,9 +71,11 @@ def test_interrupted_and_resumed_run_is_bit_identical_to_uninterrupted(tmp_path)
     third_losses, third = _train(tmp_path / "split", max_steps=30, resume=True)
     assert third.reason == "done" and third.step == 30
 
-    assert first_losses + second_losses + third_losses == straight_losses   # exact floats, every step
-    resumed, uninterrupted = _tensors(tmp_path / "split/latest.safetensors"), \
-        _tensors(tmp_path / "straight/latest.safetensors")
+    assert first_losses + second_losses + third_losses == straight_losses  # exact floats, every step
+    resumed, uninterrupted = (
+        _tensors(tmp_path / "split/latest.safetensors"),
+        _tensors(tmp_path / "straight/latest.safetensors"),
+    )
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name
     assert third.best_val_loss == straight.best_val_loss
@@ -68,6 +84,7 @@ def test_interrupted_and_resumed_run_is_bit_identical_to_uninterrupted(tmp_path)
 
     def records(path):
         return [{k: v for k, v in r.items() if k not in timing} for r in RunDir(path).read_metrics()]
+
     assert records(tmp_path / "split") == records(tmp_path / "straight")
 
 
@@ -75,17 +92,18 @@ def test_resume_restores_optimizer_rng_and_carried_state(tmp_path):
     _train(tmp_path / "run", max_steps=30, stop_after=5)
     state = load_training_state(tmp_path / "run/state.pt")
     assert state["step"] == 5
-    assert len(state["hidden"]) == 2 and state["hidden"][0].shape == (2, 4, 24)   # LSTM (h, c)
+    assert len(state["hidden"]) == 2 and state["hidden"][0].shape == (2, 4, 24)  # LSTM (h, c)
     assert state["optimizer"]["state"], "AdamW moments must be saved"
     assert state["torch_rng"].dtype == torch.uint8
     assert json.loads(state["train_config"])["max_steps"] == 30
 
-    def plain(value):   # only what weights_only=True accepts: no numpy, no custom classes
+    def plain(value):  # only what weights_only=True accepts: no numpy, no custom classes
         if isinstance(value, dict):
             return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
         if isinstance(value, (list, tuple)):
             return all(plain(v) for v in value)
         return value is None or isinstance(value, (bool, int, float, str, torch.Tensor))
+
     assert plain(state)
 
 
@@ -101,15 +119,28 @@ def test_metrics_after_the_saved_step_are_dropped_on_resume(tmp_path):
 
 # -- the command line --------------------------------------------------------------------------
 
+
 def _cli_train(corpus, out, *extra):
-    return run_cli("train", str(corpus), "--out", str(out), "--eval-every", "10", "--lr", "0.01",
-                   "--warmup-steps", "2", *TINY_MODEL_OPTIONS, *extra)
+    return run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--eval-every",
+        "10",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "2",
+        *TINY_MODEL_OPTIONS,
+        *extra,
+    )
 
 
 def test_resume_forms_run_dir_argument_and_out_option(pattern_corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert _cli_train(pattern_corpus, out, "--max-steps", "10").exit_code == 0
-    monkeypatch.chdir(tmp_path / "run")   # the corpus path is remembered absolutely
+    monkeypatch.chdir(tmp_path / "run")  # the corpus path is remembered absolutely
     result = run_cli("train", "--resume", str(out), "--max-steps", "20")
     assert result.exit_code == 0, result.stderr
     assert "resuming at step 10" in result.stderr
@@ -126,15 +157,19 @@ def test_resume_of_default_run_dir_from_corpus(pattern_corpus, in_tmp):
     assert load_training_state(in_tmp / "runs/pattern/state.pt")["step"] == 8
 
 
-@pytest.mark.parametrize("option, value, named", [
-    ("--hidden-size", "48", "--hidden-size is 48 but the run was trained with 32"),
-    ("--model", "gru", "--model is 'gru' but the run was trained with 'lstm'"),
-    ("--seq-len", "16", "--seq-len is 16 but the run was trained with 32"),
-    ("--val-fraction", "0.2", "--val-fraction is 0.2 but the run was trained with 0.1"),
-    ("--seed", "7", "--seed is 7 but the run was trained with 1337"),
-])
-def test_resume_with_other_settings_is_refused_naming_the_difference(pattern_corpus, tmp_path,
-                                                                       option, value, named):
+@pytest.mark.parametrize(
+    "option, value, named",
+    [
+        ("--hidden-size", "48", "--hidden-size is 48 but the run was trained with 32"),
+        ("--model", "gru", "--model is 'gru' but the run was trained with 'lstm'"),
+        ("--seq-len", "16", "--seq-len is 16 but the run was trained with 32"),
+        ("--val-fraction", "0.2", "--val-fraction is 0.2 but the run was trained with 0.1"),
+        ("--seed", "7", "--seed is 7 but the run was trained with 1337"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_the_difference(
+    pattern_corpus, tmp_path, option, value, named
+):
     out = tmp_path / "run"
     assert _cli_train(pattern_corpus, out, "--max-steps", "5").exit_code == 0
     before = (out / "state.pt").read_bytes()
@@ -171,8 +206,12 @@ def test_keep_keeps_best_and_last_n(pattern_corpus, tmp_path):
     result = _cli_train(pattern_corpus, out, "--max-steps", "50", "--keep", "2")
     assert result.exit_code == 0, result.stderr
     kept = sorted(p.name for p in out.glob("*.safetensors"))
-    assert kept == ["best.safetensors", "latest.safetensors",
-                    "step-0000040.safetensors", "step-0000050.safetensors"]
+    assert kept == [
+        "best.safetensors",
+        "latest.safetensors",
+        "step-0000040.safetensors",
+        "step-0000050.safetensors",
+    ]
     assert load_weights(out / "step-0000040.safetensors").info["step"] == 40
 
 
@@ -182,8 +221,8 @@ def test_early_stop_after_n_evaluations_without_improvement(tmp_path):
     records = RunDir(tmp_path / "run").read_metrics()
     assert finished.reason == "early-stop"
     best = min(r["val_loss"] for r in records)
-    first_best = [r["val_loss"] for r in records].index(best)   # later equal losses are no improvement
-    assert len(records) - 1 - first_best == 2      # exactly two evaluations without improvement
+    first_best = [r["val_loss"] for r in records].index(best)  # later equal losses are no improvement
+    assert len(records) - 1 - first_best == 2  # exactly two evaluations without improvement
     assert finished.step == records[-1]["step"] < 400
 
 
@@ -197,7 +236,10 @@ def test_metrics_file_is_strict_json_even_when_a_figure_is_not_finite(tmp_path):
     run_dir.append_metrics({"step": 5, "train_loss": math.nan, "val_loss": 1.5})
     line = (tmp_path / "metrics.jsonl").read_text()
     assert json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl")) == {
-        "step": 5, "train_loss": None, "val_loss": 1.5}
+        "step": 5,
+        "train_loss": None,
+        "val_loss": 1.5,
+    }
 
 
 class TickingClock:
@@ -220,12 +262,12 @@ class TickingClock:
 @pytest.fixture
 def ticking_clock(monkeypatch) -> TickingClock:
     """Every clock the training loop, its reporting and its evaluation read, replaced by one ticking clock."""
-    import charrnn.evaluation
-    import charrnn.reporting
-    import charrnn.training
+    import charrnn.inspect.evaluation
+    import charrnn.training.clock
+    import charrnn.training.loop
 
     clock = TickingClock(0.01)
-    for module in (charrnn.training, charrnn.reporting, charrnn.evaluation):
+    for module in (charrnn.training.loop, charrnn.training.clock, charrnn.inspect.evaluation):
         monkeypatch.setattr(module, "time", clock)
     return clock
 
@@ -237,7 +279,7 @@ def _weights_files(run_path):
 def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path, ticking_clock):
     losses, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
     assert finished.reason == "time" and losses
-    assert len(RunDir(tmp_path / "run").read_metrics()) >= 2    # the saved state knows what an evaluation costs
+    assert len(RunDir(tmp_path / "run").read_metrics()) >= 2  # the saved state knows what an evaluation costs
     before = _weights_files(tmp_path / "run")
     more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
     # The saved cost of an evaluation keeps the reserve: no extra step, no evaluation past the budget.
@@ -246,21 +288,21 @@ def test_resuming_a_run_whose_time_budget_is_spent_changes_nothing(tmp_path, tic
 
 
 def test_a_slow_last_evaluation_still_leaves_the_spent_budget_spent(tmp_path, ticking_clock, monkeypatch):
-    import charrnn.training
+    import charrnn.training.loop
 
-    real_evaluate, calls, session_start = charrnn.training.evaluate, [], ticking_clock.now
+    real_evaluate, calls, session_start = charrnn.training.loop.evaluate, [], ticking_clock.now
 
     def evaluate_slowly_the_first_time(*arguments, **keywords):
         calls.append(1)
-        if len(calls) == 1:     # a load spike: the first evaluation ends at 1.6 s of the 2 s budget
+        if len(calls) == 1:  # a load spike: the first evaluation ends at 1.6 s of the 2 s budget
             ticking_clock.now = max(ticking_clock.now, session_start + 1.6)
         return real_evaluate(*arguments, **keywords)
 
-    monkeypatch.setattr(charrnn.training, "evaluate", evaluate_slowly_the_first_time)
+    monkeypatch.setattr(charrnn.training.loop, "evaluate", evaluate_slowly_the_first_time)
     _, finished = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None)
-    assert finished.reason == "time" and len(calls) == 1     # it stopped: another such evaluation would not fit
+    assert finished.reason == "time" and len(calls) == 1  # it stopped: another such evaluation would not fit
     before = _weights_files(tmp_path / "run")
-    monkeypatch.setattr(charrnn.training, "evaluate", real_evaluate)
+    monkeypatch.setattr(charrnn.training.loop, "evaluate", real_evaluate)
     more_losses, again = _train(tmp_path / "run", max_steps=None, max_time=2.0, eval_every=None, resume=True)
     assert more_losses == [] and again.step == finished.step
     assert _weights_files(tmp_path / "run") == before

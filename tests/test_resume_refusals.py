@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.config import ModelConfig
-from charrnn.train_command import FIXED_ON_RESUME
-
-from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
+from charrnn.training.session import FIXED_ON_RESUME
 
 # The model shape: every ModelConfig field the command line sets (vocab_size comes from the tokeniser).
 MODEL_SHAPE = tuple(name for name in ModelConfig().to_dict() if name != "vocab_size")
@@ -25,8 +24,9 @@ def _readme_sentence_on_refusals() -> str:
 
 def test_the_readme_names_exactly_the_options_resume_refuses():
     named = set(re.findall(r"`(--[a-z-]+)`", _readme_sentence_on_refusals()))
-    assert named == REFUSED, (f"README misses {sorted(REFUSED - named)}, "
-                              f"names too many {sorted(named - REFUSED)}")
+    assert named == REFUSED, (
+        f"README misses {sorted(REFUSED - named)}, names too many {sorted(named - REFUSED)}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,28 @@ def short_run(tmp_path_factory):
     corpus = folder / "pattern.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
     out = folder / "run"
-    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "2", "--eval-every", "2",
-                     *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train", str(corpus), "--out", str(out), "--max-steps", "2", "--eval-every", "2", *TINY_MODEL_OPTIONS
+    )
     assert result.exit_code == 0, result.stderr
     return out
 
 
 # A value other than the run's for every option resume refuses (--vocab-size needs a subword
 # run; test_tokenizer_training covers the tokeniser family).
-OTHER_VALUES = {"--model": "gru", "--num-layers": "2", "--hidden-size": "48", "--embedding-size": "8",
-                "--dropout": "0.1", "--tokenizer": "byte", "--val-fraction": "0.2", "--eval-tokens": "1000",
-                "--seq-len": "16", "--batch-size": "4", "--seed": "7"}
+OTHER_VALUES = {
+    "--model": "gru",
+    "--num-layers": "2",
+    "--hidden-size": "48",
+    "--embedding-size": "8",
+    "--dropout": "0.1",
+    "--tokenizer": "byte",
+    "--val-fraction": "0.2",
+    "--eval-tokens": "1000",
+    "--seq-len": "16",
+    "--batch-size": "4",
+    "--seed": "7",
+}
 
 
 def test_every_refused_option_but_vocab_size_has_a_behaviour_test():
@@ -68,7 +79,8 @@ def test_resume_refuses_the_other_shift_passes_flag_and_accepts_the_runs_own(sho
     result = run_cli("train", "--resume", str(short_run), "--no-shift-passes")
     assert result.exit_code == 1, result.stderr
     assert error_lines(result.stderr) == [
-        "Error: cannot resume: --no-shift-passes was given but the run was trained with --shift-passes"]
+        "Error: cannot resume: --no-shift-passes was given but the run was trained with --shift-passes"
+    ]
     assert (short_run / "state.pt").read_bytes() == before
     same = run_cli("train", "--resume", str(short_run), "--shift-passes", "--max-steps", "3")
     assert same.exit_code == 0, same.stderr

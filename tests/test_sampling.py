@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import error_lines, run_cli
 
 from charrnn.config import ModelConfig, SampleConfig
+from charrnn.generate.sampler import RecurrentStepper, choose_next_tokens
 from charrnn.model import CharRNN
-from charrnn.sampling import RecurrentStepper, choose_next_tokens
-
-from conftest import error_lines, run_cli
 
 
 def test_same_seed_gives_same_text_and_other_seed_other_text(trained_run):
@@ -26,8 +25,9 @@ def test_same_seed_gives_same_text_and_other_seed_other_text(trained_run):
 
 def test_top_k_one_equals_greedy(trained_run):
     greedy = run_cli("sample", str(trained_run), "--greedy", "--length", "100", "--seed", "1")
-    top1 = run_cli("sample", str(trained_run), "--top-k", "1", "--length", "100", "--seed", "2",
-                   "--temperature", "2")
+    top1 = run_cli(
+        "sample", str(trained_run), "--top-k", "1", "--length", "100", "--seed", "2", "--temperature", "2"
+    )
     assert greedy.stdout == top1.stdout
 
 
@@ -40,8 +40,18 @@ def test_length_is_honoured(trained_run, length):
 
 
 def test_num_samples_are_separated(trained_run):
-    result = run_cli("sample", str(trained_run), "--num-samples", "3", "--length", "20",
-                     "--separator", "\\n===\\n", "--seed", "3")
+    result = run_cli(
+        "sample",
+        str(trained_run),
+        "--num-samples",
+        "3",
+        "--length",
+        "20",
+        "--separator",
+        "\\n===\\n",
+        "--seed",
+        "3",
+    )
     parts = result.stdout.split("\n===\n")
     assert len(parts) == 3 and all(len(part) == 20 for part in parts)
 
@@ -61,10 +71,8 @@ def test_prime_with_unseen_characters_is_one_line_naming_them(trained_run):
 
 
 def test_endless_sample_piped_to_head_ends_quietly(trained_run):
-    command = (f"{sys.executable} -m charrnn sample {trained_run} --length -1 --temperature 1.5 "
-               "| head -c 300")
-    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True,
-                              timeout=60)
+    command = f"{sys.executable} -m charrnn sample {trained_run} --length -1 --temperature 1.5 | head -c 300"
+    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
     assert len(finished.stdout) == 300
     assert finished.stderr == b""
@@ -72,18 +80,18 @@ def test_endless_sample_piped_to_head_ends_quietly(trained_run):
 
 def test_first_lines_piped_to_head(trained_run):
     command = f"{sys.executable} -m charrnn sample {trained_run} --length 5000 | head -3"
-    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True,
-                              timeout=60)
+    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, timeout=60)
     assert finished.returncode == 0 and finished.stderr == b""
     assert finished.stdout.count(b"\n") == 3
 
 
-@pytest.mark.parametrize("batch", [1, 4])      # one stream (matrix-vector products) and a batch
+@pytest.mark.parametrize("batch", [1, 4])  # one stream (matrix-vector products) and a batch
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_stepper_matches_training_layers(kind, batch):
     torch.manual_seed(1)
-    model = CharRNN(ModelConfig(model=kind, num_layers=3, hidden_size=40, embedding_size=12,
-                                vocab_size=30, dropout=0.0)).eval()
+    model = CharRNN(
+        ModelConfig(model=kind, num_layers=3, hidden_size=40, embedding_size=12, vocab_size=30, dropout=0.0)
+    ).eval()
     tokens = torch.randint(30, (batch, 25))
     with torch.no_grad():
         fused_logits, _ = model(tokens)
@@ -100,8 +108,10 @@ def test_stepper_matches_training_layers(kind, batch):
             torch.testing.assert_close(logits, fused_logits[:, position], rtol=1e-4, atol=1e-5)
         final = stepper.state()
         expected = model(tokens)[1]
-        for got, want in zip(final if isinstance(final, tuple) else (final,),
-                             expected if isinstance(expected, tuple) else (expected,)):
+        for got, want in zip(
+            final if isinstance(final, tuple) else (final,),
+            expected if isinstance(expected, tuple) else (expected,),
+        ):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -110,8 +120,9 @@ def test_stepper_going_down_to_one_stream_switches_to_its_layout_and_goes_on(num
     """A batch whose other samples have ended goes on as one stream (the transposed weights,
     the last layer's bias as a weight row) from the state the batch left."""
     torch.manual_seed(2)
-    model = CharRNN(ModelConfig(num_layers=num_layers, hidden_size=32, embedding_size=8,
-                                vocab_size=20)).eval()
+    model = CharRNN(
+        ModelConfig(num_layers=num_layers, hidden_size=32, embedding_size=8, vocab_size=20)
+    ).eval()
     tokens = torch.randint(20, (3, 16))
     with torch.no_grad():
         fused_logits, _ = model(tokens)
@@ -144,8 +155,8 @@ def test_top_k_keeps_only_k_tokens():
 
 def test_sampled_text_equals_sampling_with_the_training_layers(trained_run):
     """Same seed: the fast stepper writes exactly what stepping the fused nn.LSTM would write."""
-    from charrnn.checkpoint import load_weights
-    from charrnn.sampling import generate_text
+    from charrnn.generate.sampler import generate_text
+    from charrnn.store.checkpoint import load_weights
 
     loaded = load_weights(trained_run / "best.safetensors")
     config = SampleConfig(temperature=1.3, top_p=0.95, seed=11, length=300, prime="the ")
@@ -160,6 +171,6 @@ def test_sampled_text_equals_sampling_with_the_training_layers(trained_run):
         for _ in range(300):
             token = choose_next_tokens(logits, config, generator)
             written.append(int(token))
-            logits, state = model(token[:, None], state)   # the fused layer, one character at a time
+            logits, state = model(token[:, None], state)  # the fused layer, one character at a time
             logits = logits[:, -1]
     assert fast == "the " + tokenizer.decode(written)

@@ -10,13 +10,20 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
-from charrnn import scoring
-from charrnn.api import load
 from conftest import error_lines, run_cli
 
-LINES = ["the quick brown fox", "", "jumps over the lazy dog.", "zzz qqq xxx", "the lazy dog",
-         "brown " * 40, "a"]
+from charrnn.api import load
+from charrnn.inspect import scoring
+
+LINES = [
+    "the quick brown fox",
+    "",
+    "jumps over the lazy dog.",
+    "zzz qqq xxx",
+    "the lazy dog",
+    "brown " * 40,
+    "a",
+]
 
 
 def _parse(stdout: str) -> list[tuple[float, float, str]]:
@@ -34,7 +41,7 @@ def test_one_line_out_per_line_in_in_order(trained_run):
     rows = _parse(result.stdout)
     assert [text for _, _, text in rows] == LINES
     for bpc, bits, text in rows:
-        assert bpc == pytest.approx(bits / (len(text) + 1), abs=0.006)   # total_bits has 2 decimals
+        assert bpc == pytest.approx(bits / (len(text) + 1), abs=0.006)  # total_bits has 2 decimals
     # The model learnt the sentence: a line of it is far less surprising than noise.
     scores = dict((text, bpc) for bpc, _, text in rows)
     assert scores["the quick brown fox"] < scores["zzz qqq xxx"]
@@ -60,7 +67,7 @@ def test_scores_do_not_depend_on_neighbours_and_batching_equals_one_by_one(train
     monkeypatch.setattr(scoring, "MAX_BATCH_ROWS", 1)
     monkeypatch.setattr(scoring, "BLOCK_LINES", 1)
     one_by_one = model.score(LINES)
-    monkeypatch.setattr(scoring, "WINDOW", 7)          # long lines cross windows, the state carried
+    monkeypatch.setattr(scoring, "WINDOW", 7)  # long lines cross windows, the state carried
     short_windows = model.score(LINES)
     for other in (alone, shuffled, one_by_one, short_windows):
         assert [s.line for s in other] == LINES
@@ -74,10 +81,12 @@ def test_unknown_characters_score_inf_or_are_skipped(trained_run):
     rows = result.stdout.splitlines()
     assert rows[1] == "inf\tinf\tthe €lazy dog"
     assert error_lines(result.stderr) == [
-        "1 line has characters the model never saw: scored inf (--skip-unknown leaves them out)"]
+        "1 line has characters the model never saw: scored inf (--skip-unknown leaves them out)"
+    ]
     two = run_cli("score", str(trained_run), input=lines + "a €b\n")
     assert error_lines(two.stderr) == [
-        "2 lines have characters the model never saw: scored inf (--skip-unknown leaves them out)"]
+        "2 lines have characters the model never saw: scored inf (--skip-unknown leaves them out)"
+    ]
     skipped = _parse(run_cli("score", str(trained_run), "--skip-unknown", input=lines).stdout)
     assert skipped[1][1] == pytest.approx(skipped[0][1], rel=1e-5)
     assert skipped[1][2] == "the €lazy dog"
@@ -96,23 +105,33 @@ def test_json_lines(trained_run, tmp_path):
 def test_a_pipe_to_head_ends_quietly(trained_run, tmp_path):
     path = tmp_path / "many.txt"
     path.write_text("the quick brown fox\n" * 20_000, encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-m", "charrnn", "score", str(trained_run), str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "score", str(trained_run), str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     first = process.stdout.readline()
-    process.stdout.close()                       # as `head -1` does
+    process.stdout.close()  # as `head -1` does
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 0
     assert first.decode().endswith("\tthe quick brown fox\n")
     assert stderr == b""
 
 
-@pytest.mark.parametrize("given, message", [
-    (b"", "Error: standard input is empty: no lines to score"),
-    (b"fine\n\xc3(", "Error: standard input is not valid UTF-8: byte 0xc3 at offset 5 (line 2)"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (b"", "Error: standard input is empty: no lines to score"),
+        (b"fine\n\xc3(", "Error: standard input is not valid UTF-8: byte 0xc3 at offset 5 (line 2)"),
+    ],
+)
 def test_bad_input_is_one_error_line(trained_run, given, message):
-    result = subprocess.run([sys.executable, "-m", "charrnn", "score", str(trained_run)], input=given,
-                            capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "charrnn", "score", str(trained_run)],
+        input=given,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert error_lines(result.stderr.decode()) == [message]
 
@@ -165,7 +184,7 @@ def test_one_forward_call_holds_a_bounded_number_of_logits(trained_run, monkeypa
 
     monkeypatch.setattr(type(model.module), "forward", spy)
     model.score(LINES)
-    assert max(steps for _, steps in shapes) > 1          # unbounded: whole lines in one call
+    assert max(steps for _, steps in shapes) > 1  # unbounded: whole lines in one call
     shapes.clear()
     monkeypatch.setattr(scoring, "MAX_CHUNK_LOGITS", 3 * model.tokenizer.vocab_size)
     assert [s.total_bits for s in model.score(LINES)] == pytest.approx(expected, rel=1e-5)

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from charrnn.atomic import TEST_PAUSE_ENV
-from charrnn.checkpoint import load_training_state, load_weights
-from charrnn.rundir import RunDir
-
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
+
+from charrnn.store.atomic import TEST_PAUSE_ENV
+from charrnn.store.checkpoint import load_training_state, load_weights
+from charrnn.store.run_dir import RunDir
 
 ENDLESS = ["--max-steps", "1000000", "--eval-every", "1000000", "--max-time", "10m"]
 
@@ -29,8 +28,13 @@ class TrainingProcess:
         env.pop(TEST_PAUSE_ENV, None)
         if pause_in_save is not None:
             env[TEST_PAUSE_ENV] = str(pause_in_save)
-        self.process = subprocess.Popen([sys.executable, "-m", "charrnn", *args], cwd=REPO, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -50,8 +54,9 @@ class TrainingProcess:
             time.sleep(0.02)
 
     def wait_until_training(self) -> None:
-        self.wait_for(lambda: any(line.startswith("run directory:") for line in self.lines),
-                      "training to start")
+        self.wait_for(
+            lambda: any(line.startswith("run directory:") for line in self.lines), "training to start"
+        )
 
     def finish(self, timeout: float = 60) -> int:
         code = self.process.wait(timeout=timeout)
@@ -64,18 +69,20 @@ def _temp_files(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_finishes_the_step_saves_and_says_how_to_resume(pattern_corpus, tmp_path,
-                                                               signal_number, exit_code):
+def test_signal_finishes_the_step_saves_and_says_how_to_resume(
+    pattern_corpus, tmp_path, signal_number, exit_code
+):
     out = tmp_path / "run"
-    training = TrainingProcess("train", str(pattern_corpus), "--out", str(out), *ENDLESS,
-                               *TINY_MODEL_OPTIONS)
+    training = TrainingProcess("train", str(pattern_corpus), "--out", str(out), *ENDLESS, *TINY_MODEL_OPTIONS)
     training.wait_until_training()
-    time.sleep(0.3)   # a few steps in
+    time.sleep(0.3)  # a few steps in
     training.process.send_signal(signal_number)
     assert training.finish() == exit_code
     resume_lines = [line for line in training.lines if "resume with" in line]
-    assert resume_lines == [f"interrupted at step {load_training_state(out / 'state.pt')['step']}, "
-                            f"saved in {out}; resume with: charrnn train --resume {out}"]
+    assert resume_lines == [
+        f"interrupted at step {load_training_state(out / 'state.pt')['step']}, "
+        f"saved in {out}; resume with: charrnn train --resume {out}"
+    ]
     assert not any("Traceback" in line for line in training.lines)
     saved_step = load_training_state(out / "state.pt")["step"]
     assert load_weights(out / "latest.safetensors").info["step"] == saved_step
@@ -90,10 +97,25 @@ def test_stderr_piped_to_head_saves_and_ends_quietly(pattern_corpus, tmp_path):
     # `charrnn train ... 2>&1 | head`: once head has its lines, the run saves and ends with exit 0
     # like `sample | head`, instead of dying between checkpoints (or training on with no reader).
     out = tmp_path / "run"
-    command = " ".join([sys.executable, "-m", "charrnn", "train", str(pattern_corpus), "--out", str(out),
-                        *ENDLESS, *TINY_MODEL_OPTIONS])
-    finished = subprocess.run(["bash", "-c", f"set -o pipefail; {command} 2>&1 >/dev/null | head -2"],
-                              capture_output=True, timeout=120, cwd=REPO)
+    command = " ".join(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            str(pattern_corpus),
+            "--out",
+            str(out),
+            *ENDLESS,
+            *TINY_MODEL_OPTIONS,
+        ]
+    )
+    finished = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command} 2>&1 >/dev/null | head -2"],
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.decode().splitlines()[1] == f"run directory: {out}"
     saved_step = load_training_state(out / "state.pt")["step"]
@@ -105,10 +127,21 @@ def test_stderr_piped_to_head_saves_and_ends_quietly(pattern_corpus, tmp_path):
 
 
 def _train_first_checkpoint(corpus: Path, out: Path) -> dict[str, bytes]:
-    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "10", "--eval-every", "10",
-                     *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "10",
+        "--eval-every",
+        "10",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
-    return {name: (out / name).read_bytes() for name in ("state.pt", "latest.safetensors", "best.safetensors")}
+    return {
+        name: (out / name).read_bytes() for name in ("state.pt", "latest.safetensors", "best.safetensors")
+    }
 
 
 def test_second_ctrl_c_during_the_save_stops_at_once_and_keeps_the_last_checkpoint(pattern_corpus, tmp_path):
@@ -116,16 +149,18 @@ def test_second_ctrl_c_during_the_save_stops_at_once_and_keeps_the_last_checkpoi
     before = _train_first_checkpoint(pattern_corpus, out)
     training = TrainingProcess("train", "--resume", str(out), *ENDLESS, pause_in_save=60)
     training.wait_until_training()
-    training.process.send_signal(signal.SIGINT)                 # first: save and stop ...
+    training.process.send_signal(signal.SIGINT)  # first: save and stop ...
     training.wait_for(lambda: bool(_temp_files(out)), "the save to begin")
     started = time.monotonic()
-    training.process.send_signal(signal.SIGINT)                 # ... second: stop now, mid-save
+    training.process.send_signal(signal.SIGINT)  # ... second: stop now, mid-save
     assert training.finish() == 130
-    assert time.monotonic() - started < 10                      # did not sit out the 60 s pause
-    assert training.lines[-1] == (f"Error: stopped at once: the last complete checkpoint in {out} is "
-                                  f"intact; resume with: charrnn train --resume {out}")
+    assert time.monotonic() - started < 10  # did not sit out the 60 s pause
+    assert training.lines[-1] == (
+        f"Error: stopped at once: the last complete checkpoint in {out} is "
+        f"intact; resume with: charrnn train --resume {out}"
+    )
     assert {name: (out / name).read_bytes() for name in before} == before
-    assert not _temp_files(out)                                  # the abandoned temp file was removed
+    assert not _temp_files(out)  # the abandoned temp file was removed
     load_training_state(out / "state.pt")
 
 
@@ -155,21 +190,24 @@ def test_second_training_into_the_same_run_dir_stops_at_once(pattern_corpus, tmp
     out = tmp_path / "run"
     _train_first_checkpoint(pattern_corpus, out)
     holder = RunDir(out)
-    holder.lock()                       # as a live training would
+    holder.lock()  # as a live training would
     live_temp = out / ".latest.safetensors.tmp-99999"
     live_temp.write_bytes(b"the live training is writing this")
     try:
-        for args in (["train", "--resume", str(out)],
-                     ["train", str(pattern_corpus), "--out", str(out), *TINY_MODEL_OPTIONS]):
+        for args in (
+            ["train", "--resume", str(out)],
+            ["train", str(pattern_corpus), "--out", str(out), *TINY_MODEL_OPTIONS],
+        ):
             started = time.monotonic()
             result = run_cli(*args)
             assert result.exit_code == 1
             assert error_lines(result.stderr) == [
                 f"Error: another training is already writing to {out} (pid {os.getpid()}); "
-                "wait for it to finish or choose another --out"]
+                "wait for it to finish or choose another --out"
+            ]
             assert time.monotonic() - started < 5
         assert live_temp.exists(), "a second training must not touch the live one's temp files"
     finally:
         holder.unlock()
     assert run_cli("train", "--resume", str(out), "--max-steps", "11").exit_code == 0
-    assert not live_temp.exists()       # once the lock is ours, leftovers are cleaned up
+    assert not live_temp.exists()  # once the lock is ours, leftovers are cleaned up

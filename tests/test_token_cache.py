@@ -9,15 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 from charrnn import events
-from charrnn.data import IGNORE_TARGET, BatchStream, EvaluationWindows, prepare_corpus, read_corpus
+from charrnn.data.in_memory import prepare_corpus, read_corpus
+from charrnn.data.token_cache import (
+    cached_token_file,
+    corpus_files,
+    iter_text_chunks,
+    prepare_streamed_corpus,
+    scan_corpus,
+)
+from charrnn.data.tokenizers import Tokenizer
+from charrnn.data.windows import IGNORE_TARGET, BatchStream, EvaluationWindows
 from charrnn.errors import CorpusError
-from charrnn.tokenizers import Tokenizer
-from charrnn.token_cache import (cached_token_file, corpus_files, iter_text_chunks,
-                                 prepare_streamed_corpus, scan_corpus)
-
-from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 # Multi-byte characters of every UTF-8 length, so chunk boundaries fall inside sequences.
 MIXED = "Héllo wörld — naïve café ✓ 𝄞 music 中文字符 ok.\nSecond line: ∑ ≠ ∞, emoji 🎉!\n"
@@ -47,7 +52,7 @@ def test_chunks_rebuild_the_text_whatever_the_chunk_size(tmp_path, chunk_bytes):
 
 def test_invalid_utf8_names_the_line_and_offset_even_across_chunks(tmp_path):
     path = tmp_path / "bad.txt"
-    path.write_bytes("first line é\nsecond ".encode("utf-8") + b"\xff" + b" rest\n")
+    path.write_bytes("first line é\nsecond ".encode() + b"\xff" + b" rest\n")
     with pytest.raises(CorpusError) as streamed:
         scan_corpus(corpus_files(str(path)), chunk_bytes=4)
     with pytest.raises(CorpusError) as in_memory:
@@ -58,7 +63,7 @@ def test_invalid_utf8_names_the_line_and_offset_even_across_chunks(tmp_path):
 
 def test_truncated_sequence_at_end_of_file_is_reported(tmp_path):
     path = tmp_path / "cut.txt"
-    path.write_bytes("abc €".encode("utf-8")[:-1])
+    path.write_bytes("abc €".encode()[:-1])
     with pytest.raises(CorpusError, match="not valid UTF-8"):
         scan_corpus(corpus_files(str(path)), chunk_bytes=2)
 
@@ -97,8 +102,10 @@ def test_directory_corpus_streams_every_txt_file_in_order(tmp_path):
     (folder / "notes.md").write_text("ignored")
     streamed = _streamed(folder)
     in_memory = prepare_corpus(read_corpus(str(folder)), "char", 0.1)
-    assert np.array_equal(np.concatenate([streamed.train_tokens, streamed.val_tokens]),
-                          np.concatenate([in_memory.train_tokens, in_memory.val_tokens]))
+    assert np.array_equal(
+        np.concatenate([streamed.train_tokens, streamed.val_tokens]),
+        np.concatenate([in_memory.train_tokens, in_memory.val_tokens]),
+    )
     assert streamed.tokenizer.decode(streamed.train_tokens[:12]) == "first file ✓"
     assert streamed.name == "lyrics"
 
@@ -139,7 +146,7 @@ def test_cache_is_reused_and_invalidated_by_content_not_file_times(tmp_path):
 
     again_events: list = []
     again = _streamed(path, cache_dir=cache, on_progress=again_events.append)
-    assert _phases(again_events) == {"reading"}                 # reused: no encoding pass
+    assert _phases(again_events) == {"reading"}  # reused: no encoding pass
     assert Path(again.train_tokens.filename) == token_path
     assert token_path.stat().st_mtime_ns == written_at
 
@@ -163,7 +170,7 @@ def test_damaged_cache_entry_is_encoded_again(tmp_path):
     token_path = Path(prepared.train_tokens.filename)
     expected = np.array(np.fromfile(token_path, dtype=np.uint8))
     del prepared
-    token_path.write_bytes(token_path.read_bytes()[:-5])       # a torn file
+    token_path.write_bytes(token_path.read_bytes()[:-5])  # a torn file
     entry, reused = cached_token_file(scan, _streamed(path, cache_dir=tmp_path / "other").tokenizer, cache)
     assert not reused
     assert np.array_equal(np.fromfile(entry.path, dtype=np.uint8), expected)
@@ -181,7 +188,7 @@ def test_memory_mapped_batch_stream_yields_the_in_memory_windows(tmp_path, world
         mapped = BatchStream(streamed.train_tokens, 4, 16, rank, world_size)
         loaded = BatchStream(in_memory.train_tokens, 4, 16, rank, world_size)
         assert mapped.windows_per_epoch == loaded.windows_per_epoch
-        for index in range(mapped.windows_per_epoch + 2):      # past the end: wraps to a new pass
+        for index in range(mapped.windows_per_epoch + 2):  # past the end: wraps to a new pass
             for left, right in zip(mapped.window(index), loaded.window(index)):
                 assert left.dtype == np.int64 and np.array_equal(left, right)
 
@@ -203,14 +210,17 @@ def _eager_evaluation_windows(tokens: np.ndarray, num_streams: int, window_len: 
         context[1:] = inputs[:-1, -warmup:]
         windows.append((context, np.full_like(context, IGNORE_TARGET)))
     for start in range(0, stream_len, window_len):
-        windows.append((inputs[:, start:start + window_len], targets[:, start:start + window_len]))
+        windows.append((inputs[:, start : start + window_len], targets[:, start : start + window_len]))
     return windows
 
 
-@pytest.mark.parametrize("num_tokens,num_streams,window_len,warmup",
-                         [(1000, 7, 32, 8), (101, 128, 16, 4), (57, 5, 100, 64), (2, 4, 8, 2)])
+@pytest.mark.parametrize(
+    "num_tokens,num_streams,window_len,warmup",
+    [(1000, 7, 32, 8), (101, 128, 16, 4), (57, 5, 100, 64), (2, 4, 8, 2)],
+)
 def test_lazy_evaluation_windows_equal_the_whole_array_ones_and_shard_exactly(
-        tmp_path, num_tokens, num_streams, window_len, warmup):
+    tmp_path, num_tokens, num_streams, window_len, warmup
+):
     tokens = np.random.default_rng(0).integers(0, 200, num_tokens).astype(np.uint8)
     mapped_path = tmp_path / "val.tokens"
     tokens.tofile(mapped_path)
@@ -221,8 +231,10 @@ def test_lazy_evaluation_windows_equal_the_whole_array_ones_and_shard_exactly(
     for (inputs, targets), (want_inputs, want_targets) in zip(whole, reference):
         assert np.array_equal(inputs, want_inputs) and np.array_equal(targets, want_targets)
     for world_size in (2, 3):
-        shards = [list(EvaluationWindows(mapped, num_streams, window_len, warmup, rank, world_size))
-                  for rank in range(world_size)]
+        shards = [
+            list(EvaluationWindows(mapped, num_streams, window_len, warmup, rank, world_size))
+            for rank in range(world_size)
+        ]
         owned = [shard for shard in shards if shard]
         for index, (want_inputs, want_targets) in enumerate(reference):
             assert np.array_equal(np.concatenate([shard[index][0] for shard in owned]), want_inputs)
@@ -232,21 +244,41 @@ def test_lazy_evaluation_windows_equal_the_whole_array_ones_and_shard_exactly(
 def test_training_from_stdin_goes_through_the_cache_and_cleans_up(tmp_path):
     cache = tmp_path / "cache"
     text = ("to be or not to be, that is the question.\n" * 60).encode("utf-8")
-    result = run_charrnn_process("train", "-", "--out", str(tmp_path / "run"), "--max-steps", "3",
-                                 "--eval-every", "3", "--cache-dir", str(cache), *TINY_MODEL_OPTIONS,
-                                 input=text, cwd=tmp_path)
+    result = run_charrnn_process(
+        "train",
+        "-",
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--cache-dir",
+        str(cache),
+        *TINY_MODEL_OPTIONS,
+        input=text,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b""
     assert len(list(cache.glob("stdin-*.tokens"))) == 1
-    assert not list(cache.glob(".stdin-*"))                    # the spooled copy is gone
+    assert not list(cache.glob(".stdin-*"))  # the spooled copy is gone
     assert (tmp_path / "run" / "best.safetensors").is_file()
 
 
 def test_bad_corpus_is_one_error_line(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xc3\x28 broken\n")
-    result = run_charrnn_process("train", str(bad), "--out", str(tmp_path / "run"), "--max-steps", "1",
-                                 *TINY_MODEL_OPTIONS, cwd=tmp_path)
+    result = run_charrnn_process(
+        "train",
+        str(bad),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        *TINY_MODEL_OPTIONS,
+        cwd=tmp_path,
+    )
     lines = error_lines(result.stderr.decode())
     assert result.returncode == 1
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "line 2" in lines[0]
@@ -268,19 +300,20 @@ class _RawBytes(Tokenizer):
         return {"kind": self.kind}
 
     def char_counts(self, ids):
-        return ((np.asarray(ids) & 0xC0) != 0x80).astype(np.int64)   # a character starts here
+        return ((np.asarray(ids) & 0xC0) != 0x80).astype(np.int64)  # a character starts here
 
 
 def test_split_of_a_byte_level_tokeniser_is_the_byte_offset_of_the_split_character(tmp_path, monkeypatch):
-    import charrnn.corpus_encoding as corpus_encoding
+    import charrnn.data.encoding as corpus_encoding
 
     monkeypatch.setattr(corpus_encoding, "COUNT_CHUNK_TOKENS", 7)  # split points inside count chunks
     text = MIXED * 5
     path = _write(tmp_path / "mixed.txt", text)
     scan = scan_corpus(corpus_files(str(path)))
     for val_fraction in (0.1, 0.33, 0.5):
-        prepared = prepare_streamed_corpus(scan, "unused", val_fraction, tokenizer=_RawBytes(),
-                                           cache_dir=tmp_path / "cache")
+        prepared = prepare_streamed_corpus(
+            scan, "unused", val_fraction, tokenizer=_RawBytes(), cache_dir=tmp_path / "cache"
+        )
         split = int(len(text) * (1 - val_fraction))
         assert bytes(prepared.train_tokens) == text[:split].encode("utf-8")
         assert bytes(prepared.val_tokens) == text[split:].encode("utf-8")
@@ -322,7 +355,7 @@ def _read(path: Path) -> str:
 
 
 def test_a_file_growing_during_the_encoding_is_stopped_there(tmp_path, monkeypatch):
-    import charrnn.corpus as corpus
+    import charrnn.data.corpus as corpus
 
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)
     cache = tmp_path / "cache"
@@ -330,7 +363,7 @@ def test_a_file_growing_during_the_encoding_is_stopped_there(tmp_path, monkeypat
     scan = scan_corpus(corpus_files(str(path)))
     encoded_bytes: list[int] = []
 
-    def keep_writing(event) -> None:                # a writer appending while charrnn encodes
+    def keep_writing(event) -> None:  # a writer appending while charrnn encodes
         if isinstance(event, events.CorpusProgress) and event.phase == "encoding":
             encoded_bytes.append(event.done_bytes)
             with open(path, "a", encoding="utf-8") as log:
@@ -338,26 +371,28 @@ def test_a_file_growing_during_the_encoding_is_stopped_there(tmp_path, monkeypat
 
     with pytest.raises(CorpusError, match="changed while it was being read"):
         prepare_streamed_corpus(scan, "char", 0.1, cache_dir=cache, on_progress=keep_writing)
-    assert max(encoded_bytes) <= scan.num_bytes + 64      # it stopped as soon as it read past the scan
+    assert max(encoded_bytes) <= scan.num_bytes + 64  # it stopped as soon as it read past the scan
     assert _entries(cache) == []
 
 
 def test_train_on_a_corpus_that_changes_between_passes_is_one_error_line(in_tmp, monkeypatch):
-    import charrnn.token_cache as token_cache
+    import charrnn.data.token_cache as token_cache
 
     cache = in_tmp / "cache"
     path = _write(in_tmp / "notes.txt", "some notes\n" * 200)
     real_encode = token_cache.encode_corpus
 
     def edited_before_encoding(scan, tokenizer, on_bytes):
-        _write(path, "some notes\n" * 199 + "an edit was saved\n")     # an editor saves now
+        _write(path, "some notes\n" * 199 + "an edit was saved\n")  # an editor saves now
         return real_encode(scan, tokenizer, on_bytes)
 
     monkeypatch.setattr(token_cache, "encode_corpus", edited_before_encoding)
     result = run_cli("train", "notes.txt", "--cache-dir", str(cache), "--max-steps", "1", *TINY_MODEL_OPTIONS)
     assert result.exit_code == 1, result.stderr
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("Error: the corpus notes.txt changed while it was being read")
+    assert len(lines) == 1 and lines[0].startswith(
+        "Error: the corpus notes.txt changed while it was being read"
+    )
     assert "Traceback" not in result.stderr
     assert _entries(cache) == []
     assert not (in_tmp / "runs" / "notes" / "state.pt").exists()

@@ -9,14 +9,18 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from charrnn.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    fit_tokenizer,
+    token_dtype,
+    tokenizer_from_dict,
+)
 from charrnn.errors import TokenizerError
-from charrnn.tokenizers import (ByteTokenizer, CharTokenizer, fit_tokenizer, token_dtype,
-                                tokenizer_from_dict)
-
-from conftest import REPO
 
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
 
@@ -68,8 +72,9 @@ def test_round_trip_examples(tokenizers, kind, name):
 
 # Any text a UTF-8 file can hold: every code point but the surrogates.
 any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
-tricky_text = st.text(st.sampled_from(list(" \t\r\n▁aé日😀\x00")) | st.characters(blacklist_categories=("Cs",)),
-                      max_size=60)
+tricky_text = st.text(
+    st.sampled_from(list(" \t\r\n▁aé日😀\x00")) | st.characters(blacklist_categories=("Cs",)), max_size=60
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -102,7 +107,7 @@ def test_byte_stream_is_whole_valid_text_when_cut_anywhere(text):
 
 def test_byte_stream_holds_back_a_split_character_then_writes_it_whole():
     decoder = ByteTokenizer().stream_decoder()
-    euro = "€".encode("utf-8")
+    euro = "€".encode()
     assert [decoder.feed(b) for b in euro] == ["", "", "€"]
 
 
@@ -203,8 +208,9 @@ def test_index_dtype_follows_the_vocabulary_size():
 def test_large_sentencepiece_vocabulary_uses_uint16_and_stays_lossless():
     # A tiny but varied synthetic corpus: thousands of distinct "words" over two scripts.
     rng = np.random.default_rng(0)
-    syllables = ["ka", "lo", "mi", "ne", "su", "tra", "vel", "quo", "zen", "pri"] + \
-                [chr(c) for c in range(0x4E00, 0x4E00 + 400)]
+    syllables = ["ka", "lo", "mi", "ne", "su", "tra", "vel", "quo", "zen", "pri"] + [
+        chr(c) for c in range(0x4E00, 0x4E00 + 400)
+    ]
     words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(6000)]
     text = "\n".join(" ".join(rng.choice(words, size=12)) for _ in range(3000))
     tokenizer = fit_tokenizer("bpe", text, text, 3000)

@@ -8,23 +8,22 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import PATTERN
 from rich.console import Console
 
-import charrnn.training
+import charrnn.training.loop
 from charrnn import events
-from charrnn.checkpoint import load_training_state
+from charrnn.cli.console import TrainingDisplay
 from charrnn.config import EVALS_PER_RUN, ModelConfig, TrainConfig
-from charrnn.console import TrainingDisplay
-from charrnn.data import BatchStream, Corpus, prepare_corpus
+from charrnn.data.in_memory import Corpus, prepare_corpus
+from charrnn.data.windows import BatchStream, ShiftedPasses
 from charrnn.distributed import World
 from charrnn.errors import CheckpointError
-from charrnn.rundir import RunDir
-from charrnn.run_state import Counters, RunState, required_fields
-from charrnn.schedule import Schedule
-from charrnn.training import Trainer
-from charrnn.windows import ShiftedPasses
-
-from conftest import PATTERN
+from charrnn.store.checkpoint import load_training_state
+from charrnn.store.run_dir import RunDir
+from charrnn.store.run_state import Counters, RunState, required_fields
+from charrnn.training.loop import Trainer
+from charrnn.training.schedule import Schedule
 
 MODEL = ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0)
 TEXT = "".join(f"{i} {PATTERN}" for i in range(60))
@@ -32,8 +31,16 @@ TEXT = "".join(f"{i} {PATTERN}" for i in range(60))
 
 def _trainer(run_path, resume=False, world=World(), stop_after=None, **overrides):
     corpus = prepare_corpus(Corpus(TEXT, "t", "t.txt"), "char", 0.1)
-    settings = dict(seq_len=16, batch_size=4, max_steps=12, eval_every=6, warmup_steps=2, threads=1,
-                    precision="fp32", seed=5)
+    settings = dict(
+        seq_len=16,
+        batch_size=4,
+        max_steps=12,
+        eval_every=6,
+        warmup_steps=2,
+        threads=1,
+        precision="fp32",
+        seed=5,
+    )
     run_dir = RunDir(run_path)
     run_dir.prepare()
     seen = []
@@ -41,14 +48,23 @@ def _trainer(run_path, resume=False, world=World(), stop_after=None, **overrides
     def record(event):
         if isinstance(event, events.StepDone):
             seen.append(event)
+
     state = load_training_state(run_dir.state) if resume else None
-    trainer = Trainer(corpus, MODEL, TrainConfig(**{**settings, **overrides}), run_dir, on_event=record,
-                      should_stop=lambda: stop_after is not None and len(seen) >= stop_after,
-                      resume_state=state, world=world)
+    trainer = Trainer(
+        corpus,
+        MODEL,
+        TrainConfig(**{**settings, **overrides}),
+        run_dir,
+        on_event=record,
+        should_stop=lambda: stop_after is not None and len(seen) >= stop_after,
+        resume_state=state,
+        world=world,
+    )
     return trainer, seen
 
 
 # -- the optimiser -----------------------------------------------------------------------------
+
 
 def test_training_on_a_cpu_uses_the_fused_adamw_with_the_same_updates(tmp_path):
     """PyTorch's default AdamW on a CPU is a per-tensor Python loop; the trainer asks for the
@@ -60,7 +76,7 @@ def test_training_on_a_cpu_uses_the_fused_adamw_with_the_same_updates(tmp_path):
     loop_model.load_state_dict(fused_model.state_dict())
     before = fused_model.weight_hh_l0.detach().clone()
     config = TrainConfig(lr=0.01, weight_decay=0.1)
-    fused = charrnn.training.build_optimizer(fused_model, config, torch.device("cpu"))
+    fused = charrnn.training.loop.build_optimizer(fused_model, config, torch.device("cpu"))
     loop = torch.optim.AdamW(loop_model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     for _ in range(5):
         for optimizer, model in ((fused, fused_model), (loop, loop_model)):
@@ -69,10 +85,11 @@ def test_training_on_a_cpu_uses_the_fused_adamw_with_the_same_updates(tmp_path):
             optimizer.step()
     for a, b in zip(fused_model.parameters(), loop_model.parameters()):
         torch.testing.assert_close(a, b)
-    assert not torch.equal(fused_model.weight_hh_l0, before)   # the steps did move the weights
+    assert not torch.equal(fused_model.weight_hh_l0, before)  # the steps did move the weights
 
 
 # -- the schedule ------------------------------------------------------------------------------
+
 
 def test_schedule_warms_up_then_falls_by_cosine_to_the_floor():
     schedule = Schedule(TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_fraction=0.1))
@@ -81,7 +98,7 @@ def test_schedule_warms_up_then_falls_by_cosine_to_the_floor():
     assert schedule.learning_rate(50, 0.0) == pytest.approx(0.1 + 0.9 * 0.5)
     assert schedule.learning_rate(100, 0.0) == pytest.approx(0.1)
     assert not schedule.steps_done(99) and schedule.steps_done(100)
-    assert not schedule.time_up(1e9, 0.0)        # no time budget with --max-steps alone
+    assert not schedule.time_up(1e9, 0.0)  # no time budget with --max-steps alone
 
 
 def test_time_budget_schedule_is_driven_by_the_clock_readings_given():
@@ -94,17 +111,25 @@ def test_time_budget_schedule_is_driven_by_the_clock_readings_given():
 def test_extended_step_budget_continues_the_cosine_without_a_jump():
     before = Schedule(TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_fraction=0.1))
     rate_at_stop = before.learning_rate(100, 0.0)
-    after = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.1),
-                             before.anchor, step=100, elapsed=0.0)
+    after = Schedule.resumed(
+        TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.1),
+        before.anchor,
+        step=100,
+        elapsed=0.0,
+    )
     assert after.learning_rate(100, 0.0) == pytest.approx(rate_at_stop)
     assert after.learning_rate(200, 0.0) == pytest.approx(0.1)
-    middle = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.1),
-                              before.anchor, step=60, elapsed=0.0)
+    middle = Schedule.resumed(
+        TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.1),
+        before.anchor,
+        step=60,
+        elapsed=0.0,
+    )
     rates = [middle.learning_rate(step, 0.0) for step in range(60, 201)]
     assert rates[0] == pytest.approx(before.learning_rate(60, 0.0))
     assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] == pytest.approx(0.1)
     same = Schedule.resumed(TrainConfig(max_steps=100, warmup_steps=10, lr=1.0), before.anchor, 60, 0.0)
-    assert same.anchor == before.anchor      # an unchanged budget keeps the schedule exactly
+    assert same.anchor == before.anchor  # an unchanged budget keeps the schedule exactly
 
 
 def test_evaluations_follow_the_step_budget_alone_or_eval_every():
@@ -137,12 +162,13 @@ def test_with_both_budgets_evaluations_follow_the_one_that_runs_out_first():
 def test_timed_evaluations_keep_within_their_share_of_the_time():
     schedule = Schedule(TrainConfig(max_time=80.0))
     assert schedule.evaluation_due(1, 10.0)
-    schedule.evaluated(1, 10.0, cost=3.0)           # costly: the next no sooner than 30 s later
+    schedule.evaluated(1, 10.0, cost=3.0)  # costly: the next no sooner than 30 s later
     assert not schedule.evaluation_due(2, 25.0) and not schedule.evaluation_due(3, 39.9)
     assert schedule.evaluation_due(4, 40.0)
 
 
 # -- the run-state record ------------------------------------------------------------------------
+
 
 def test_run_state_record_round_trips_and_is_the_list_the_checkpoint_checks(tmp_path):
     trainer, _ = _trainer(tmp_path / "run", max_steps=3)
@@ -151,17 +177,32 @@ def test_run_state_record_round_trips_and_is_the_list_the_checkpoint_checks(tmp_
     record = RunState.from_dict(saved, "state.pt")
     assert record.counters.step == 3 and record.shift_passes is True
     assert record.to_dict(saved["format"], saved["format_version"]).keys() == saved.keys()
-    names = ({f.name for f in dataclasses.fields(RunState)} - {"counters"}
-             | {f.name for f in dataclasses.fields(Counters)} | {"format", "format_version"})
-    assert set(saved) == names                       # nothing saved outside the record
+    names = (
+        {f.name for f in dataclasses.fields(RunState)} - {"counters"}
+        | {f.name for f in dataclasses.fields(Counters)}
+        | {"format", "format_version"}
+    )
+    assert set(saved) == names  # nothing saved outside the record
     assert set(required_fields()) <= set(saved)
     assert required_fields()["step"] == (int,) and required_fields()["torch_rng"] == (torch.Tensor,)
 
 
 def test_run_state_of_an_older_file_gets_the_defaults_that_reproduce_it():
-    old = {"step": 7, "elapsed": 1.5, "model_config": "{}", "train_config": "{}", "tokenizer": "{}",
-           "corpus_fingerprint": "f", "corpus_source": "c", "best_val_loss": 1.0, "best_val_bpc": 2.0,
-           "model": {}, "optimizer": {}, "hidden": [], "torch_rng": torch.get_rng_state()}
+    old = {
+        "step": 7,
+        "elapsed": 1.5,
+        "model_config": "{}",
+        "train_config": "{}",
+        "tokenizer": "{}",
+        "corpus_fingerprint": "f",
+        "corpus_source": "c",
+        "best_val_loss": 1.0,
+        "best_val_bpc": 2.0,
+        "model": {},
+        "optimizer": {},
+        "hidden": [],
+        "torch_rng": torch.get_rng_state(),
+    }
     record = RunState.from_dict(old, "state.pt")
     assert record.counters.last_eval_step == 7 and record.counters.skipped_steps == 0
     assert record.shift_passes is False and record.lr_anchor is None and record.world_size == 1
@@ -171,13 +212,14 @@ def test_run_state_of_an_older_file_gets_the_defaults_that_reproduce_it():
 
 # -- defects -------------------------------------------------------------------------------------
 
+
 def test_only_the_writer_rank_cuts_the_metrics_on_resume(tmp_path, monkeypatch):
     trainer, _ = _trainer(tmp_path / "run", max_steps=12)
     trainer.run()
     run_dir = RunDir(tmp_path / "run")
-    run_dir.append_metrics({"step": 99, "val_loss": 1.0})   # after the saved step: rank 0 drops it
+    run_dir.append_metrics({"step": 99, "val_loss": 1.0})  # after the saved step: rank 0 drops it
     before = run_dir.metrics.read_bytes()
-    monkeypatch.setattr(charrnn.training, "wrap_model", lambda model, world, device: model)
+    monkeypatch.setattr(charrnn.training.loop, "wrap_model", lambda model, world, device: model)
     _trainer(tmp_path / "run", resume=True, world=World(rank=1, world_size=2), max_steps=24)
     assert run_dir.metrics.read_bytes() == before
     _trainer(tmp_path / "run", resume=True, max_steps=24)
@@ -221,28 +263,61 @@ def test_a_finished_run_decayed_to_zero_goes_on_learning_when_extended(tmp_path)
 
 def test_extension_restarts_from_a_tenth_of_the_rate_only_when_it_had_fallen_below():
     before = Schedule(TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_fraction=0.0))
-    ended = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
-                             before.anchor, step=100, elapsed=0.0)
+    ended = Schedule.resumed(
+        TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
+        before.anchor,
+        step=100,
+        elapsed=0.0,
+    )
     assert before.learning_rate(100, 0.0) == pytest.approx(0.0)
     assert ended.learning_rate(100, 0.0) == pytest.approx(0.1)
     assert ended.learning_rate(200, 0.0) == pytest.approx(0.0)
-    halfway = Schedule.resumed(TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
-                               before.anchor, step=50, elapsed=0.0)
+    halfway = Schedule.resumed(
+        TrainConfig(max_steps=200, warmup_steps=10, lr=1.0, min_lr_fraction=0.0),
+        before.anchor,
+        step=50,
+        elapsed=0.0,
+    )
     assert halfway.learning_rate(50, 0.0) == pytest.approx(before.learning_rate(50, 0.0))
 
 
 def test_remaining_time_counts_every_process():
     display = TrainingDisplay(Console(file=io.StringIO()))
-    display(events.TrainingStarted(
-        run_dir="r", num_parameters=1, vocab_size=10, tokenizer="char", chars_per_token=1.0,
-        train_tokens=1000, val_tokens=100, eval_tokens=100, batch_size=8, seq_len=16, device="cpu",
-        precision="fp32", threads=1, start_step=0, max_steps=100, budget_seconds=None, processes=4))
-    step = events.StepDone(step=50, loss=1.0, learning_rate=0.1, grad_norm=1.0, elapsed=10.0,
-                           chars_per_second=8 * 16 * 4 * 10.0, progress=0.5)   # 10 steps/s, all processes
+    display(
+        events.TrainingStarted(
+            run_dir="r",
+            num_parameters=1,
+            vocab_size=10,
+            tokenizer="char",
+            chars_per_token=1.0,
+            train_tokens=1000,
+            val_tokens=100,
+            eval_tokens=100,
+            batch_size=8,
+            seq_len=16,
+            device="cpu",
+            precision="fp32",
+            threads=1,
+            start_step=0,
+            max_steps=100,
+            budget_seconds=None,
+            processes=4,
+        )
+    )
+    step = events.StepDone(
+        step=50,
+        loss=1.0,
+        learning_rate=0.1,
+        grad_norm=1.0,
+        elapsed=10.0,
+        chars_per_second=8 * 16 * 4 * 10.0,
+        progress=0.5,
+    )  # 10 steps/s, all processes
     assert display._remaining(step) == pytest.approx(5.0)
 
 
 # -- shifted passes ------------------------------------------------------------------------------
+
 
 def test_shifted_passes_keep_the_first_pass_and_shift_the_later_ones_inside_the_text():
     tokens = np.arange(1000)
@@ -256,13 +331,13 @@ def test_shifted_passes_keep_the_first_pass_and_shift_the_later_ones_inside_the_
     for index in range(first, first + 20 * shifted.later_pass_windows):
         inputs, targets = shifted.window(index)
         pass_number, within = shifted.locate(index)
-        assert inputs[0, 0] == shifted.offset(pass_number) + within * 16     # streams move together
+        assert inputs[0, 0] == shifted.offset(pass_number) + within * 16  # streams move together
         assert np.array_equal(inputs[:, 1:], targets[:, :-1]) and targets.max() < len(tokens)
-    assert ShiftedPasses(tokens, 4, 16, seed=3).offset(7) == shifted.offset(7)   # seeded: resume is exact
+    assert ShiftedPasses(tokens, 4, 16, seed=3).offset(7) == shifted.offset(7)  # seeded: resume is exact
 
 
 def test_resume_across_shifted_passes_is_exact(tmp_path):
-    options = dict(max_steps=40, eval_every=10, batch_size=16)   # about 10 windows a pass
+    options = dict(max_steps=40, eval_every=10, batch_size=16)  # about 10 windows a pass
     straight, straight_steps = _trainer(tmp_path / "straight", **options)
     straight.run()
     assert straight.stream.locate(39)[0] >= 3 and isinstance(straight.stream, ShiftedPasses)
@@ -270,13 +345,14 @@ def test_resume_across_shifted_passes_is_exact(tmp_path):
     assert split.run().reason == "interrupted"
     split, second_steps = _trainer(tmp_path / "split", resume=True, **options)
     split.run()
-    assert ([(e.step, e.loss, e.grad_norm) for e in first_steps + second_steps]
-            == [(e.step, e.loss, e.grad_norm) for e in straight_steps])
+    assert [(e.step, e.loss, e.grad_norm) for e in first_steps + second_steps] == [
+        (e.step, e.loss, e.grad_norm) for e in straight_steps
+    ]
 
 
 def test_an_unshifted_run_stays_unshifted_on_resume(tmp_path):
     trainer, _ = _trainer(tmp_path / "run", max_steps=5, shift_passes=False)
     trainer.run()
-    trainer, _ = _trainer(tmp_path / "run", resume=True, max_steps=8)   # shift_passes defaults to True
+    trainer, _ = _trainer(tmp_path / "run", resume=True, max_steps=8)  # shift_passes defaults to True
     assert isinstance(trainer.stream, BatchStream) and not isinstance(trainer.stream, ShiftedPasses)
     assert trainer.train_config.shift_passes is False

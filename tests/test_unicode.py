@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.corpus import CorpusBytes
-from charrnn.corpus import iter_text_chunks as iter_corpus_chunks
+from charrnn.data.corpus import CorpusBytes
+from charrnn.data.corpus import iter_text_chunks as iter_corpus_chunks
+from charrnn.data.text_input import TextSource, iter_text_chunks
 from charrnn.errors import CorpusError
-from charrnn.text_input import TextSource, iter_text_chunks
-from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
 # CJK, an emoji outside the BMP, a combining accent, Arabic (right to left), and Greek.
 UNICODE_LINE = "東京の猫 🐈 café naïve e\u0301 مرحبا Ωμέγα\n"
@@ -27,8 +27,23 @@ def unicode_run(tmp_path_factory):
     corpus = folder / "Gedichte – 詩.txt"
     corpus.write_text(UNICODE_LINE * 150, encoding="utf-8")
     out = folder / "runs" / "出力 🐈"
-    result = run_cli("train", str(corpus), "--out", str(out), "--max-steps", "120", "--eval-every", "60",
-                     "--lr", "0.01", "--warmup-steps", "5", "--precision", "fp32", *TINY_MODEL_OPTIONS)
+    result = run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "120",
+        "--eval-every",
+        "60",
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "5",
+        "--precision",
+        "fp32",
+        *TINY_MODEL_OPTIONS,
+    )
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -39,18 +54,31 @@ def test_unicode_corpus_paths_and_prime(unicode_run):
     assert result.stdout.startswith("東京の猫 🐈")
     assert len(result.stdout) == len("東京の猫 🐈") + 60
     assert set(result.stdout) <= set(UNICODE_LINE)
-    assert "🐈" in result.stdout[len("東京の猫 🐈"):] or "مرحبا" in result.stdout
+    assert "🐈" in result.stdout[len("東京の猫 🐈") :] or "مرحبا" in result.stdout
 
 
 def _sample_process(run, *args, env_extra, input=None):
     env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "charrnn", "sample", str(run), *args],
-                          capture_output=True, env=env, input=input, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", "sample", str(run), *args],
+        capture_output=True,
+        env=env,
+        input=input,
+        timeout=60,
+    )
 
 
 def test_stdout_that_cannot_encode_does_not_crash_sampling(unicode_run):
-    finished = _sample_process(unicode_run, "--prime", "café 🐈", "--length", "80", "--seed", "1",
-                               env_extra={"PYTHONIOENCODING": "ascii"})
+    finished = _sample_process(
+        unicode_run,
+        "--prime",
+        "café 🐈",
+        "--length",
+        "80",
+        "--seed",
+        "1",
+        env_extra={"PYTHONIOENCODING": "ascii"},
+    )
     assert finished.returncode == 0, finished.stderr
     assert finished.stderr == b""
     text = finished.stdout.decode("ascii")
@@ -58,9 +86,17 @@ def test_stdout_that_cannot_encode_does_not_crash_sampling(unicode_run):
 
 
 def test_utf8_prime_on_stdin_whatever_the_locale(unicode_run):
-    finished = _sample_process(unicode_run, "--prime", "-", "--length", "5", "--seed", "1",
-                               env_extra={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C"},
-                               input="Ωμέγα".encode("utf-8"))
+    finished = _sample_process(
+        unicode_run,
+        "--prime",
+        "-",
+        "--length",
+        "5",
+        "--seed",
+        "1",
+        env_extra={"PYTHONIOENCODING": "utf-8", "LC_ALL": "C"},
+        input="Ωμέγα".encode(),
+    )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.decode("utf-8").startswith("Ωμέγα")
 
@@ -69,7 +105,8 @@ def test_prime_on_stdin_that_is_not_utf8_is_one_line(unicode_run):
     result = run_cli("sample", str(unicode_run), "--prime", "-", input="caf\xe9".encode("latin-1"))
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [
-        "Error: the prime text on standard input is not valid UTF-8 (byte 0xe9 at offset 3)"]
+        "Error: the prime text on standard input is not valid UTF-8 (byte 0xe9 at offset 3)"
+    ]
 
 
 def test_error_naming_unicode_on_an_ascii_terminal_is_still_one_line(unicode_run):
@@ -80,8 +117,9 @@ def test_error_naming_unicode_on_an_ascii_terminal_is_still_one_line(unicode_run
     assert finished.stdout == b""
 
 
-UTF8_PIECES = st.sampled_from([b"a", b"\n", "é".encode(), "€".encode(), "😀".encode(), b"\xef\xbb\xbf",
-                               b"\xff", b"\xe2\x82", b"\xc3"])
+UTF8_PIECES = st.sampled_from(
+    [b"a", b"\n", "é".encode(), "€".encode(), "😀".encode(), b"\xef\xbb\xbf", b"\xff", b"\xe2\x82", b"\xc3"]
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,7 +134,9 @@ def test_corpus_and_text_readers_read_any_bytes_alike(pieces, chunk_bytes):
         except CorpusError as error:
             return f"error: {error}"
 
-    corpus = outcome(lambda: (text for text, _ in iter_corpus_chunks(CorpusBytes(data, "x", "x"), chunk_bytes)))
+    corpus = outcome(
+        lambda: (text for text, _ in iter_corpus_chunks(CorpusBytes(data, "x", "x"), chunk_bytes))
+    )
     text = outcome(lambda: iter_text_chunks(TextSource(name="x", stream=io.BytesIO(data)), chunk_bytes))
     whole = outcome(lambda: iter_text_chunks(TextSource(name="x", stream=io.BytesIO(data)), len(data) + 1))
     assert corpus == text == whole

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import click
 
-from ..console import discard_further_output
-from ..rundir import BEST_WEIGHTS, LATEST_WEIGHTS
+from charrnn.cli.console import discard_further_output
+from charrnn.store.run_dir import BEST_WEIGHTS, LATEST_WEIGHTS
 
 
 @contextlib.contextmanager
@@ -29,8 +30,9 @@ def stdout_console():
     """A Rich console on stdout (plain text when stdout is not a terminal)."""
     from rich.console import Console
 
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False,
-                   width=None if sys.stdout.isatty() else 160)
+    return Console(
+        file=sys.stdout, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160
+    )
 
 
 def print_json(value: Any) -> None:
@@ -42,7 +44,7 @@ def print_json(value: Any) -> None:
 def looks_like_model(argument: str) -> bool:
     """True when a command-line argument names a model: a .safetensors file, a run directory, or the
     name of a bundled model (`shakespeare`) when no file of that name exists."""
-    from ..pretrained import bundled_weights
+    from charrnn.store.bundled import bundled_weights
 
     path = Path(argument)
     if argument.endswith(".safetensors"):
@@ -52,8 +54,9 @@ def looks_like_model(argument: str) -> bool:
     return path.is_dir() and ((path / BEST_WEIGHTS).is_file() or (path / LATEST_WEIGHTS).is_file())
 
 
-def split_model_argument(arguments: tuple[str, ...], model: Optional[str],
-                         files_wanted: str) -> tuple[Optional[str], list[str]]:
+def split_model_argument(
+    arguments: tuple[str, ...], model: str | None, files_wanted: str
+) -> tuple[str | None, list[str]]:
     """(MODEL, FILES) from positional arguments: the first is MODEL when it looks like a model
     (see `looks_like_model`) and --model was not given; the rest are files."""
     files = list(arguments)
@@ -64,7 +67,7 @@ def split_model_argument(arguments: tuple[str, ...], model: Optional[str],
     return model, files
 
 
-def human_duration(seconds: Optional[float]) -> str:
+def human_duration(seconds: float | None) -> str:
     """90 -> '1m30s'."""
     if seconds is None:
         return "-"

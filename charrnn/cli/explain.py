@@ -6,13 +6,12 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 
-from ..errors import CharrnnError, CorpusError, UsageProblem
-from .group import cli
-from .output import read_stdin_text, write_stream
+from charrnn.cli.group import cli
+from charrnn.cli.output import read_stdin_text, write_stream
+from charrnn.errors import CharrnnError, CorpusError, UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
@@ -28,20 +27,23 @@ def _read_text(source: str) -> str:
     except IsADirectoryError:
         raise CorpusError(f"{path} is a directory: give a text file (or - for standard input)") from None
     except UnicodeDecodeError as error:
-        raise CorpusError(f"{path} is not valid UTF-8 (byte 0x{error.object[error.start]:02x} at offset "
-                          f"{error.start})") from None
+        raise CorpusError(
+            f"{path} is not valid UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+        ) from None
     except OSError as error:
         raise CorpusError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _split_arguments(arguments: tuple[str, ...]) -> tuple[Optional[str], str]:
+def _split_arguments(arguments: tuple[str, ...]) -> tuple[str | None, str]:
     """One argument is the text (the model is the most recent run); two are MODEL then text."""
     if len(arguments) == 1:
         return None, arguments[0]
     if len(arguments) == 2:
         return arguments[0], arguments[1]
-    raise click.UsageError("give the text to explain (a file, or - for standard input), optionally "
-                           "after the model: charrnn explain [MODEL] FILE|-")
+    raise click.UsageError(
+        "give the text to explain (a file, or - for standard input), optionally "
+        "after the model: charrnn explain [MODEL] FILE|-"
+    )
 
 
 def _stdout_console():
@@ -56,8 +58,16 @@ def _stdout_text(*renderables) -> str:
 
     terminal = _stdout_console()
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=terminal.is_terminal, color_system=terminal.color_system,
-                      width=terminal.width, highlight=False, emoji=False, markup=False, soft_wrap=True)
+    console = Console(
+        file=buffer,
+        force_terminal=terminal.is_terminal,
+        color_system=terminal.color_system,
+        width=terminal.width,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        soft_wrap=True,
+    )
     for renderable in renderables:
         console.print(renderable)
     return buffer.getvalue()
@@ -65,25 +75,59 @@ def _stdout_text(*renderables) -> str:
 
 @cli.command()
 @click.argument("arguments", nargs=-1, metavar="[MODEL] FILE|-")
-@click.option("--unit", default=None, metavar="LAYER:INDEX[:cell|hidden]",
-              help="Colour by one unit's activation instead of surprise (layer and index count from 0; "
-                   "LSTM default: cell).")
-@click.option("--find-units", is_flag=True,
-              help="List the units that best track inside quotes, bracket depth, position in the line, "
-                   "start of a word and just after a newline.")
-@click.option("--top", type=click.IntRange(1, 50), default=3, show_default=True,
-              help="Units listed per property by --find-units (and offered on the HTML page).")
-@click.option("--show", is_flag=True, help="With --find-units: also show the text coloured by each best unit.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
-              help="Write one self-contained HTML page (hover: top-5 predictions; a selector switches "
-                   "between surprise and the units found).")
-@click.option("--max-chars", type=click.IntRange(min=0), default=DEFAULT_MAX_CHARS, show_default=True,
-              help="Explain only the first N characters of the text (0 = all of it).")
+@click.option(
+    "--unit",
+    default=None,
+    metavar="LAYER:INDEX[:cell|hidden]",
+    help="Colour by one unit's activation instead of surprise (layer and index count from 0; "
+    "LSTM default: cell).",
+)
+@click.option(
+    "--find-units",
+    is_flag=True,
+    help="List the units that best track inside quotes, bracket depth, position in the line, "
+    "start of a word and just after a newline.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="Units listed per property by --find-units (and offered on the HTML page).",
+)
+@click.option(
+    "--show", is_flag=True, help="With --find-units: also show the text coloured by each best unit."
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one self-contained HTML page (hover: top-5 predictions; a selector switches "
+    "between surprise and the units found).",
+)
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_CHARS,
+    show_default=True,
+    help="Explain only the first N characters of the text (0 = all of it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of colours.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CPU threads for torch.")
-def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, top: int, show: bool,
-            html_path: Optional[str], max_chars: int, as_json: bool, threads: int) -> None:
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch."
+)
+def explain(
+    arguments: tuple[str, ...],
+    unit: str | None,
+    find_units: bool,
+    top: int,
+    show: bool,
+    html_path: str | None,
+    max_chars: int,
+    as_json: bool,
+    threads: int,
+) -> None:
     """Show a text coloured by how surprised the model is at each character, or by one unit.
 
     With one argument, it is the text (a file, or - for stdin) and the model is the most
@@ -104,19 +148,23 @@ def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, t
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
     text = _read_text(source)
-    from ..console import stderr_console
+    from charrnn.cli.console import stderr_console
 
     notes = stderr_console()
     if max_chars and len(text) > max_chars:
-        notes.print(f"explaining the first {max_chars:,} of {len(text):,} characters "
-                    f"(--max-chars N for more, 0 for all)", markup=False, highlight=False)
+        notes.print(
+            f"explaining the first {max_chars:,} of {len(text):,} characters "
+            f"(--max-chars N for more, 0 for all)",
+            markup=False,
+            highlight=False,
+        )
         text = text[:max_chars]
 
     import torch
 
-    from ..activations import analyse_text, load_for_analysis, parse_unit
-    from ..explain_view import explanation_data, found_units_data, legend, render_text, views_for
-    from ..unit_finder import find_units as run_finder
+    from charrnn.cli.explain_view import explanation_data, found_units_data, legend, render_text, views_for
+    from charrnn.inspect.activations import analyse_text, load_for_analysis, parse_unit
+    from charrnn.inspect.unit_finder import find_units as run_finder
 
     torch.set_num_threads(threads)
     loaded = load_for_analysis(model_arg)
@@ -129,8 +177,8 @@ def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, t
     found = found_units_data(results)
 
     if html_path:
-        from ..atomic import atomic_write_bytes
-        from ..report_html import render_page
+        from charrnn.cli.explain_html import render_page
+        from charrnn.store.atomic import atomic_write_bytes
 
         data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
         page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
@@ -138,28 +186,38 @@ def explain(arguments: tuple[str, ...], unit: Optional[str], find_units: bool, t
             atomic_write_bytes(Path(html_path), page.encode("utf-8"))
         except OSError as error:
             raise CharrnnError(f"cannot write {html_path}: {error.strerror or error}") from None
-        notes.print(f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
-                    f"(surprise and {len(views) - 1} units)", markup=False, highlight=False)
+        notes.print(
+            f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
+            f"(surprise and {len(views) - 1} units)",
+            markup=False,
+            highlight=False,
+        )
         return
     if as_json:
-        shown = views if not find_units else views[:1 + (chosen is not None)]
+        shown = views if not find_units else views[: 1 + (chosen is not None)]
         data = explanation_data(analysis, shown, str(loaded.path), loaded.tokenizer.kind, found)
         write_stream([json.dumps(data, ensure_ascii=False) + "\n"])
         return
     colours = _stdout_console().color_system is not None
     if find_units:
         write_stream([_stdout_text(_units_table(results))])
-        for view in views[1 + (chosen is not None):] if show else []:
+        for view in views[1 + (chosen is not None) :] if show else []:
             write_stream([_stdout_text(legend(view), render_text(analysis, view, colours), "")])
         if not show and any(result.matches for result in results):
             best = next(result.matches[0].unit for result in results if result.matches)
-            notes.print(f"show one with --unit, e.g. charrnn explain {' '.join(arguments)} --unit {best}",
-                        markup=False, highlight=False)
+            notes.print(
+                f"show one with --unit, e.g. charrnn explain {' '.join(arguments)} --unit {best}",
+                markup=False,
+                highlight=False,
+            )
         return
     view = views[-1]
     notes.print(legend(view))
-    notes.print(f"{len(analysis.text):,} characters, {analysis.bits_per_char:.3f} bits/char on average",
-                markup=False, highlight=False)
+    notes.print(
+        f"{len(analysis.text):,} characters, {analysis.bits_per_char:.3f} bits/char on average",
+        markup=False,
+        highlight=False,
+    )
     write_stream([_stdout_text(render_text(analysis, view, colours))])
 
 

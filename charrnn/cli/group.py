@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import CharrnnError, UsageProblem
+from charrnn import __version__
+from charrnn.errors import CharrnnError, UsageProblem
 
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -33,7 +33,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         return True
     return isinstance(error, RuntimeError) and any(
-        phrase in str(error).lower() for phrase in _OUT_OF_MEMORY_PHRASES)
+        phrase in str(error).lower() for phrase in _OUT_OF_MEMORY_PHRASES
+    )
 
 
 def out_of_memory_message(error: BaseException) -> str:
@@ -41,8 +42,10 @@ def out_of_memory_message(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     # The CPU allocator's message starts with an assertion location that says nothing to a user.
     detail = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", lines[0])[:160] if lines else ""
-    return (f"out of memory{f' ({detail})' if detail else ''}: to train, try a smaller "
-            "--hidden-size, --num-layers, --batch-size or --seq-len")
+    return (
+        f"out of memory{f' ({detail})' if detail else ''}: to train, try a smaller "
+        "--hidden-size, --num-layers, --batch-size or --seq-len"
+    )
 
 
 class CharrnnGroup(click.Group):
@@ -66,7 +69,7 @@ class CharrnnGroup(click.Group):
         except (click.Abort, KeyboardInterrupt):
             click.echo("Error: interrupted", err=True)
             sys.exit(EXIT_SIGINT)
-        except (MemoryError, RuntimeError) as error:   # torch.OutOfMemoryError is a RuntimeError
+        except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(error):
                 raise
             click.echo(_error_line(out_of_memory_message(error)), err=True)
@@ -74,8 +77,9 @@ class CharrnnGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-@click.group(cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                                  "max_content_width": 100})
+@click.group(
+    cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="charrnn")
 def cli() -> None:
     """Learn to write like any text corpus, one character at a time.
@@ -91,7 +95,8 @@ def main() -> None:
     try:
         cli(prog_name="charrnn")
     except SystemExit as exit_request:
-        if "RANK" in os.environ:          # started by torchrun: see distributed.end_worker_process
-            from ..distributed import end_worker_process
+        if "RANK" in os.environ:  # started by torchrun: see distributed.end_worker_process
+            from charrnn.distributed import end_worker_process
+
             end_worker_process(exit_request.code)
         raise

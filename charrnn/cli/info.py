@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import click
 
-from .answer import closed_pipe_ends_quietly, human_bytes, human_duration, print_json, stdout_console
-from .group import cli
+from charrnn.cli.answer import (
+    closed_pipe_ends_quietly,
+    human_bytes,
+    human_duration,
+    print_json,
+    stdout_console,
+)
+from charrnn.cli.group import cli
 
 
 @cli.command("info")
 @click.argument("model", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Answer as JSON.")
-def info_command(model: Optional[str], as_json: bool) -> None:
+def info_command(model: str | None, as_json: bool) -> None:
     """What MODEL holds: model and shape, tokeniser and vocabulary, the training run, the run's files.
 
     MODEL is a .safetensors file or a run directory; by default, the most recent run
@@ -24,8 +30,8 @@ def info_command(model: Optional[str], as_json: bool) -> None:
       charrnn info
       charrnn info runs/tinyshakespeare --json
     """
-    from ..checkpoint_info import describe
-    from ..rundir import resolve_weights
+    from charrnn.store.describe import describe
+    from charrnn.store.run_dir import resolve_weights
 
     summary = describe(resolve_weights(model))
     if as_json:
@@ -47,17 +53,28 @@ def _print(summary: dict[str, Any]) -> None:
     table.add_column(overflow="fold")
     rows = [
         ("checkpoint", summary["path"]),
-        ("model", f"{model['kind']}, {model['num_layers']} layers x {model['hidden_size']} units, "
-                  f"embedding {model['embedding_size']}, dropout {model['dropout']}"),
+        (
+            "model",
+            f"{model['kind']}, {model['num_layers']} layers x {model['hidden_size']} units, "
+            f"embedding {model['embedding_size']}, dropout {model['dropout']}",
+        ),
         ("parameters", f"{model['parameters']:,}"),
         ("tokeniser", f"{tokenizer['kind']}, vocabulary {tokenizer['vocab_size']:,}"),
     ]
     if tokenizer["chars"]:
         rows.append(("characters", tokenizer["chars"]))
     rows += [
-        *([("started from", f"{training['parent'].get('name')} (weights sha256 "
-                            f"{str(training['parent'].get('weights_sha256'))[:16]}…)")]
-          if training.get("parent") else []),
+        *(
+            [
+                (
+                    "started from",
+                    f"{training['parent'].get('name')} (weights sha256 "
+                    f"{str(training['parent'].get('weights_sha256'))[:16]}…)",
+                )
+            ]
+            if training.get("parent")
+            else []
+        ),
         ("corpus", _value(training["corpus"])),
         ("corpus sha256", _value(training["corpus_fingerprint"])),
         ("steps", _value(training["step"], "{:,}")),
@@ -66,8 +83,10 @@ def _print(summary: dict[str, Any]) -> None:
         ("best val bits/char", _value(training["best_val_bpc"], "{:.4f}")),
         ("precision", _value(training["precision"])),
         ("saved", _value(training["saved_at"])),
-        ("charrnn version", _value(training["charrnn_version"], "{}") if training["charrnn_version"]
-         else "not recorded"),
+        (
+            "charrnn version",
+            _value(training["charrnn_version"], "{}") if training["charrnn_version"] else "not recorded",
+        ),
     ]
     if summary["run_dir"]:
         rows.append(("run directory", summary["run_dir"]))

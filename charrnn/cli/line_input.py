@@ -11,28 +11,31 @@ import io
 import os
 import select
 from collections import deque
-from typing import BinaryIO, Iterator, Optional
+from collections.abc import Iterator
+from typing import BinaryIO
 
-from ..errors import UsageProblem
+from charrnn.errors import UsageProblem
 
 READ_BYTES = 1 << 16
 
 
-def _file_descriptor(stream: BinaryIO) -> Optional[int]:
+def _file_descriptor(stream: BinaryIO) -> int | None:
     try:
         return stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):
-        return None   # an in-memory stream (tests): always ready
+        return None  # an in-memory stream (tests): always ready
 
 
 def _decode_line(raw: bytes, line_number: int, what: str) -> str:
     if raw.endswith(b"\r"):
-        raw = raw[:-1]            # a file with Windows line ends
+        raw = raw[:-1]  # a file with Windows line ends
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UsageProblem(f"line {line_number} of {what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} "
-                           f"at byte {error.start + 1} of the line)") from None
+        raise UsageProblem(
+            f"line {line_number} of {what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} "
+            f"at byte {error.start + 1} of the line)"
+        ) from None
 
 
 def read_line_batches(stream: BinaryIO, batch_size: int, what: str) -> Iterator[list[str]]:

@@ -2,38 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import click
 
-from ..config import DEVICES
-from ..errors import UsageProblem
+from charrnn.config import DEVICES
+from charrnn.errors import UsageProblem
 
 model_option = click.option(
-    "--model", "-m", "model_path", default=None,
+    "--model",
+    "-m",
+    "model_path",
+    default=None,
     help="The model (a .safetensors file or a run directory); default: the first argument "
-         "when it is one, else the most recent run under runs/.")
+    "when it is one, else the most recent run under runs/.",
+)
 
 
 def device_options(verb: str) -> Callable[[Callable], Callable]:
     """--device and --threads, worded for a command that `verb`s text (evaluate, score)."""
+
     def decorate(command: Callable) -> Callable:
-        command = click.option("--threads", type=int, default=None, show_default="physical cores",
-                               help="CPU threads for torch.")(command)
-        return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                            help=f"Where to {verb}; auto picks a GPU when there is one.")(command)
+        command = click.option(
+            "--threads", type=int, default=None, show_default="physical cores", help="CPU threads for torch."
+        )(command)
+        return click.option(
+            "--device",
+            type=click.Choice(DEVICES),
+            default="auto",
+            show_default=True,
+            help=f"Where to {verb}; auto picks a GPU when there is one.",
+        )(command)
+
     return decorate
 
 
-def load_model(model_argument: Optional[str], device: str, threads: Optional[int]):
+def load_model(model_argument: str | None, device: str, threads: int | None):
     """The `api.Model` of MODEL, after checking --threads and giving torch that many threads.
 
     torch is imported here, when a command runs, never at start-up.
     """
     if threads is not None and threads < 1:
         raise UsageProblem(f"--threads must be >= 1, got {threads}")
-    from ..api import load
-    from ..hardware import configure_threads
+    from charrnn.api import load
+    from charrnn.hardware import configure_threads
 
     configure_threads(threads)
     return load(model_argument, device=device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from ..console import discard_further_output
-from ..errors import UsageProblem
+from charrnn.cli.console import discard_further_output
+from charrnn.errors import UsageProblem
 
 
 def unescape(text: str) -> str:
@@ -20,8 +20,9 @@ def read_stdin_text(what: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UsageProblem(f"{what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
-                           f"{error.start})") from None
+        raise UsageProblem(
+            f"{what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
+        ) from None
 
 
 def write_stream(chunks) -> None:

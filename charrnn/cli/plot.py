@@ -6,18 +6,30 @@ from pathlib import Path
 
 import click
 
-from ..errors import CharrnnError
-from .group import cli
+from charrnn.cli.group import cli
+from charrnn.errors import CharrnnError
 
 DEFAULT_OUTPUT = "plot.png"
 
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
-@click.option("-o", "--output", default=DEFAULT_OUTPUT, show_default=True, type=click.Path(dir_okay=False),
-              help="The image to write; .png, .svg or .pdf (the format follows the name).")
-@click.option("--x", "x_axis", type=click.Choice(["steps", "time", "chars"]), default="steps",
-              show_default=True, help="Horizontal axis: training steps, training time, or characters seen.")
+@click.option(
+    "-o",
+    "--output",
+    default=DEFAULT_OUTPUT,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The image to write; .png, .svg or .pdf (the format follows the name).",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["steps", "time", "chars"]),
+    default="steps",
+    show_default=True,
+    help="Horizontal axis: training steps, training time, or characters seen.",
+)
 def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     """Draw validation bits/char and train/validation loss of RUN... on one chart.
 
@@ -29,9 +41,9 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
       charrnn plot runs/tinyshakespeare
       charrnn plot runs/lstm runs/gru runs/bpe -o compare.svg --x time
     """
-    from ..atomic import atomic_write_bytes
-    from ..console import stderr_console
-    from ..plotting import draw_curves, image_format, read_run, require_matplotlib, unique_names
+    from charrnn.cli.console import stderr_console
+    from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
+    from charrnn.store.atomic import atomic_write_bytes
 
     require_matplotlib()
     image = image_format(Path(output))
@@ -42,12 +54,16 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
         if read.damaged_lines:
             shown = ", ".join(str(number) for number in read.damaged_lines[:5])
             more = ", ..." if len(read.damaged_lines) > 5 else ""
-            notes.print(f"note: {read.path}: skipped {len(read.damaged_lines)} damaged line"
-                        f"{'s' if len(read.damaged_lines) > 1 else ''} (line {shown}{more})",
-                        markup=False, highlight=False)
+            notes.print(
+                f"note: {read.path}: skipped {len(read.damaged_lines)} damaged line"
+                f"{'s' if len(read.damaged_lines) > 1 else ''} (line {shown}{more})",
+                markup=False,
+                highlight=False,
+            )
         if not read.records:
-            notes.print(f"note: {run} has no evaluations yet; left out of the chart",
-                        markup=False, highlight=False)
+            notes.print(
+                f"note: {run} has no evaluations yet; left out of the chart", markup=False, highlight=False
+            )
             continue
         curves.append(read)
     if not curves:
@@ -59,6 +75,9 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     except OSError as error:
         raise CharrnnError(f"cannot write {output}: {error.strerror or error}") from None
     evaluations = sum(len(run.records) for run in curves)
-    notes.print(f"wrote {output}: {len(curves)} run{'s' if len(curves) > 1 else ''}, "
-                f"{evaluations} evaluations", markup=False, highlight=False)
+    notes.print(
+        f"wrote {output}: {len(curves)} run{'s' if len(curves) > 1 else ''}, {evaluations} evaluations",
+        markup=False,
+        highlight=False,
+    )
     click.echo(output)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import click
 
-from .answer import closed_pipe_ends_quietly, human_duration, print_json, stdout_console
-from .group import cli
+from charrnn.cli.answer import closed_pipe_ends_quietly, human_duration, print_json, stdout_console
+from charrnn.cli.group import cli
 
 
 @cli.command("runs")
 @click.argument("folder", required=False, metavar="[DIR]")
 @click.option("--json", "as_json", is_flag=True, help="Answer as JSON.")
-def runs_command(folder: Optional[str], as_json: bool) -> None:
+def runs_command(folder: str | None, as_json: bool) -> None:
     """One row per run under DIR (default: runs/), sorted by best validation bits/char.
 
     STATE is "in progress" while a training holds the run's lock, "finished" when its
@@ -25,8 +23,8 @@ def runs_command(folder: Optional[str], as_json: bool) -> None:
       charrnn runs
       charrnn runs experiments/ --json
     """
-    from ..rundir import DEFAULT_RUNS_ROOT
-    from ..runs import list_runs
+    from charrnn.store.run_dir import DEFAULT_RUNS_ROOT
+    from charrnn.store.run_summaries import list_runs
 
     rows = list_runs(DEFAULT_RUNS_ROOT if folder is None else folder)
     if as_json:
@@ -39,11 +37,20 @@ def runs_command(folder: Optional[str], as_json: bool) -> None:
 
     table = Table(box=None, pad_edge=False)
     for heading in ("run", "model", "tokeniser", "steps", "time", "best val bits/char", "state"):
-        table.add_column(heading, justify="right" if heading in ("steps", "time", "best val bits/char") else "left",
-                         overflow="fold")
+        table.add_column(
+            heading,
+            justify="right" if heading in ("steps", "time", "best val bits/char") else "left",
+            overflow="fold",
+        )
     for row in rows:
-        table.add_row(row.name, row.model, row.tokenizer, "-" if row.steps is None else f"{row.steps:,}",
-                      human_duration(row.elapsed),
-                      "-" if row.best_val_bpc is None else f"{row.best_val_bpc:.4f}", row.state)
+        table.add_row(
+            row.name,
+            row.model,
+            row.tokenizer,
+            "-" if row.steps is None else f"{row.steps:,}",
+            human_duration(row.elapsed),
+            "-" if row.best_val_bpc is None else f"{row.best_val_bpc:.4f}",
+            row.state,
+        )
     with closed_pipe_ends_quietly():
         stdout_console().print(table)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import click
 
-from ..config import SampleConfig
-from ..errors import UsageProblem
-from .group import cli
-from .output import read_stdin_text, unescape, write_stream
+from charrnn.cli.group import cli
+from charrnn.cli.output import read_stdin_text, unescape, write_stream
+from charrnn.config import SampleConfig
+from charrnn.errors import UsageProblem
 
 _SAMPLE_DEFAULTS = SampleConfig()
 
@@ -25,8 +25,14 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-def _check_combinations(each_line: bool, prime: Optional[str], num_samples: int, length: int,
-                        input_file: Optional[str], output_format: str) -> None:
+def _check_combinations(
+    each_line: bool,
+    prime: str | None,
+    num_samples: int,
+    length: int,
+    input_file: str | None,
+    output_format: str,
+) -> None:
     if input_file is not None and not each_line:
         raise UsageProblem("--input gives the lines of --each-line; add --each-line")
     if each_line and prime is not None:
@@ -34,47 +40,117 @@ def _check_combinations(each_line: bool, prime: Optional[str], num_samples: int,
     if each_line and num_samples != 1:
         raise UsageProblem("--each-line writes one completion per input line; drop --num-samples")
     if length == -1 and (each_line or output_format == "jsonl"):
-        raise UsageProblem("--length -1 (no end) cannot be used with --each-line or --format jsonl: "
-                           "give a --length")
+        raise UsageProblem(
+            "--length -1 (no end) cannot be used with --each-line or --format jsonl: give a --length"
+        )
 
 
 @cli.command()
 @click.argument("checkpoint", metavar="[MODEL]", required=False)
-@click.option("--temperature", "-t", type=float, default=_SAMPLE_DEFAULTS.temperature, show_default=True,
-              help="Below 1: safer, more repetitive text; above 1: wilder text.")
+@click.option(
+    "--temperature",
+    "-t",
+    type=float,
+    default=_SAMPLE_DEFAULTS.temperature,
+    show_default=True,
+    help="Below 1: safer, more repetitive text; above 1: wilder text.",
+)
 @click.option("--top-k", type=int, default=None, help="Sample only from the k most likely tokens.")
-@click.option("--top-p", type=float, default=None,
-              help="Sample only from the most likely tokens whose probabilities sum to p.")
+@click.option(
+    "--top-p",
+    type=float,
+    default=None,
+    help="Sample only from the most likely tokens whose probabilities sum to p.",
+)
 @click.option("--greedy", is_flag=True, help="Always take the most likely token.")
-@click.option("--length", "-n", type=int, default=_SAMPLE_DEFAULTS.length, show_default=True,
-              help="Characters to write after the prime; -1 writes until the reader closes the pipe.")
-@click.option("--prime", type=str, default=None,
-              help="Text to warm the model up with (written first); - reads it from stdin.")
-@click.option("--stop", "stops", multiple=True, metavar="TEXT",
-              help="End a sample where its text first contains TEXT (not written); repeatable; "
-                   "\\n and \\t are understood.")
+@click.option(
+    "--length",
+    "-n",
+    type=int,
+    default=_SAMPLE_DEFAULTS.length,
+    show_default=True,
+    help="Characters to write after the prime; -1 writes until the reader closes the pipe.",
+)
+@click.option(
+    "--prime",
+    type=str,
+    default=None,
+    help="Text to warm the model up with (written first); - reads it from stdin.",
+)
+@click.option(
+    "--stop",
+    "stops",
+    multiple=True,
+    metavar="TEXT",
+    help="End a sample where its text first contains TEXT (not written); repeatable; "
+    "\\n and \\t are understood.",
+)
 @click.option("--keep-stop", is_flag=True, help="Write the stop string that ended a sample.")
-@click.option("--each-line", is_flag=True,
-              help="Complete every line of stdin (or --input): each line is a prime; writes prime and "
-                   "completion, then a newline, per line, in order.")
-@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Read the lines of --each-line from this file instead of stdin.")
-@click.option("--batch-size", type=int, default=_SAMPLE_DEFAULTS.batch_size, show_default=True,
-              help="Lines of --each-line completed side by side.")
-@click.option("--format", "output_format", type=click.Choice(["text", "jsonl"]), default="text",
-              show_default=True, help="jsonl: one JSON object per sample (prime, text, stop reason, "
-                                      "characters, log-probability in bits, seed).")
+@click.option(
+    "--each-line",
+    is_flag=True,
+    help="Complete every line of stdin (or --input): each line is a prime; writes prime and "
+    "completion, then a newline, per line, in order.",
+)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Read the lines of --each-line from this file instead of stdin.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=_SAMPLE_DEFAULTS.batch_size,
+    show_default=True,
+    help="Lines of --each-line completed side by side.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="jsonl: one JSON object per sample (prime, text, stop reason, "
+    "characters, log-probability in bits, seed).",
+)
 @click.option("--seed", type=int, default=None, show_default="random", help="Same seed, same text.")
-@click.option("--num-samples", type=int, default=_SAMPLE_DEFAULTS.num_samples, show_default=True,
-              help="Samples to write (generated together as one batch).")
-@click.option("--separator", type=str, default=None, show_default="\\n\\n; \\n with --each-line",
-              help="Written after each sample but the last (after every line with --each-line); "
-                   "\\n and \\t are understood.")
+@click.option(
+    "--num-samples",
+    type=int,
+    default=_SAMPLE_DEFAULTS.num_samples,
+    show_default=True,
+    help="Samples to write (generated together as one batch).",
+)
+@click.option(
+    "--separator",
+    type=str,
+    default=None,
+    show_default="\\n\\n; \\n with --each-line",
+    help="Written after each sample but the last (after every line with --each-line); "
+    "\\n and \\t are understood.",
+)
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
-def sample(checkpoint: Optional[str], temperature: float, top_k: Optional[int], top_p: Optional[float],
-           greedy: bool, length: int, prime: Optional[str], stops: tuple[str, ...], keep_stop: bool,
-           each_line: bool, input_file: Optional[str], batch_size: int, output_format: str,
-           seed: Optional[int], num_samples: int, separator: Optional[str], threads: int) -> None:
+def sample(
+    checkpoint: str | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    greedy: bool,
+    length: int,
+    prime: str | None,
+    stops: tuple[str, ...],
+    keep_stop: bool,
+    each_line: bool,
+    input_file: str | None,
+    batch_size: int,
+    output_format: str,
+    seed: int | None,
+    num_samples: int,
+    separator: str | None,
+    threads: int,
+) -> None:
     """Write text from a trained model to stdout.
 
     MODEL is a .safetensors file, a run directory or a bundled model's name
@@ -96,19 +172,29 @@ def sample(checkpoint: Optional[str], temperature: float, top_k: Optional[int], 
         prime = read_stdin_text("the prime text on standard input")
     if separator is None:
         separator = "\\n" if each_line else "\\n\\n"
-    config = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                          length=length, prime=prime, seed=seed, num_samples=num_samples,
-                          separator=unescape(separator), stop=tuple(unescape(stop) for stop in stops),
-                          keep_stop=keep_stop, batch_size=batch_size).validate()
+    config = SampleConfig(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        length=length,
+        prime=prime,
+        seed=seed,
+        num_samples=num_samples,
+        separator=unescape(separator),
+        stop=tuple(unescape(stop) for stop in stops),
+        keep_stop=keep_stop,
+        batch_size=batch_size,
+    ).validate()
     if threads < 1:
         raise UsageProblem(f"--threads must be >= 1, got {threads}")
 
     import torch
 
-    from ..checkpoint import load_weights
-    from ..pretrained import is_bundled
-    from ..rundir import resolve_weights
-    from ..sampling import check_stops, draw_seed
+    from charrnn.generate.sampler import check_stops, draw_seed
+    from charrnn.store.bundled import is_bundled
+    from charrnn.store.checkpoint import load_weights
+    from charrnn.store.run_dir import resolve_weights
 
     torch.set_num_threads(threads)
     weights = resolve_weights(checkpoint)
@@ -119,15 +205,18 @@ def sample(checkpoint: Optional[str], temperature: float, top_k: Optional[int], 
         if stderr_is_terminal():
             click.echo(f"seed {config.seed} (reproduce with --seed {config.seed})", err=True)
     if checkpoint is None and is_bundled(weights) and stderr_is_terminal():
-        click.echo("no trained run under runs/: writing with the bundled model "
-                   "(`charrnn sample shakespeare`)", err=True)
+        click.echo(
+            "no trained run under runs/: writing with the bundled model (`charrnn sample shakespeare`)",
+            err=True,
+        )
     write_stream(_output(loaded, config, each_line, input_file, output_format))
 
 
-def _output(loaded, config: SampleConfig, each_line: bool, input_file: Optional[str],
-            output_format: str) -> Iterator[str]:
+def _output(
+    loaded, config: SampleConfig, each_line: bool, input_file: str | None, output_format: str
+) -> Iterator[str]:
     """The text stdout receives, as it is written."""
-    from ..sampling import generate_records, generate_text
+    from charrnn.generate.sampler import generate_records, generate_text
 
     if not each_line and output_format == "text":
         yield from generate_text(loaded.model, loaded.tokenizer, config)
@@ -135,13 +224,15 @@ def _output(loaded, config: SampleConfig, each_line: bool, input_file: Optional[
     with contextlib.ExitStack() as open_files:
         batches = None
         if each_line:
-            from .line_input import read_line_batches
+            from charrnn.cli.line_input import read_line_batches
 
             if input_file is not None:
                 try:
                     stream, what = open_files.enter_context(open(input_file, "rb")), input_file
                 except OSError as error:
-                    raise UsageProblem(f"cannot read --input {input_file}: {error.strerror or error}") from None
+                    raise UsageProblem(
+                        f"cannot read --input {input_file}: {error.strerror or error}"
+                    ) from None
             else:
                 stream, what = sys.stdin.buffer, "standard input"
             batches = read_line_batches(stream, config.batch_size, what)

@@ -4,29 +4,41 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import click
 
-from ..errors import CorpusError
-from .answer import split_model_argument
-from .group import cli
-from .model_options import device_options, load_model, model_option
-from .output import write_stream
+from charrnn.cli.answer import split_model_argument
+from charrnn.cli.group import cli
+from charrnn.cli.model_options import device_options, load_model, model_option
+from charrnn.cli.output import write_stream
+from charrnn.errors import CorpusError
 
 
 @cli.command("score")
 @click.argument("arguments", nargs=-1, metavar="[MODEL] [FILE|-]")
 @model_option
-@click.option("--skip-unknown", is_flag=True,
-              help="Score lines without the characters a char model never saw (else such a line scores inf).")
-@click.option("--carry-state", is_flag=True,
-              help="Score each line after all the lines before it (one stream, not batched) instead of alone.")
+@click.option(
+    "--skip-unknown",
+    is_flag=True,
+    help="Score lines without the characters a char model never saw (else such a line scores inf).",
+)
+@click.option(
+    "--carry-state",
+    is_flag=True,
+    help="Score each line after all the lines before it (one stream, not batched) instead of alone.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (JSON lines).")
 @device_options("score")
-def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_unknown: bool, carry_state: bool,
-                  as_json: bool,
-                  device: str, threads: Optional[int]) -> None:
+def score_command(
+    arguments: tuple[str, ...],
+    model_path: str | None,
+    skip_unknown: bool,
+    carry_state: bool,
+    as_json: bool,
+    device: str,
+    threads: int | None,
+) -> None:
     """For every line of FILE (default: standard input), in order: bits_per_char TAB total_bits TAB line.
 
     Each line is scored alone, from a fresh state primed with a newline, so its score
@@ -46,7 +58,7 @@ def score_command(arguments: tuple[str, ...], model_path: Optional[str], skip_un
     if len(files) > 1:
         raise click.UsageError(f"score reads one FILE (or -), got {len(files)}: {' '.join(files)}")
 
-    from ..text_input import TextSource
+    from charrnn.data.text_input import TextSource
 
     model = load_model(model_argument, device, threads)
     source = TextSource.of(files[0] if files else "-")

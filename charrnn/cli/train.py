@@ -3,102 +3,257 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import click
 
-from ..config import (DEFAULT_SUBWORD_VOCAB_SIZE, FINE_TUNE_LR, FINE_TUNE_WARMUP_STEPS, MODEL_KINDS,
-                      TOKENIZER_KINDS, ModelConfig, TrainConfig, parse_duration)
-from .group import cli
-
-
-
+from charrnn.cli.group import cli
+from charrnn.config import (
+    DEFAULT_SUBWORD_VOCAB_SIZE,
+    FINE_TUNE_LR,
+    FINE_TUNE_WARMUP_STEPS,
+    MODEL_KINDS,
+    TOKENIZER_KINDS,
+    ModelConfig,
+    TrainConfig,
+    parse_duration,
+)
 
 _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[float]:
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     return None if value is None else parse_duration(value)
 
 
 @cli.command()
 @click.argument("corpus", required=False)
-@click.option("--model", type=click.Choice(MODEL_KINDS), default=_MODEL_DEFAULTS.model, show_default=True,
-              help="Recurrent cell: lstm, gru, or rnn (tanh).")
-@click.option("--num-layers", type=int, default=_MODEL_DEFAULTS.num_layers, show_default=True,
-              help="Stacked recurrent layers.")
-@click.option("--hidden-size", type=int, default=_MODEL_DEFAULTS.hidden_size, show_default=True,
-              help="Units per recurrent layer.")
-@click.option("--embedding-size", type=int, default=_MODEL_DEFAULTS.embedding_size, show_default=True,
-              help="Size of the token embedding fed to the first layer.")
-@click.option("--dropout", type=float, default=_MODEL_DEFAULTS.dropout, show_default=True,
-              help="Dropout between layers and before the output layer.")
-@click.option("--tokenizer", type=click.Choice(TOKENIZER_KINDS), default=_TRAIN_DEFAULTS.tokenizer,
-              show_default=True,
-              help="Unit of text: char (Unicode characters of the corpus), byte (256 UTF-8 bytes: any "
-                   "text and any prime work), bpe or unigram (sentencepiece subword pieces learned "
-                   "from the training part: more context per window, faster sampling).")
-@click.option("--vocab-size", type=int, default=None,
-              show_default=f"{DEFAULT_SUBWORD_VOCAB_SIZE} for bpe/unigram",
-              help="Pieces in a bpe or unigram vocabulary (at least 259: 256 byte pieces, <unk> "
-                   "and newline are always in it). Not for char or byte.")
-@click.option("--seq-len", type=int, default=_TRAIN_DEFAULTS.seq_len, show_default=True,
-              help="Truncated-BPTT window: tokens per stream per step.")
-@click.option("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size, show_default=True,
-              help="Contiguous streams trained side by side.")
-@click.option("--lr", type=float, default=_TRAIN_DEFAULTS.lr,
-              show_default=f"{_TRAIN_DEFAULTS.lr:g}; {FINE_TUNE_LR:g} with --init-from",
-              help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).")
-@click.option("--warmup-steps", type=int, default=_TRAIN_DEFAULTS.warmup_steps,
-              show_default=f"{_TRAIN_DEFAULTS.warmup_steps}; {FINE_TUNE_WARMUP_STEPS} with --init-from",
-              help="Steps of linear learning-rate warm-up.")
-@click.option("--min-lr-fraction", type=float, default=_TRAIN_DEFAULTS.min_lr_fraction, show_default=True,
-              help="The cosine decay ends at --lr times this.")
-@click.option("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay, show_default=True,
-              help="AdamW weight decay.")
-@click.option("--grad-clip", type=float, default=_TRAIN_DEFAULTS.grad_clip, show_default=True,
-              help="Clip the global gradient norm to this (0 = off).")
-@click.option("--max-steps", type=int, default=None, show_default="no limit",
-              help="Stop after this many steps (the learning-rate schedule then runs over steps).")
-@click.option("--max-time", callback=_duration, default=None, show_default="5m if --max-steps is not given",
-              help="Wall-clock budget, evaluation included, e.g. 90s, 5m, 1h.")
-@click.option("--val-fraction", type=float, default=_TRAIN_DEFAULTS.val_fraction, show_default=True,
-              help="The last fraction of the corpus, held out for validation.")
-@click.option("--eval-every", type=int, default=None, show_default="8 times per run, at most 10% of the time",
-              help="Steps between evaluations and checkpoints.")
-@click.option("--eval-tokens", type=int, default=_TRAIN_DEFAULTS.eval_tokens, show_default=True,
-              help="Validation tokens each evaluation covers: the first N of the split (0 = all). "
-                   "Keeps evaluation cheap on big corpora.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, show_default="runs/<corpus name>",
-              help="Run directory for checkpoints and metrics.")
-@click.option("--init-from", "init_from", metavar="MODEL", default=None,
-              help="Start from a trained model (a run directory, a .safetensors file, or shakespeare): "
-                   "its shape and tokeniser, with characters the corpus adds to a char vocabulary.")
-@click.option("--resume", is_flag=True, default=False,
-              help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
-                   "(or CORPUS / --out RUN_DIR naming the run).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), envvar="CHARRNN_CACHE_DIR", default=None,
-              show_default="~/.cache/charrnn",
-              help="Folder for encoded token files (reused while the corpus is unchanged).")
-@click.option("--keep", type=int, default=_TRAIN_DEFAULTS.keep, show_default=True,
-              help="Keep the last N step checkpoints too (best and latest are always kept).")
-@click.option("--early-stop", type=int, default=None, show_default="off",
-              help="Stop when validation has not improved for N evaluations in a row.")
-@click.option("--seed", type=int, default=_TRAIN_DEFAULTS.seed, show_default=True,
-              help="Random seed (same seed and --max-steps: same run).")
-@click.option("--shift-passes/--no-shift-passes", default=_TRAIN_DEFAULTS.shift_passes, show_default=True,
-              help="Start each pass over the text after the first at a random offset (seeded).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=_TRAIN_DEFAULTS.device,
-              show_default=True, help="Where to train; auto picks a GPU when there is one.")
-@click.option("--threads", type=int, default=None,
-              show_default="physical cores, shared among torchrun's processes; OMP_NUM_THREADS if set",
-              help="CPU threads for torch.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=_TRAIN_DEFAULTS.precision,
-              show_default=True, help="bf16 autocast where the hardware supports it; auto decides.")
+@click.option(
+    "--model",
+    type=click.Choice(MODEL_KINDS),
+    default=_MODEL_DEFAULTS.model,
+    show_default=True,
+    help="Recurrent cell: lstm, gru, or rnn (tanh).",
+)
+@click.option(
+    "--num-layers",
+    type=int,
+    default=_MODEL_DEFAULTS.num_layers,
+    show_default=True,
+    help="Stacked recurrent layers.",
+)
+@click.option(
+    "--hidden-size",
+    type=int,
+    default=_MODEL_DEFAULTS.hidden_size,
+    show_default=True,
+    help="Units per recurrent layer.",
+)
+@click.option(
+    "--embedding-size",
+    type=int,
+    default=_MODEL_DEFAULTS.embedding_size,
+    show_default=True,
+    help="Size of the token embedding fed to the first layer.",
+)
+@click.option(
+    "--dropout",
+    type=float,
+    default=_MODEL_DEFAULTS.dropout,
+    show_default=True,
+    help="Dropout between layers and before the output layer.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Choice(TOKENIZER_KINDS),
+    default=_TRAIN_DEFAULTS.tokenizer,
+    show_default=True,
+    help="Unit of text: char (Unicode characters of the corpus), byte (256 UTF-8 bytes: any "
+    "text and any prime work), bpe or unigram (sentencepiece subword pieces learned "
+    "from the training part: more context per window, faster sampling).",
+)
+@click.option(
+    "--vocab-size",
+    type=int,
+    default=None,
+    show_default=f"{DEFAULT_SUBWORD_VOCAB_SIZE} for bpe/unigram",
+    help="Pieces in a bpe or unigram vocabulary (at least 259: 256 byte pieces, <unk> "
+    "and newline are always in it). Not for char or byte.",
+)
+@click.option(
+    "--seq-len",
+    type=int,
+    default=_TRAIN_DEFAULTS.seq_len,
+    show_default=True,
+    help="Truncated-BPTT window: tokens per stream per step.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=_TRAIN_DEFAULTS.batch_size,
+    show_default=True,
+    help="Contiguous streams trained side by side.",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=_TRAIN_DEFAULTS.lr,
+    show_default=f"{_TRAIN_DEFAULTS.lr:g}; {FINE_TUNE_LR:g} with --init-from",
+    help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).",
+)
+@click.option(
+    "--warmup-steps",
+    type=int,
+    default=_TRAIN_DEFAULTS.warmup_steps,
+    show_default=f"{_TRAIN_DEFAULTS.warmup_steps}; {FINE_TUNE_WARMUP_STEPS} with --init-from",
+    help="Steps of linear learning-rate warm-up.",
+)
+@click.option(
+    "--min-lr-fraction",
+    type=float,
+    default=_TRAIN_DEFAULTS.min_lr_fraction,
+    show_default=True,
+    help="The cosine decay ends at --lr times this.",
+)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=_TRAIN_DEFAULTS.weight_decay,
+    show_default=True,
+    help="AdamW weight decay.",
+)
+@click.option(
+    "--grad-clip",
+    type=float,
+    default=_TRAIN_DEFAULTS.grad_clip,
+    show_default=True,
+    help="Clip the global gradient norm to this (0 = off).",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=None,
+    show_default="no limit",
+    help="Stop after this many steps (the learning-rate schedule then runs over steps).",
+)
+@click.option(
+    "--max-time",
+    callback=_duration,
+    default=None,
+    show_default="5m if --max-steps is not given",
+    help="Wall-clock budget, evaluation included, e.g. 90s, 5m, 1h.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=_TRAIN_DEFAULTS.val_fraction,
+    show_default=True,
+    help="The last fraction of the corpus, held out for validation.",
+)
+@click.option(
+    "--eval-every",
+    type=int,
+    default=None,
+    show_default="8 times per run, at most 10% of the time",
+    help="Steps between evaluations and checkpoints.",
+)
+@click.option(
+    "--eval-tokens",
+    type=int,
+    default=_TRAIN_DEFAULTS.eval_tokens,
+    show_default=True,
+    help="Validation tokens each evaluation covers: the first N of the split (0 = all). "
+    "Keeps evaluation cheap on big corpora.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    show_default="runs/<corpus name>",
+    help="Run directory for checkpoints and metrics.",
+)
+@click.option(
+    "--init-from",
+    "init_from",
+    metavar="MODEL",
+    default=None,
+    help="Start from a trained model (a run directory, a .safetensors file, or shakespeare): "
+    "its shape and tokeniser, with characters the corpus adds to a char vocabulary.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
+    "(or CORPUS / --out RUN_DIR naming the run).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    envvar="CHARRNN_CACHE_DIR",
+    default=None,
+    show_default="~/.cache/charrnn",
+    help="Folder for encoded token files (reused while the corpus is unchanged).",
+)
+@click.option(
+    "--keep",
+    type=int,
+    default=_TRAIN_DEFAULTS.keep,
+    show_default=True,
+    help="Keep the last N step checkpoints too (best and latest are always kept).",
+)
+@click.option(
+    "--early-stop",
+    type=int,
+    default=None,
+    show_default="off",
+    help="Stop when validation has not improved for N evaluations in a row.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_TRAIN_DEFAULTS.seed,
+    show_default=True,
+    help="Random seed (same seed and --max-steps: same run).",
+)
+@click.option(
+    "--shift-passes/--no-shift-passes",
+    default=_TRAIN_DEFAULTS.shift_passes,
+    show_default=True,
+    help="Start each pass over the text after the first at a random offset (seeded).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default=_TRAIN_DEFAULTS.device,
+    show_default=True,
+    help="Where to train; auto picks a GPU when there is one.",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    show_default="physical cores, shared among torchrun's processes; OMP_NUM_THREADS if set",
+    help="CPU threads for torch.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default=_TRAIN_DEFAULTS.precision,
+    show_default=True,
+    help="bf16 autocast where the hardware supports it; auto decides.",
+)
 @click.pass_context
-def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume: bool,
-          init_from: Optional[str], cache_dir: Optional[str], **options: Any) -> None:
+def train(
+    ctx: click.Context,
+    corpus: str | None,
+    out: str | None,
+    resume: bool,
+    init_from: str | None,
+    cache_dir: str | None,
+    **options: Any,
+) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
@@ -114,14 +269,20 @@ def train(ctx: click.Context, corpus: Optional[str], out: Optional[str], resume:
       charrnn train poems.txt --init-from shakespeare      # fine-tune the bundled model
       torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
     """
-    from ..train_command import run_training
+    from charrnn.training.session import run_training
 
-    given = {name for name in options
-             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     model_fields = {f for f in ModelConfig().to_dict() if f != "vocab_size"}
     model_options = {k: v for k, v in options.items() if k in model_fields}
     train_options = {k: v for k, v in options.items() if k not in model_fields}
-    outcome = run_training(corpus=corpus, out=out, resume=resume, model_options=model_options,
-                           train_options=train_options, given=given, cache_dir=cache_dir,
-                           init_from=init_from)
+    outcome = run_training(
+        corpus=corpus,
+        out=out,
+        resume=resume,
+        model_options=model_options,
+        train_options=train_options,
+        given=given,
+        cache_dir=cache_dir,
+        init_from=init_from,
+    )
     sys.exit(outcome)

@@ -1,0 +1,154 @@
+"""Loss curves of one or several runs on one chart, from their `metrics.jsonl` (matplotlib, an optional extra).
+
+matplotlib is imported only when a chart is drawn, so charrnn works without it; a
+missing matplotlib is one `PlottingUnavailable` error that says how to install it.
+Metrics are read by `metrics_log` (tolerant on purpose: a run still training, or one whose
+file was damaged, is still plotted from every line that reads).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.store.metrics_log import read_metrics_file
+
+INSTALL_HINT = 'pip install "charrnn[plot]"'
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+X_AXES = {"steps": "step", "time": "elapsed", "chars": "chars_seen"}
+
+
+class PlottingUnavailable(CharrnnError):
+    """matplotlib is not installed."""
+
+
+@dataclass
+class RunCurves:
+    """The evaluation records of one run, in step order."""
+
+    name: str
+    path: Path
+    records: list[dict[str, Any]]
+    damaged_lines: list[int] = field(default_factory=list)  # 1-based numbers of lines that did not read
+
+    def series(self, key: str) -> list[float]:
+        """One field of every record (missing or null: nan, so the line has a gap there)."""
+        return [_number(record.get(key)) for record in self.records]
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def metrics_file(run: str) -> Path:
+    """The metrics file of a run: RUN/metrics.jsonl, or RUN itself when it names a file."""
+    path = Path(run)
+    if path.is_dir():
+        return path / "metrics.jsonl"
+    if path.is_file():
+        return path
+    raise UsageProblem(f"run not found: {run} (give a run directory or its metrics.jsonl)")
+
+
+def read_run(run: str) -> RunCurves:
+    """Read a run's metrics (`metrics_log.read_metrics_file`); a record without a step cannot be placed
+    on a curve, so it is skipped and counted with the damaged lines."""
+    path = metrics_file(run)
+    name = path.parent.name if path.name == "metrics.jsonl" else path.stem
+    reading = read_metrics_file(path)
+    records, damaged = [], list(reading.damaged_lines)
+    for number, record in zip(reading.record_lines, reading.records):
+        step = record.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
+        else:
+            damaged.append(number)
+    records.sort(key=lambda record: record["step"])
+    return RunCurves(name, path, records, sorted(damaged))
+
+
+def unique_names(runs: list[RunCurves]) -> None:
+    """Label runs by folder name, or by their path where two share a name."""
+    names = [run.name for run in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = str(run.path.parent if run.path.name == "metrics.jsonl" else run.path)
+
+
+def image_format(output: Path) -> str:
+    """The image format a file name asks for (by its extension)."""
+    kind = FORMATS.get(output.suffix.lower())
+    if kind is None:
+        raise UsageProblem(f"cannot tell the image format of {output}: name it .png, .svg or .pdf")
+    return kind
+
+
+def require_matplotlib():
+    """matplotlib and its Figure class, or one `PlottingUnavailable` error saying how to install it."""
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlottingUnavailable(f"plotting needs matplotlib, an optional extra: {INSTALL_HINT}") from None
+    return matplotlib, Figure
+
+
+def draw_curves(runs: list[RunCurves], x_axis: str = "steps", image: str = "png") -> bytes:
+    """The chart as image bytes: validation bits/char on top, train and validation loss below."""
+    if x_axis not in X_AXES:
+        raise UsageProblem(f"--x must be one of {', '.join(X_AXES)}, got {x_axis!r}")
+    _, Figure = require_matplotlib()
+    from matplotlib.ticker import EngFormatter
+
+    figure = Figure(figsize=(8, 6.5), dpi=100, layout="constrained")
+    bpc_axes, loss_axes = figure.subplots(2, 1, sharex=True, height_ratios=[1, 1])
+    key = X_AXES[x_axis]
+    longest = max((max(run.series(key), default=0) for run in runs), default=0)
+    in_minutes = x_axis == "time" and longest > 300
+    for index, run in enumerate(runs):
+        colour = f"C{index % 10}"
+        xs = run.series(key)
+        if in_minutes:
+            xs = [x / 60 for x in xs]
+        bpc = run.series("val_bpc")
+        finite = [(b, x) for x, b in zip(xs, bpc) if math.isfinite(b)]
+        best = min(finite) if finite else None
+        label = run.name + (f" (best {best[0]:.3f})" if best else "")
+        bpc_axes.plot(xs, bpc, marker="o", markersize=3, color=colour, label=label)
+        if best:
+            bpc_axes.plot([best[1]], [best[0]], marker="*", markersize=11, color=colour)
+        loss_axes.plot(xs, run.series("train_loss"), color=colour, label=f"{run.name} train")
+        loss_axes.plot(
+            xs,
+            run.series("val_loss"),
+            color=colour,
+            linestyle="--",
+            marker="o",
+            markersize=2,
+            label=f"{run.name} validation",
+        )
+    bpc_axes.set_ylabel("validation bits/char")
+    names = ", ".join(run.name for run in runs)
+    bpc_axes.set_title(f"charrnn: {names}" if len(names) <= 90 else f"charrnn: {len(runs)} runs", fontsize=10)
+    loss_axes.set_ylabel("loss (nats/token)\ntrain solid, validation dashed")
+    loss_axes.set_xlabel(
+        {
+            "steps": "training step",
+            "chars": "characters of corpus seen",
+            "time": f"training time ({'minutes' if in_minutes else 'seconds'})",
+        }[x_axis]
+    )
+    if x_axis == "chars":
+        loss_axes.xaxis.set_major_formatter(EngFormatter())
+    for axes in (bpc_axes, loss_axes):
+        axes.grid(True, alpha=0.3)
+    bpc_axes.legend(fontsize=8, loc="upper right")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=image)
+    return buffer.getvalue()

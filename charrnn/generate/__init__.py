@@ -1,0 +1,1 @@
+"""Writing text: the one-step stepper, token choice, stop strings and the sampler."""

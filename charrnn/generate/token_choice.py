@@ -1,0 +1,122 @@
+"""Picking the next token from NumPy logits, with each sample's own torch random stream.
+
+The draws are those of `choose_next_tokens` (sampling.py): softmax of the
+logits over the temperature (top-k / top-p applied first), its cumulative sum,
+and the first token whose cumulative probability exceeds a uniform number
+from the sample's `torch.Generator` times the total. Only the arithmetic moves
+to NumPy, with preallocated buffers, because at batch 1 torch's per-call cost
+is larger than the work. A batch of rows and a single row go through the
+same element-wise operations, so a sample picks the same tokens alone or in
+company.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from charrnn.config import SampleConfig
+
+UNIFORM_BLOCK = 256
+
+
+def filtered_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
+    """`logits` (already over the temperature) with every token outside top-k and top-p set to -inf."""
+    if config.top_k is not None and config.top_k < logits.shape[1]:
+        kth_best = torch.topk(logits, config.top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if config.top_p is not None and config.top_p < 1.0:
+        # Only the most likely tokens can be kept: rank the top `candidates` (growing until they
+        # hold top_p of the mass) instead of sorting a whole vocabulary of 60,000 for each token.
+        probs = torch.softmax(logits, dim=1)
+        vocab_size = logits.shape[1]
+        candidates = min(vocab_size, 64)
+        while True:
+            if candidates == vocab_size:  # a flat distribution: one full sort
+                top_probs, order = torch.sort(probs, dim=1, descending=True)
+                break
+            top_probs, order = torch.topk(probs, candidates, dim=1)
+            if bool((top_probs.sum(dim=1) >= config.top_p).all()):
+                break
+            candidates = candidates * 8 if candidates * 8 <= vocab_size // 4 else vocab_size
+        # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
+        keep_top = (top_probs.cumsum(dim=1) - top_probs) < config.top_p
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_top)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    return logits
+
+
+class UniformStream:
+    """The uniform numbers `torch.rand` would give one at a time from `generator`, drawn 256 at a time.
+
+    torch's CPU generator gives the same numbers to one call for n values as to n calls
+    for one value each (a test checks it), so drawing ahead changes nothing but the cost.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self._block = np.empty(0, np.float32)
+        self._next = 0
+
+    def next(self) -> np.float32:
+        """The next uniform number in [0, 1), float32."""
+        if self._next == len(self._block):
+            self._block = torch.rand(UNIFORM_BLOCK, generator=self.generator).numpy()
+            self._next = 0
+        value = self._block[self._next]
+        self._next += 1
+        return value
+
+
+class TokenChooser:
+    """Greedy, temperature, top-k and top-p choice for a batch of logits rows, one uniform stream per row."""
+
+    def __init__(self, config: SampleConfig) -> None:
+        self.greedy = config.greedy or config.top_k == 1
+        self.temperature = None if config.temperature == 1.0 else config.temperature
+        self.filtered = (config.top_k is not None) or (config.top_p is not None and config.top_p < 1.0)
+        self.config = config
+        self._work = np.empty((0, 0), np.float32)
+        self._one_token = np.zeros(1, np.int64)  # reused: the caller reads it before the next choice
+
+    def choose(self, logits: np.ndarray, streams: Sequence[UniformStream]) -> np.ndarray:
+        """One token id per row of `logits` (batch, vocab); row r draws from `streams[r]`."""
+        if self.greedy:
+            return logits.argmax(axis=1)
+        if self._work.shape != logits.shape:
+            self._work = np.empty(logits.shape, np.float32)
+        work, source = self._work, logits
+        if self.temperature is not None:
+            np.divide(logits, self.temperature, out=work)
+            source = work
+        if self.filtered:
+            work[...] = filtered_logits(torch.from_numpy(np.array(source)), self.config).numpy()
+            source = work
+        last = logits.shape[1] - 1
+        if len(streams) == 1:
+            # One row: the same element-wise steps on 1-D views, without the batch's reductions.
+            row, source_row = work[0], source[0]
+            np.subtract(source_row, source_row.max(), out=row)
+            np.exp(row, out=row)
+            row.cumsum(out=row)
+            target = streams[0].next() * row[last]
+            self._one_token[0] = min(int(row.searchsorted(target, side="right")), last)
+            return self._one_token
+        np.subtract(source, source.max(axis=1, keepdims=True), out=work)
+        np.exp(work, out=work)
+        np.cumsum(work, axis=1, out=work)
+        targets = np.fromiter((stream.next() for stream in streams), np.float32, len(streams))
+        np.multiply(targets, work[:, last], out=targets)
+        # For a nondecreasing row, "how many entries are <= target" is searchsorted(side="right").
+        return np.minimum((work <= targets[:, None]).sum(axis=1), last)
+
+
+def log2_probabilities(logits: np.ndarray, tokens: np.ndarray) -> list[float]:
+    """log2 of the probability (temperature 1) each row of `logits` gave its token."""
+    rows = logits.astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    log_total = np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
+    chosen = rows[np.arange(len(tokens)), tokens]
+    return ((chosen - log_total) / np.log(2.0)).tolist()

@@ -1,0 +1,1 @@
+"""Measuring a model: evaluation, line scores, activations and the unit finder."""

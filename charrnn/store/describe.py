@@ -1,0 +1,162 @@
+"""What a checkpoint holds, read from its header alone: `charrnn info` and `charrnn runs`.
+
+Only the safetensors header (the metadata) is read, never the tensors, so describing a
+run costs the same whatever the model's size; `load_weights` checks the tensors when a
+model is actually used.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any
+
+from charrnn.data.tokenizers import Tokenizer
+from charrnn.errors import CharrnnError, CheckpointError
+from charrnn.store.checkpoint import MAX_HEADER_BYTES, parameter_count, parse_metadata, read_metadata
+from charrnn.store.run_dir import RunDir
+
+CHAR_SAMPLE = 64
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The charrnn metadata of a weights file, reading only its header."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+            if len(start) == 8:
+                (length,) = struct.unpack("<Q", start)
+                start += handle.read(min(length, MAX_HEADER_BYTES + 1))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a directory, not a checkpoint") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    metadata = read_metadata(start, path)
+    _check_length(start, path)
+    return metadata
+
+
+def _check_length(start: bytes, path: Path) -> None:
+    """A file cut short (or padded) is damaged: its size must be where the last tensor ends."""
+    header = json.loads(start[8:])
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    expected = len(start) + max(ends, default=0)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if size != expected:
+        raise CheckpointError(
+            f"{path} is corrupted (it holds {size} bytes where its header describes {expected})"
+        )
+
+
+def _char_sample(tokenizer: Tokenizer) -> str | None:
+    chars = getattr(tokenizer, "chars", None)
+    if not chars:
+        return None
+    shown = "".join(
+        c if c.isprintable() and c != " " else {" ": "␠", "\n": "⏎", "\t": "⇥"}.get(c, "·")
+        for c in chars[:CHAR_SAMPLE]
+    )
+    return shown + ("…" if len(chars) > CHAR_SAMPLE else "")
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def describe_weights(path: Path) -> dict[str, Any]:
+    """A JSON-safe summary of a weights file: model, tokeniser, training (from its metadata)."""
+    path = Path(path)
+    model_config, tokenizer, info = parse_metadata(read_header(path), path)
+    train_config = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
+    saved_at = info.get("saved_at")
+    if not isinstance(saved_at, str):
+        try:
+            saved_at = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            )
+        except OSError:
+            saved_at = None
+    return {
+        "path": str(path),
+        "model": {
+            "kind": model_config.model,
+            "num_layers": model_config.num_layers,
+            "hidden_size": model_config.hidden_size,
+            "embedding_size": model_config.embedding_size,
+            "dropout": model_config.dropout,
+            "parameters": parameter_count(model_config),
+        },
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "chars": _char_sample(tokenizer),
+        },
+        "training": {
+            "corpus": info.get("corpus"),
+            "corpus_fingerprint": info.get("corpus_fingerprint"),
+            "step": info.get("step"),
+            "elapsed": _finite(info.get("elapsed")),
+            "best_val_loss": _finite(info.get("best_val_loss")),
+            "best_val_bpc": _finite(info.get("best_val_bpc")),
+            "precision": info.get("precision") or train_config.get("precision"),
+            "saved_at": saved_at,
+            "charrnn_version": info.get("charrnn_version"),
+            # A fine-tuning run's starting model: {"name", "weights_sha256"} (None for a fresh run).
+            "parent": info.get("parent") if isinstance(info.get("parent"), dict) else None,
+            "train_config": train_config,
+        },
+    }
+
+
+def run_files(run_dir: Path) -> list[dict[str, Any]]:
+    """The files of a run directory with their sizes, by name."""
+    files = []
+    try:
+        entries = sorted(Path(run_dir).iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            if entry.is_file():
+                files.append({"name": entry.name, "bytes": entry.stat().st_size})
+        except OSError:
+            continue
+    return files
+
+
+def corpus_fingerprint_of_run(run_dir: Path) -> str | None:
+    """The corpus hash saved in the run's training state, if there is a readable one."""
+    state_path = RunDir(run_dir).state
+    if not state_path.is_file():
+        return None
+    from charrnn.store.checkpoint import load_training_state
+
+    try:
+        return load_training_state(state_path).get("corpus_fingerprint")
+    except CharrnnError:
+        return None
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """`charrnn info`: the weights file's summary, and the run directory's files when it is in one."""
+    summary = describe_weights(path)
+    folder = Path(path).parent
+    in_run = (folder / "metrics.jsonl").exists() or RunDir(folder).state.exists()
+    summary["run_dir"] = str(folder) if in_run else None
+    summary["files"] = run_files(folder) if in_run else []
+    if in_run and not summary["training"]["corpus_fingerprint"]:
+        summary["training"]["corpus_fingerprint"] = corpus_fingerprint_of_run(folder)
+    return summary
