@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from charrnn.config import DEFAULT_SUBWORD_VOCAB_SIZE, SENTENCEPIECE_KINDS
-from charrnn.data.tokenizers import StreamDecoder, Tokenizer, Utf8StreamDecoder, token_dtype
+from charrnn.data.tokenizer_interface import StreamDecoder, Tokenizer, Utf8StreamDecoder, token_dtype
 from charrnn.errors import TokenizerError
 
 WHITESPACE_MARK = "\u2581"  # sentencepiece's "▁": a space inside a piece
