@@ -13,6 +13,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from charrnn.config import DEFAULT_SUBWORD_VOCAB_SIZE
+from charrnn.data.subword import FIXED_PIECES
 from charrnn.data.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
@@ -172,6 +174,46 @@ def test_the_default_vocabulary_fits_a_corpus_too_short_to_fill_it(kind):
     assert tokenizer.decode(tokenizer.encode(text)) == text
     with pytest.raises(TokenizerError, match=r"--vocab-size 1024 is too large.*at most \d+"):
         fit_tokenizer(kind, text, text, 1024)
+
+
+def _cjk_like_corpus(num_chars: int, distinct: int, seed: int = 0) -> str:
+    """Ideographs drawn from a flat Zipf law (frequency ~ rank ** -0.5), in lines of 40.
+
+    Shaped like the CJK text of the issue: thousands of distinct characters and little
+    repetition, so 200 KB of it holds fewer unigram pieces than the default vocabulary.
+    """
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.sqrt(np.arange(1, distinct + 1))
+    code_points = 0x4E00 + rng.choice(distinct, size=num_chars, p=weights / weights.sum())
+    text = "".join(map(chr, code_points.tolist()))
+    return "\n".join(text[start : start + 40] for start in range(0, num_chars, 40)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def cjk_corpus() -> str:
+    text = _cjk_like_corpus(68_000, 3000)
+    assert 190_000 < len(text.encode("utf-8")) < 220_000  # about 200 KB, as in the issue
+    return text
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_the_default_vocabulary_is_a_ceiling_on_200_kb_of_cjk_text(cjk_corpus, kind):
+    # Issue 22: unigram stopped with "too short to learn a unigram vocabulary" here.
+    train_text = cjk_corpus[: len(cjk_corpus) * 9 // 10]
+    tokenizer = fit_tokenizer(kind, train_text, cjk_corpus)
+    assert FIXED_PIECES < tokenizer.vocab_size <= DEFAULT_SUBWORD_VOCAB_SIZE
+    if kind == "unigram":
+        assert tokenizer.vocab_size < DEFAULT_SUBWORD_VOCAB_SIZE  # the pieces the text holds
+    ids = tokenizer.encode(cjk_corpus)
+    assert tokenizer.decode(ids) == cjk_corpus
+    assert tokenizer.char_counts(ids).sum() == len(cjk_corpus)
+
+
+def test_an_explicit_vocabulary_size_stays_exact_on_cjk_text(cjk_corpus):
+    train_text = cjk_corpus[: len(cjk_corpus) * 9 // 10]
+    assert fit_tokenizer("bpe", train_text, cjk_corpus, 500).vocab_size == 500
+    with pytest.raises(TokenizerError, match=r"--vocab-size 4096 is too large.*unigram can learn at most"):
+        fit_tokenizer("unigram", train_text, cjk_corpus, 4096)
 
 
 def test_to_dict_is_json_with_the_model_as_base64_and_reloads_identically(tokenizers):

@@ -45,7 +45,6 @@ FIXED_PIECES = 256 + 2  # byte pieces, <unk> and "\n"
 # a corpus's character occurrences when not all characters fit (see `rare_characters`).
 CHARACTER_SHARE = 0.5
 MAX_PARTIAL_COVERAGE = 0.9995
-DEFAULT_SIZE_RETRIES = 8
 
 
 def _import_sentencepiece():
@@ -109,8 +108,11 @@ def rare_characters(train_text: str, vocab_size: int) -> str:
     return "".join(chr(c) for c in code_points[order[kept:]].tolist())
 
 
-def _train_model(kind: str, train_text: str, vocab_size: int) -> bytes:
-    """The serialized sentencepiece model of `vocab_size` pieces learned from `train_text`."""
+def _train_model(kind: str, train_text: str, vocab_size: int, exact: bool) -> bytes:
+    """The serialized sentencepiece model learned from `train_text`.
+
+    It has `vocab_size` pieces when `exact`, else at most that many: as many as the text holds.
+    """
     sentencepiece = _import_sentencepiece()
     model = io.BytesIO()
     # Rare characters cut the training lines (no piece spans them) and are never learned.
@@ -125,6 +127,7 @@ def _train_model(kind: str, train_text: str, vocab_size: int) -> bytes:
             model_writer=model,
             model_type=kind,
             vocab_size=vocab_size,
+            hard_vocab_limit=exact,
             byte_fallback=True,
             character_coverage=1.0,
             normalization_rule_name="identity",
@@ -198,13 +201,14 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def fit(cls, kind: str, train_text: str, vocab_size: int | None = None) -> SentencePieceTokenizer:
-        """Train a `kind` ("bpe" or "unigram") model of `vocab_size` pieces on `train_text`, in memory.
+        """Train a `kind` ("bpe" or "unigram") model on `train_text`, in memory.
 
-        `vocab_size` None means charrnn's default, which never fails: a corpus too short
-        to fill it gets the largest vocabulary it can fill instead. An explicit size that
-        does not fit the corpus is an error saying which sizes would.
+        An explicit `vocab_size` is exact: a corpus that cannot fill it is an error saying
+        which sizes would do. None means charrnn's default, as a ceiling: a corpus too short
+        to fill it gets the pieces it holds (sentencepiece's `hard_vocab_limit=False`), so
+        the default never fails on a corpus with any text.
         """
-        explicit = vocab_size is not None
+        exact = vocab_size is not None
         vocab_size = vocab_size if vocab_size is not None else DEFAULT_SUBWORD_VOCAB_SIZE
         if vocab_size < FIXED_PIECES + 1:
             raise TokenizerError(
@@ -215,24 +219,7 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(
                 f"the training part of the corpus has no text to learn a {kind} vocabulary from"
             )
-        for _ in range(DEFAULT_SIZE_RETRIES):
-            try:
-                return cls(kind, _train_model(kind, train_text, vocab_size))
-            except TokenizerError as error:
-                # The default shrinks until it fits. sentencepiece's "at most N" is only an
-                # estimate for unigram (N itself may fail), so each retry also takes off a tenth.
-                fillable = re.search(r"can learn at most (\d+) pieces", str(error))
-                if explicit or not fillable:
-                    raise
-                vocab_size = min(
-                    int(fillable.group(1)), vocab_size - max(1, (vocab_size - FIXED_PIECES) // 10)
-                )
-                if vocab_size < FIXED_PIECES + 1:
-                    break
-        raise TokenizerError(
-            f"the training part of the corpus is too short to learn a {kind} vocabulary "
-            "from; use --tokenizer char or byte, or a longer corpus"
-        )
+        return cls(kind, _train_model(kind, train_text, vocab_size, exact))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SentencePieceTokenizer:
