@@ -18,8 +18,10 @@ from charrnn.errors import ConfigError
 MODEL_KINDS = ("lstm", "gru", "rnn")
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
 SENTENCEPIECE_KINDS = ("bpe", "unigram")  # learned subword vocabularies (--vocab-size applies)
-# Best validation bits/char after 200 steps among 512..4096 on English (tinyshakespeare) and on a
-# generated CJK-style corpus (README, "A CJK-style corpus"); a short corpus gets what it can fill.
+# The size that gave the best validation bits/char on English (tinyshakespeare) and on a
+# generated CJK-style corpus among those tried (docs, "A CJK-style corpus, and how the default
+# vocabulary was chosen"). It is a ceiling, not a target: a corpus too short to fill it gets
+# the pieces it holds.
 DEFAULT_SUBWORD_VOCAB_SIZE = 4096
 # No vocabulary may have more ids than this (--vocab-size, and a char vocabulary that
 # fine-tuning grows): beyond it the embedding and output layers alone outgrow most machines.
@@ -29,7 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # A fine-tuning run (--init-from) starts from weights that already predict text: the full
 # learning rate would throw much of that away in the first steps. These apply unless the
-# user sets --lr / --warmup-steps (README, "Fine-tuning", has the measurement).
+# user sets --lr / --warmup-steps (docs, "Fine-tuning", has the measurement).
 FINE_TUNE_LR = 2e-3
 FINE_TUNE_WARMUP_STEPS = 20
 
@@ -38,8 +40,9 @@ DEFAULT_TIME_BUDGET_SECONDS = 300.0
 # Without --eval-every, evaluate (and checkpoint) about this many times per run, spread
 # over the steps or the time budget: often enough to follow, cheap enough not to matter.
 EVALS_PER_RUN = 8
-# Each evaluation covers at most this many validation tokens by default (about 6 s for the
-# default model on 2 cores), so evaluation stays a small part of the budget on any corpus.
+# Each evaluation covers at most this many validation tokens by default: all of a small
+# corpus's split, and on a big corpus few enough that evaluation stays a small part of the
+# budget (docs, "Validation", has the time it takes).
 DEFAULT_EVAL_TOKENS = 250_000
 
 
@@ -92,10 +95,10 @@ class ModelConfig(_JsonDataclass):
 
     model: str = "lstm"  # the recurrent cell: lstm, gru or rnn (tanh)
     num_layers: int = 2
-    # The defaults (2 x 384 LSTM, no dropout, lr 5e-3) gave the best validation loss after
-    # `--max-time 5m` on data/tinyshakespeare.txt on a 2-core CPU among the sizes tried with
-    # benchmarks/sweep.py (README, "Performance"): a bigger model sees too little text in five
-    # minutes, a smaller one learns less from it, and dropout only slows it down there.
+    # The defaults (2 x 384 LSTM, no dropout, lr 5e-3) gave the best validation loss within
+    # the default time budget on data/tinyshakespeare.txt among the sizes tried with
+    # benchmarks/sweep.py (docs, "How the defaults were chosen"): a bigger model sees too little
+    # text in that time, a smaller one learns less from it, and dropout only slows it down there.
     hidden_size: int = 384
     embedding_size: int = 64
     dropout: float = 0.0  # between recurrent layers and before the output layer
@@ -122,22 +125,21 @@ class TrainConfig(_JsonDataclass):
     """How to train: data windows, optimiser, budget, evaluation, hardware."""
 
     seq_len: int = 128  # the truncated-BPTT window, in tokens
-    # Contiguous streams trained side by side. 8 beat 16, and 16 beat 32, after 5-minute runs
-    # (README, "How the defaults were chosen"): on a CPU a step of half the streams costs a little
-    # more than half as much, so a run makes almost twice the updates (4,234 steps of 8 against
-    # 2,610 of 16) over a little less text, and in the few passes over a small corpus that a short
-    # run makes, updates matter more than batch size. Fewer than 8 streams did worse.
+    # Contiguous streams trained side by side. 8 beat 16, and 16 beat 32, within the default
+    # time budget (docs, "How the defaults were chosen"): on a CPU a step of half the streams
+    # costs a little more than half as much, so a run makes almost twice the updates over a
+    # little less text, and in the few passes over a small corpus that a short run makes,
+    # updates matter more than batch size. Fewer than 8 streams did worse.
     batch_size: int = 8
     lr: float = 5e-3  # peak learning rate of AdamW
-    # AdamW's decoupled decay. 0.1 beat 0 after 1,200 steps (a 5-minute run at batch 32) with both
-    # seeds tried, by 0.011 nats/char: in five passes over a small corpus the model starts to
-    # memorise it, and the decay holds that back (README, "How the defaults were chosen").
+    # AdamW's decoupled decay. 0.1 beat 0 with every seed tried (docs, "How the defaults were
+    # chosen"): in the few passes over a small corpus that a short run makes, the model starts
+    # to memorise it, and the decay holds that back.
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     warmup_steps: int = 50  # linear warm-up, then cosine decay over the budget
-    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr after 1,200 steps at batch 32
-    # (a 5-minute run) with both seeds tried, by 0.012 nats/char (README, "How the defaults were
-    # chosen").
+    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr with every seed tried (docs,
+    # "How the defaults were chosen").
     min_lr_fraction: float = 0.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds of wall clock, evaluation included

@@ -9,10 +9,10 @@ gradients with respect to the hidden states, the weight and the bias at once,
 then drops the logits. Without gradients (evaluation) the chunks are blocks of
 up to `ROWS_PER_BLOCK` tokens by a slice of the vocabulary, with the log-sum-exp
 of the blocks combined at the end: many tokens per read of the output weights
-(92 MB for 60,000 symbols) make the matrix product twice as fast as chunks of
-69 whole rows. Only small vocabularies (batch x window x vocab under
-`MAX_CHUNK_LOGITS`) take the plain path, which is exactly the unchunked
-`F.cross_entropy(head(hidden))` and its speed.
+(92 MB for 60,000 symbols) make the matrix product much faster than chunks of
+69 whole rows (docs, "Very large vocabularies", has the measurement). Only small
+vocabularies (batch x window x vocab under `MAX_CHUNK_LOGITS`) take the plain
+path, which is exactly the unchunked `F.cross_entropy(head(hidden))` and its speed.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from torch import nn
 # logits, softmax and gradient); a 60,000-symbol chunk still has 69 tokens for its matmul.
 MAX_CHUNK_LOGITS = 1 << 22
 # Tokens per block of the no-gradient path (`_blocked_loss`); its vocabulary slices are
-# MAX_CHUNK_LOGITS // ROWS_PER_BLOCK wide. Measured on 60,000 symbols x 384 (2 threads): 1,024
-# tokens x 4,096 symbols took 350 us a token, whole rows of 69 tokens 630 us.
+# MAX_CHUNK_LOGITS // ROWS_PER_BLOCK wide. Enough tokens that one read of a slice of the output
+# weights serves many of them, which measured much faster than whole rows of a few tokens for a
+# 60,000-symbol vocabulary (docs, "Very large vocabularies").
 ROWS_PER_BLOCK = 1024
 
 
@@ -151,7 +152,7 @@ def _blocked_loss(
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
-    """The summed loss; its gradients are computed in the forward pass, chunk by chunk, and scaled in backward."""
+    """The summed loss; its gradients are computed in the forward pass, chunk by chunk, scaled in backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):  # type: ignore[override]

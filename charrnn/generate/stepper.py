@@ -183,11 +183,12 @@ class RecurrentStepper:
     def _single_lstm_products(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """Per layer: (weights, input, bias to add or None) of one stream's LSTM products.
 
-        One stream reads its weights as (inputs, gates), `input @ weights`: OpenBLAS's
-        matrix-vector product in that form took 93 us a character for the default model against
-        100 us for `weights @ input` (the weights do not fit in the core's cache, so this is the
-        speed of reading them). The last layer's input block runs on into the constant 1 at the
-        end of the stacked state, so its bias is one more weight row instead of an addition.
+        One stream reads its weights as (inputs, gates), `input @ weights`: the form of
+        OpenBLAS's matrix-vector product that was faster for the default model (docs,
+        "Performance", has the times; the weights do not fit in the core's cache, so the
+        product goes at the speed of reading them). The last layer's input block runs on into
+        the constant 1 at the end of the stacked state, so its bias is one more weight row
+        instead of an addition.
         """
         if self._single_weights is None:
             last = self.num_layers - 1
@@ -232,7 +233,7 @@ class RecurrentStepper:
         self._allocate(self.hidden[:-1, index], self.cells[:, :, index] if self.kind == "lstm" else None)
 
     def ban_tokens(self, token_ids: Sequence[int]) -> None:
-        """Never predict these ids: their output bias becomes -inf (the logits then give them probability 0)."""
+        """Never predict these ids: their output bias becomes -inf (so their probability is 0)."""
         if token_ids:
             self.head[list(token_ids), -1] = float("-inf")
 
