@@ -96,3 +96,13 @@ def test_every_command_says_the_same_about_an_unreadable_file(trained_run, in_tm
     result = run_cli(command, *arguments)
     assert result.exit_code == 1
     assert error_lines(result.stderr) == ["Error: cannot read secret.txt: permission denied"]
+
+
+def test_a_corpus_on_standard_input_is_named_so_not_by_its_spool_file(in_tmp, monkeypatch):
+    """stdin is spooled to a temporary file before training reads it: messages name stdin, not that file."""
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(in_tmp / "cache"))
+    result = run_cli("train", "-", input=b"ok line\nbad \xff\n")
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        "Error: standard input is not valid UTF-8: byte 0xff at offset 12 (line 2)"
+    ]

@@ -52,7 +52,9 @@ class CorpusFiles:
     def sources(self) -> Iterator[TextSource]:
         """Each file, in order, as the reader opens it."""
         for path in self.files:
-            yield TextSource(name=str(path), path=path, missing="corpus")
+            # Standard input is read from its spooled copy, a temporary file no message should name.
+            name = describe_source(self.source) if self.source == STDIN else str(path)
+            yield TextSource(name=name, path=path, missing="corpus")
 
 
 @dataclass
