@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.api import load
-from charrnn.data.text_input import TextSource, iter_text_chunks
+from charrnn.data.reader import TextSource, iter_text_chunks
 from charrnn.inspect import eval_text
 
 SHAKESPEARE = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:30_000]

@@ -342,3 +342,37 @@ def test_html_for_a_byte_model_keeps_characters_whole(tmp_path, kind):
     assert len(data["views"]) > 1
     labels = {label for segment in data["segments"] for label, _ in segment["top"]}
     assert all(label.startswith("<0x") or len(label) == 1 for label in labels)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("bad.txt", "Error: bad.txt is not valid UTF-8: byte 0xff at offset 13 (line 2)"),
+        ("-", "Error: standard input is not valid UTF-8: byte 0xff at offset 13 (line 2)"),
+    ],
+)
+def test_invalid_utf8_names_the_offset_and_line_as_eval_does(planted_checkpoint, in_tmp, given, message):
+    """explain reads through the one UTF-8 decoder: the bad byte's offset and line, a BOM dropped."""
+    checkpoint, _, _ = planted_checkpoint
+    data = b"\xef\xbb\xbfabcdefg\nab\xffcd\n"  # the dropped BOM still counts in the offset
+    (in_tmp / "bad.txt").write_bytes(data)
+    result = run_cli("explain", str(checkpoint), given, input=data if given == "-" else None)
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [message]
+    evaluated = run_cli("eval", str(checkpoint), given, input=data if given == "-" else None)
+    assert error_lines(evaluated.stderr) == [message]
+
+
+def test_unreadable_or_directory_text_is_one_line(planted_checkpoint, in_tmp, monkeypatch):
+    from faults import deny_opening
+
+    checkpoint, _, _ = planted_checkpoint
+    (in_tmp / "folder").mkdir()
+    folder = run_cli("explain", str(checkpoint), "folder")
+    assert folder.exit_code == 1
+    assert error_lines(folder.stderr) == ["Error: folder is a directory, not a text file"]
+    (in_tmp / "secret.txt").write_text("abc\n", encoding="utf-8")
+    deny_opening(monkeypatch, in_tmp / "secret.txt")
+    denied = run_cli("explain", str(checkpoint), "secret.txt")
+    assert denied.exit_code == 1
+    assert error_lines(denied.stderr) == ["Error: cannot read secret.txt: permission denied"]

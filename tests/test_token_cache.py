@@ -16,7 +16,7 @@ from charrnn.data.in_memory import prepare_corpus, read_corpus
 from charrnn.data.token_cache import (
     cached_token_file,
     corpus_files,
-    iter_text_chunks,
+    iter_corpus_chunks,
     prepare_streamed_corpus,
     scan_corpus,
 )
@@ -41,7 +41,7 @@ def _streamed(source: Path, val_fraction: float = 0.1, cache_dir: Path | None = 
 @pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 7, 64, 1 << 20])
 def test_chunks_rebuild_the_text_whatever_the_chunk_size(tmp_path, chunk_bytes):
     path = _write(tmp_path / "mixed.txt", MIXED * 3, bom=True)
-    chunks = list(iter_text_chunks(corpus_files(str(path)), chunk_bytes=chunk_bytes))
+    chunks = list(iter_corpus_chunks(corpus_files(str(path)), chunk_bytes=chunk_bytes))
     assert "".join(text for text, _ in chunks) == read_corpus(str(path)).text
     assert all(raw == text.encode("utf-8") for text, raw in chunks)
     scan = scan_corpus(corpus_files(str(path)), chunk_bytes=chunk_bytes)

@@ -10,28 +10,29 @@ from pathlib import Path
 import click
 
 from charrnn.cli.group import cli
-from charrnn.cli.output import read_stdin_text, write_stream
-from charrnn.errors import CharrnnError, CorpusError, UsageProblem
+from charrnn.cli.output import write_stream
+from charrnn.errors import CharrnnError, UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
 
-def _read_text(source: str) -> str:
-    if source == "-":
-        return read_stdin_text("the text on standard input")
-    path = Path(source)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CorpusError(f"text file not found: {path}") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path} is a directory: give a text file (or - for standard input)") from None
-    except UnicodeDecodeError as error:
-        raise CorpusError(
-            f"{path} is not valid UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start})"
-        ) from None
-    except OSError as error:
-        raise CorpusError(f"cannot read {path}: {error.strerror or error}") from None
+def _read_text(source: str, max_chars: int) -> tuple[str, int]:
+    """The first `max_chars` characters of the text (all of it for 0) and how many it has in all.
+
+    The text goes through the one reader (UTF-8 checked to its end, a bad byte named by offset
+    and line); beyond `max_chars` it is only counted, so a long file never sits in memory whole.
+    """
+    from charrnn.data.reader import TextSource, iter_text_chunks
+
+    kept: list[str] = []
+    total = 0
+    for chunk in iter_text_chunks(TextSource.of(source, missing="text file")):
+        if not max_chars:
+            kept.append(chunk)
+        elif total < max_chars:
+            kept.append(chunk[: max_chars - total])
+        total += len(chunk)
+    return "".join(kept), total
 
 
 def _split_arguments(arguments: tuple[str, ...]) -> tuple[str | None, str]:
@@ -147,18 +148,17 @@ def explain(
         raise UsageProblem("--show goes with --find-units")
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
-    text = _read_text(source)
+    text, total_chars = _read_text(source, max_chars)
     from charrnn.cli.console import stderr_console
 
     notes = stderr_console()
-    if max_chars and len(text) > max_chars:
+    if len(text) < total_chars:
         notes.print(
-            f"explaining the first {max_chars:,} of {len(text):,} characters "
+            f"explaining the first {max_chars:,} of {total_chars:,} characters "
             f"(--max-chars N for more, 0 for all)",
             markup=False,
             highlight=False,
         )
-        text = text[:max_chars]
 
     import torch
 

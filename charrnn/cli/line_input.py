@@ -1,4 +1,4 @@
-"""Input lines for `sample --each-line`: read lazily, checked as UTF-8, cut into batches.
+"""Input lines for `sample --each-line`: read lazily, checked as UTF-8 by the one decoder, cut into batches.
 
 A batch takes the lines that are ready and is cut short when the input pauses, so a
 slow producer (a person typing, `tail -f`) still gets each answer without waiting
@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from charrnn.errors import UsageProblem
+from charrnn.data.reader import Utf8Decoder, read_failure
+from charrnn.errors import CorpusError, UsageProblem
 
 READ_BYTES = 1 << 16
 
@@ -26,35 +27,39 @@ def _file_descriptor(stream: BinaryIO) -> int | None:
         return None  # an in-memory stream (tests): always ready
 
 
-def _decode_line(raw: bytes, line_number: int, what: str) -> str:
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]  # a file with Windows line ends
+def _decode_line(decoder: Utf8Decoder, raw: bytes) -> str:
+    """The text of one line (`raw` with its line end, if it has one), without the line end."""
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageProblem(
-            f"line {line_number} of {what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} "
-            f"at byte {error.start + 1} of the line)"
-        ) from None
+        line = decoder.decode(raw)
+    except CorpusError as error:
+        raise UsageProblem(str(error)) from None  # the input of a command-line option: exit 2
+    line = line[:-1] if line.endswith("\n") else line
+    return line[:-1] if line.endswith("\r") else line  # a file with Windows line ends
 
 
 def read_line_batches(stream: BinaryIO, batch_size: int, what: str) -> Iterator[list[str]]:
-    """Lists of up to `batch_size` lines of `stream` (without their line ends), in order."""
+    """Lists of up to `batch_size` lines of `stream` (without their line ends), in order.
+
+    `what` names the stream in messages (the file, or "standard input").
+    """
     descriptor = _file_descriptor(stream)
-    lines: deque[bytes] = deque()
+    decoder = Utf8Decoder(what)
+    lines: deque[bytes] = deque()  # each with its line end: the decoder counts every byte
     tail = b""
     ended = False
-    line_number = 0
 
     def read_more(wait: bool) -> bool:
         """Read what is there (waiting for input only if `wait`); False if nothing was ready."""
         nonlocal tail, ended
-        if descriptor is None:
-            chunk = stream.read(READ_BYTES)
-        else:
-            if not wait and not select.select([descriptor], [], [], 0)[0]:
-                return False
-            chunk = os.read(descriptor, READ_BYTES)
+        try:
+            if descriptor is None:
+                chunk = stream.read(READ_BYTES)
+            else:
+                if not wait and not select.select([descriptor], [], [], 0)[0]:
+                    return False
+                chunk = os.read(descriptor, READ_BYTES)
+        except OSError as error:
+            raise UsageProblem(str(read_failure(what, error))) from None
         if not chunk:
             ended = True
             if tail:
@@ -63,15 +68,14 @@ def read_line_batches(stream: BinaryIO, batch_size: int, what: str) -> Iterator[
             return True
         parts = (tail + chunk).split(b"\n")
         tail = parts.pop()
-        lines.extend(parts)
+        lines.extend(part + b"\n" for part in parts)
         return True
 
     while True:
         batch: list[str] = []
         while len(batch) < batch_size:
             if lines:
-                line_number += 1
-                batch.append(_decode_line(lines.popleft(), line_number, what))
+                batch.append(_decode_line(decoder, lines.popleft()))
             elif ended or not read_more(wait=not batch) or (batch and not lines and not ended):
                 break
         if not batch:

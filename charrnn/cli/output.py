@@ -1,4 +1,4 @@
-"""What every command that writes to stdout shares: escapes, UTF-8 stdin, and a pipe that may close."""
+"""What every command that writes to stdout shares: escapes, and a pipe that may close."""
 
 from __future__ import annotations
 
@@ -6,23 +6,11 @@ import sys
 import time
 
 from charrnn.cli.console import discard_further_output
-from charrnn.errors import UsageProblem
 
 
 def unescape(text: str) -> str:
     """Turn the two escapes users type on a command line (\\n, \\t) into the characters."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def read_stdin_text(what: str) -> str:
-    """Standard input as UTF-8, whatever the locale says (a clear error for other bytes)."""
-    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageProblem(
-            f"{what} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
-        ) from None
 
 
 def write_stream(chunks) -> None:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import click
 
 from charrnn.cli.group import cli
-from charrnn.cli.output import read_stdin_text, unescape, write_stream
+from charrnn.cli.output import unescape, write_stream
 from charrnn.config import SampleConfig
-from charrnn.errors import UsageProblem
+from charrnn.errors import CorpusError, UsageProblem
 
 _SAMPLE_DEFAULTS = SampleConfig()
 
@@ -169,7 +169,7 @@ def sample(
     """
     _check_combinations(each_line, prime, num_samples, length, input_file, output_format)
     if prime == "-":
-        prime = read_stdin_text("the prime text on standard input")
+        prime = _prime_from_stdin()
     if separator is None:
         separator = "\\n" if each_line else "\\n\\n"
     config = SampleConfig(
@@ -212,6 +212,17 @@ def sample(
     write_stream(_output(loaded, config, each_line, input_file, output_format))
 
 
+def _prime_from_stdin() -> str:
+    """The prime text on standard input, read by the one reader; a fault in it is a usage problem
+    (exit 2), as a bad --prime given on the command line is."""
+    from charrnn.data.reader import TextSource, read_all_text
+
+    try:
+        return read_all_text(TextSource(name="the prime text on standard input", stream=sys.stdin.buffer))
+    except CorpusError as error:
+        raise UsageProblem(str(error)) from None
+
+
 def _output(
     loaded, config: SampleConfig, each_line: bool, input_file: str | None, output_format: str
 ) -> Iterator[str]:
@@ -225,17 +236,15 @@ def _output(
         batches = None
         if each_line:
             from charrnn.cli.line_input import read_line_batches
+            from charrnn.data.reader import STDIN, TextSource
 
-            if input_file is not None:
-                try:
-                    stream, what = open_files.enter_context(open(input_file, "rb")), input_file
-                except OSError as error:
-                    raise UsageProblem(
-                        f"cannot read --input {input_file}: {error.strerror or error}"
-                    ) from None
-            else:
-                stream, what = sys.stdin.buffer, "standard input"
-            batches = read_line_batches(stream, config.batch_size, what)
+            source = TextSource.of(input_file if input_file is not None else STDIN)
+            try:
+                stream = source.open()
+            except CorpusError as error:
+                raise UsageProblem(str(error)) from None  # --input is a command-line value: exit 2
+            open_files.callback(source.close, stream)
+            batches = read_line_batches(stream, config.batch_size, source.name)
         records = generate_records(loaded.model, loaded.tokenizer, config, prime_batches=batches)
         for number, record in enumerate(records):
             if output_format == "jsonl":

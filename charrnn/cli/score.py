@@ -58,7 +58,7 @@ def score_command(
     if len(files) > 1:
         raise click.UsageError(f"score reads one FILE (or -), got {len(files)}: {' '.join(files)}")
 
-    from charrnn.data.text_input import TextSource
+    from charrnn.data.reader import TextSource
 
     model = load_model(model_argument, device, threads)
     source = TextSource.of(files[0] if files else "-")

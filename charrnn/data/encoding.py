@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.corpus import CorpusScan, describe_source, iter_text_chunks
+from charrnn.data.corpus import CorpusScan, describe_source, iter_corpus_chunks
 from charrnn.data.tokenizers import CharTokenizer, Tokenizer, fit_tokenizer, token_dtype
 from charrnn.errors import CorpusError
 
@@ -39,7 +39,7 @@ def _training_sample(scan: CorpusScan, train_chars: int, limit: int) -> str:
     """Up to `limit` characters from the start of the training part (bounded memory)."""
     parts, kept = [], 0
     wanted = min(train_chars, limit)
-    for text, _ in iter_text_chunks(scan.corpus):
+    for text, _ in iter_corpus_chunks(scan.corpus):
         parts.append(text[: wanted - kept])
         kept += len(parts[-1])
         if kept >= wanted:
@@ -80,7 +80,7 @@ def _verified_chunks(scan: CorpusScan, on_bytes: Callable[[int], None]) -> Itera
     """The corpus's chunks again, checked against the scan: same length, same sha256."""
     digest = hashlib.sha256()
     num_bytes = 0
-    for text, raw in iter_text_chunks(scan.corpus, on_bytes=on_bytes):
+    for text, raw in iter_corpus_chunks(scan.corpus, on_bytes=on_bytes):
         num_bytes += len(raw)
         if num_bytes > scan.num_bytes:
             raise _changed(scan)  # grown: stop now rather than read a growing log forever

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.corpus import CorpusBytes, CorpusScan, corpus_files, read_text, scan_corpus
+from charrnn.data.corpus import CorpusBytes, CorpusScan, corpus_files, read_corpus_text, scan_corpus
 from charrnn.data.encoding import PreparedCorpus, encode_corpus, prepare_tokens
 from charrnn.data.tokenizers import Tokenizer, token_dtype
 
@@ -37,13 +37,13 @@ class Corpus:
 def read_corpus(source: str) -> Corpus:
     """Read a UTF-8 file, every `*.txt` in a directory (sorted, concatenated), or stdin (`-`).
 
-    The same files, checks and byte-order-mark rule as `charrnn train` (`corpus.iter_text_chunks`).
+    The same files, checks and byte-order-mark rule as `charrnn train` (`corpus.iter_corpus_chunks`).
     """
     if source == "-":
         files = CorpusBytes(sys.stdin.buffer.read(), name="stdin", source="-")
     else:
         files = corpus_files(source)
-    return Corpus(text=read_text(files), name=files.name, source=source)
+    return Corpus(text=read_corpus_text(files), name=files.name, source=source)
 
 
 def _ids_in_memory(scan: CorpusScan, tokenizer: Tokenizer) -> np.ndarray:

@@ -45,7 +45,7 @@ from charrnn.data.corpus import (
     CorpusScan,
     ProgressCallback,
     corpus_files,
-    iter_text_chunks,
+    iter_corpus_chunks,
     scan_corpus,
 )
 from charrnn.data.encoding import PreparedCorpus, encode_corpus, prepare_tokens
@@ -65,7 +65,7 @@ __all__ = [
     "CorpusFiles",
     "CorpusScan",
     "corpus_files",
-    "iter_text_chunks",
+    "iter_corpus_chunks",
     "scan_corpus",
     "default_cache_dir",
     "spool_stream",
