@@ -79,7 +79,8 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
     page = tmp_path / "page.md"
     (tmp_path / "there.md").write_text("# Here\n", encoding="utf-8")
     page.write_text(
-        "# Top\n[a](there.md) [b](there.md#here) [c](#top) [d](gone.md) [e](there.md#nowhere) [f](gone.md#x)\n",
+        "# Top\n[a](there.md) [b](there.md#here) [c](#top)\n"
+        "[d](gone.md) [e](there.md#nowhere) [f](gone.md#x)\n",
         encoding="utf-8",
     )
     assert _broken_links(page) == ["gone.md", "there.md#nowhere", "gone.md#x"]
