@@ -101,9 +101,8 @@ def test_train_returns_the_trained_model_and_refuses_unknown_options(tmp_path, m
 
 
 def _readme_python_blocks() -> list[str]:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Using a trained model", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    page = (REPO / "docs" / "python-api.md").read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", page, flags=re.S)
 
 
 def test_the_readme_python_examples_run(tmp_path, monkeypatch, capsys):
@@ -124,7 +123,7 @@ def test_the_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert result.exit_code == 0, result.stderr
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "<charrnn.Model lstm 1x32 char" in printed
     assert "ROMEO:" in printed and "bits/char over 19,999 characters" in printed

@@ -16,9 +16,9 @@ REFUSED = {f"--{name.replace('_', '-')}" for name in MODEL_SHAPE + FIXED_ON_RESU
 
 
 def _readme_sentence_on_refusals() -> str:
-    text = " ".join(REPO.joinpath("README.md").read_text(encoding="utf-8").split())
+    text = " ".join(REPO.joinpath("docs", "training.md").read_text(encoding="utf-8").split())
     match = re.search(r"Options that would make it a different run \((.*?)\) are refused", text)
-    assert match, "README: the sentence listing what --resume refuses is gone"
+    assert match, "docs/training.md: the sentence listing what --resume refuses is gone"
     return match.group(1)
 
 
