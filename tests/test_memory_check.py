@@ -10,6 +10,8 @@ from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
+import charrnn.cli.train
+import charrnn.training.loop
 from charrnn.training import memory_check, session
 from charrnn.training.memory_check import count_parameters_of, training_memory_bytes
 
@@ -63,7 +65,7 @@ def test_the_exact_check_with_the_fitted_vocabulary_runs_before_the_model_is_bui
     def no_trainer(*args, **kwargs):
         pytest.fail("the trainer was built")
 
-    monkeypatch.setattr(session, "_train_until_stopped", no_trainer)
+    monkeypatch.setattr(charrnn.training.loop, "Trainer", no_trainer)
     result = run_cli("train", str(pattern_corpus), *TINY_MODEL_OPTIONS)
     assert result.exit_code == 1
     needed = training_memory_bytes(config, vocabulary)
@@ -96,10 +98,10 @@ def test_the_exact_check_with_the_fitted_vocabulary_runs_before_the_model_is_bui
     ],
 )
 def test_running_out_of_memory_anywhere_is_one_error_line(monkeypatch, failure, shown):
-    def run_out(**kwargs):
+    def run_out(request):
         raise failure
 
-    monkeypatch.setattr(session, "run_training", run_out)
+    monkeypatch.setattr(charrnn.cli.train, "run_training", run_out)
     result = run_cli("train", "corpus.txt")
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
@@ -108,9 +110,9 @@ def test_running_out_of_memory_anywhere_is_one_error_line(monkeypatch, failure, 
 
 
 def test_other_runtime_errors_are_not_disguised_as_out_of_memory(monkeypatch):
-    def fail(**kwargs):
+    def fail(request):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(session, "run_training", fail)
+    monkeypatch.setattr(charrnn.cli.train, "run_training", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli("train", "corpus.txt")

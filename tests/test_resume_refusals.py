@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.config import ModelConfig
-from charrnn.training.session import FIXED_ON_RESUME
+from charrnn.training.resume import FIXED_ON_RESUME
 
 # The model shape: every ModelConfig field the command line sets (vocab_size comes from the tokeniser).
 MODEL_SHAPE = tuple(name for name in ModelConfig().to_dict() if name != "vocab_size")

@@ -20,6 +20,7 @@ from charrnn.data.windows import BatchStream, ShiftedPasses
 from charrnn.distributed import World
 from charrnn.errors import CheckpointError
 from charrnn.store.checkpoint import load_training_state
+from charrnn.store.run_state import read_saved_state
 from charrnn.store.run_dir import RunDir
 from charrnn.store.run_state import Counters, RunState, required_fields
 from charrnn.training.loop import Trainer
@@ -49,7 +50,7 @@ def _trainer(run_path, resume=False, world=World(), stop_after=None, **overrides
         if isinstance(event, events.StepDone):
             seen.append(event)
 
-    state = load_training_state(run_dir.state) if resume else None
+    state = read_saved_state(run_dir.state) if resume else None
     trainer = Trainer(
         corpus,
         MODEL,
