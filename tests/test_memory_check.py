@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
-from charrnn.config import ModelConfig
-from charrnn.model import CharRNN
 import charrnn.cli.train
 import charrnn.training.loop
+from charrnn.config import ModelConfig
+from charrnn.model import CharRNN
 from charrnn.training import memory_check, session
 from charrnn.training.memory_check import count_parameters_of, training_memory_bytes
 
@@ -33,8 +33,13 @@ def test_available_memory_is_read_from_the_system():
 
 
 def test_unknown_available_memory_does_not_stop_training(monkeypatch):
+    huge = ModelConfig(num_layers=16, hidden_size=16384)
     monkeypatch.setattr(memory_check, "available_memory_bytes", lambda *args: None)
-    memory_check.check_training_fits(ModelConfig(num_layers=16, hidden_size=16384), 65)
+    assert memory_check.check_training_fits(huge, 65) is None
+    # The same model is refused once the memory is known to be too small: the check did run.
+    monkeypatch.setattr(memory_check, "available_memory_bytes", lambda *args: 8 * GB)
+    with pytest.raises(memory_check.NotEnoughMemory):
+        memory_check.check_training_fits(huge, 65)
 
 
 def test_a_model_too_big_for_memory_is_refused_before_the_corpus_is_read(in_tmp, pattern_corpus, monkeypatch):
