@@ -6,7 +6,8 @@ The commands `sample`, `eval`, `score` and `info` are clients of this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Union
 
@@ -29,6 +30,9 @@ class Model:
         self._loaded = loaded
         self.device = device
         self._cpu_copy: torch.nn.Module | None = None
+        # How the training that made it ended, for a model `charrnn.train()` returns (else None):
+        # a `TrainingOutcome` (`reason`, `step`, `stopped`, `run_dir`).
+        self.outcome = None
 
     @property
     def path(self) -> Path:
@@ -160,17 +164,35 @@ def train(
     out: PathLike | None = None,
     resume: bool = False,
     cache_dir: PathLike | None = None,
+    should_stop: Callable[[], bool] | threading.Event | None = None,
+    on_event: Callable[[object], None] | None = None,
+    progress: bool = True,
     **options: Any,
 ) -> Model:
     """Train as `charrnn train` does and return the trained model (on the CPU).
 
     `options` are the fields of `ModelConfig` and `TrainConfig` (as the command's options, in
-    snake_case: `max_steps=200`, `hidden_size=128`, ...). Progress goes to stderr. The run
-    directory is `out`, or runs/<corpus name> (-2, -3, ... when taken), as for the command.
+    snake_case: `max_steps=200`, `hidden_size=128`, ...). The run directory is `out`, or
+    runs/<corpus name> (-2, -3, ... when taken), as for the command; `resume=True` continues it.
+    It works from any thread (a notebook, a web app, a task queue): it installs no signal handler.
+
+    Progress goes to stderr unless `progress=False`; `on_event` also hears every training event
+    (`charrnn.events`: TrainingStarted, StepDone, EvaluationDone, Notice).
+
+    Stopping:
+    - `should_stop` (a callable, or a `threading.Event` that another thread sets) is asked before
+      every step; once it says so, the step finishes, the run is saved, and `train` returns the
+      model trained so far, with `model.outcome.stopped` True (`outcome.reason` is
+      `StopReason.INTERRUPTED`); `train(corpus, out=..., resume=True)` continues it.
+    - Ctrl-C (a KeyboardInterrupt in the main thread) stops at once and propagates as the plain
+      KeyboardInterrupt it is, once the run directory's lock is released; the files of the last
+      complete checkpoint are left intact, so the run can be resumed from there.
+
+    The returned model is the run's best weights (by validation loss), else its latest.
     """
     from charrnn.config import ModelConfig, TrainConfig
     from charrnn.errors import UsageProblem
-    from charrnn.training.session import run_training
+    from charrnn.training.session import SessionCallbacks, TrainingRequest, TrainingSession
 
     model_fields = {name for name in ModelConfig().to_dict() if name != "vocab_size"}
     train_fields = set(TrainConfig().to_dict())
@@ -180,8 +202,9 @@ def train(
     corpus = str(corpus)
     if out is None and not resume and corpus == "-":
         raise UsageProblem("training from standard input needs out=RUN_DIR")
-    trained_in: list[Path] = []
-    exit_code = run_training(
+    if isinstance(should_stop, threading.Event):
+        should_stop = should_stop.is_set
+    request = TrainingRequest(
         corpus=corpus,
         out=None if out is None else str(out),
         resume=resume,
@@ -189,10 +212,42 @@ def train(
         train_options={k: v for k, v in options.items() if k in train_fields},
         given=set(options),
         cache_dir=None if cache_dir is None else str(cache_dir),
-        on_run_dir=trained_in.append,
     )
-    if exit_code != 0:
-        raise KeyboardInterrupt(
-            f"training was interrupted (exit code {exit_code}); the run is saved in {trained_in[-1]}"
+    callbacks = SessionCallbacks()
+    if should_stop is not None:
+        callbacks.should_stop = should_stop
+    displays: list[Any] = []
+    if progress:
+        # The command line's displays, on stderr: the one place the API shows anything, and only
+        # because it was asked to (progress=True).
+        from charrnn.cli.console import (
+            CorpusProgressDisplay,
+            TrainingDisplay,
+            finished_message,
+            stderr_console,
         )
-    return load(trained_in[-1], device="cpu")
+
+        console = stderr_console()
+        displays = [CorpusProgressDisplay(console), TrainingDisplay(console)]
+        callbacks.on_corpus_progress = displays[0]
+        callbacks.on_note = lambda message: console.print(f"note: {message}", markup=False, highlight=False)
+
+    def report(event: object) -> None:
+        if displays:
+            displays[0].close()  # the passes over the corpus are over once training reports
+            displays[1](event)
+        if on_event is not None:
+            on_event(event)
+
+    callbacks.on_event = report
+    try:
+        with TrainingSession(request, callbacks) as session:
+            outcome = session.train()
+    finally:
+        for display in displays:
+            display.close()
+    if progress:
+        console.print(finished_message(outcome.finished), markup=False, highlight=False)
+    model = load(outcome.run_dir, device="cpu")
+    model.outcome = outcome
+    return model

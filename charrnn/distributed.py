@@ -166,26 +166,6 @@ class World:
         return torch.device("cpu")
 
 
-def check_resume_world_size(state: dict, world: World) -> None:
-    """Refuse, in one line, to resume a run with another number of processes.
-
-    Each process owns a fixed block of the data streams and its own hidden state;
-    with another count the streams would be cut differently and the state would
-    not map onto them.
-    """
-    saved = int(state.get("world_size", 1))
-    if saved != world.world_size:
-
-        def processes(count: int) -> str:
-            return "1 process" if count == 1 else f"{count} processes"
-
-        raise DistributedError(
-            f"cannot resume: this run was trained with {processes(saved)} but this launch has "
-            f"{processes(world.world_size)}; resume it with the same number "
-            f"({'torchrun --nproc-per-node ... with ' + str(saved) + ' in total' if saved > 1 else 'without torchrun'})"
-        )
-
-
 def wrap_model(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
     """The model DistributedDataParallel-wrapped for training (the model itself when alone)."""
     if not world.is_distributed:

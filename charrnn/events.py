@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+
+
+class StopReason(str, Enum):
+    """Why a training session ended; the values are what `end.json` files hold, so they never change."""
+
+    DONE = "done"  # the step budget (--max-steps) is spent
+    TIME = "time"  # the time budget (--max-time) is spent
+    INTERRUPTED = "interrupted"  # asked to stop (Ctrl-C, SIGTERM, `should_stop`): saved, resumable
+    EARLY_STOP = "early-stop"  # validation stopped improving (--early-stop)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        """True when the run ended on its own; False when it was stopped and `--resume` continues it."""
+        return self is not StopReason.INTERRUPTED
 
 
 @dataclass
@@ -61,7 +79,7 @@ class EvaluationDone:
 @dataclass
 class TrainingFinished:
     step: int
-    reason: str  # "done", "time", "interrupted", "early-stop"
+    reason: StopReason
     best_val_loss: float
     best_val_bpc: float
     elapsed: float

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process
 
-from charrnn.distributed import DistributedError, World, check_resume_world_size
+from charrnn.distributed import DistributedError, World
 
 pytestmark = pytest.mark.distributed
 
@@ -134,8 +134,6 @@ def test_world_comes_from_torchrun_environment():
     assert (world.rank, world.world_size, world.is_distributed, world.is_writer) == (1, 2, True, False)
     with pytest.raises(DistributedError, match="outside WORLD_SIZE"):
         World.from_env({"RANK": "2", "WORLD_SIZE": "2"})
-    with pytest.raises(DistributedError, match="2 processes but this launch has 1 process"):
-        check_resume_world_size({"world_size": 2}, World())
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(two_process_run, corpus, tmp_path):

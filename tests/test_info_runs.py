@@ -183,3 +183,13 @@ def test_a_training_takes_its_lock_even_while_someone_is_looking(tmp_path):
         assert run.is_locked()
     finally:
         run.unlock()
+
+
+def test_stop_reasons_keep_the_strings_that_run_files_hold():
+    from charrnn.events import StopReason
+
+    # end.json files of old runs hold these strings: they must read back as the same reasons.
+    assert [reason.value for reason in StopReason] == ["done", "time", "interrupted", "early-stop"]
+    assert StopReason("early-stop") is StopReason.EARLY_STOP
+    assert str(StopReason.TIME) == "time" and json.dumps({"reason": StopReason.DONE}) == '{"reason": "done"}'
+    assert [reason.finished for reason in StopReason] == [True, True, False, True]

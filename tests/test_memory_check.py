@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
+import charrnn.cli.train
+import charrnn.training.loop
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
 from charrnn.training import memory_check, session
@@ -31,8 +33,13 @@ def test_available_memory_is_read_from_the_system():
 
 
 def test_unknown_available_memory_does_not_stop_training(monkeypatch):
+    huge = ModelConfig(num_layers=16, hidden_size=16384)
     monkeypatch.setattr(memory_check, "available_memory_bytes", lambda *args: None)
-    memory_check.check_training_fits(ModelConfig(num_layers=16, hidden_size=16384), 65)
+    assert memory_check.check_training_fits(huge, 65) is None
+    # The same model is refused once the memory is known to be too small: the check did run.
+    monkeypatch.setattr(memory_check, "available_memory_bytes", lambda *args: 8 * GB)
+    with pytest.raises(memory_check.NotEnoughMemory):
+        memory_check.check_training_fits(huge, 65)
 
 
 def test_a_model_too_big_for_memory_is_refused_before_the_corpus_is_read(in_tmp, pattern_corpus, monkeypatch):
@@ -63,7 +70,7 @@ def test_the_exact_check_with_the_fitted_vocabulary_runs_before_the_model_is_bui
     def no_trainer(*args, **kwargs):
         pytest.fail("the trainer was built")
 
-    monkeypatch.setattr(session, "_train_until_stopped", no_trainer)
+    monkeypatch.setattr(charrnn.training.loop, "Trainer", no_trainer)
     result = run_cli("train", str(pattern_corpus), *TINY_MODEL_OPTIONS)
     assert result.exit_code == 1
     needed = training_memory_bytes(config, vocabulary)
@@ -96,10 +103,10 @@ def test_the_exact_check_with_the_fitted_vocabulary_runs_before_the_model_is_bui
     ],
 )
 def test_running_out_of_memory_anywhere_is_one_error_line(monkeypatch, failure, shown):
-    def run_out(**kwargs):
+    def run_out(request):
         raise failure
 
-    monkeypatch.setattr(session, "run_training", run_out)
+    monkeypatch.setattr(charrnn.cli.train, "run_training", run_out)
     result = run_cli("train", "corpus.txt")
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [
@@ -108,9 +115,9 @@ def test_running_out_of_memory_anywhere_is_one_error_line(monkeypatch, failure, 
 
 
 def test_other_runtime_errors_are_not_disguised_as_out_of_memory(monkeypatch):
-    def fail(**kwargs):
+    def fail(request):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(session, "run_training", fail)
+    monkeypatch.setattr(charrnn.cli.train, "run_training", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli("train", "corpus.txt")

@@ -14,6 +14,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.in_memory import Corpus, prepare_corpus
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
+from charrnn.store.run_state import read_saved_state
 from charrnn.training.loop import Trainer
 
 # Two layers and dropout, so the torch RNG matters between steps (dropout masks).
@@ -44,7 +45,7 @@ def _train(run_path, max_steps, stop_after=None, resume=False, **train_overrides
         if isinstance(event, events.StepDone):
             losses.append((event.step, event.loss, event.grad_norm))
 
-    state = load_training_state(run_dir.state) if resume else None
+    state = read_saved_state(run_dir.state) if resume else None
     trainer = Trainer(
         corpus,
         ModelConfig(**MODEL),

@@ -8,7 +8,10 @@ import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.config import ModelConfig
-from charrnn.training.session import FIXED_ON_RESUME
+from charrnn.distributed import DistributedError, World
+from charrnn.errors import RunDirError
+from charrnn.store.run_state import read_saved_state
+from charrnn.training.resume import FIXED_ON_RESUME, resumed_configs
 
 # The model shape: every ModelConfig field the command line sets (vocab_size comes from the tokeniser).
 MODEL_SHAPE = tuple(name for name in ModelConfig().to_dict() if name != "vocab_size")
@@ -84,3 +87,46 @@ def test_resume_refuses_the_other_shift_passes_flag_and_accepts_the_runs_own(sho
     assert (short_run / "state.pt").read_bytes() == before
     same = run_cli("train", "--resume", str(short_run), "--shift-passes", "--max-steps", "3")
     assert same.exit_code == 0, same.stderr
+
+
+# -- the one function that decides (training/resume.py) ----------------------------------------
+
+
+def _never_read() -> str:
+    pytest.fail("the corpus was read before the options were accepted")
+
+
+def test_another_number_of_processes_is_refused_before_the_corpus_is_read(short_run):
+    saved = read_saved_state(short_run / "state.pt")
+    with pytest.raises(DistributedError) as caught:
+        resumed_configs(saved, {}, {}, set(), World(world_size=2, local_world_size=2), _never_read)
+    assert str(caught.value) == (
+        "cannot resume: this run was trained with 1 process but this launch has 2 processes; "
+        "resume it with the same number (without torchrun)"
+    )
+
+
+def test_a_refused_option_stops_before_the_corpus_is_read_and_allowed_ones_override(short_run):
+    saved = read_saved_state(short_run / "state.pt")
+    with pytest.raises(RunDirError) as caught:
+        resumed_configs(saved, {}, {"seed": 7}, {"seed"}, World(), _never_read)
+    assert str(caught.value) == "cannot resume: --seed is 7 but the run was trained with 1337"
+    model_config, train_config = resumed_configs(
+        saved,
+        {"hidden_size": 32, "num_layers": 5},  # num_layers is a default here: not given, not checked
+        {"max_steps": 9, "lr": 0.5},
+        {"hidden_size", "max_steps"},
+        World(),
+        lambda: saved.corpus_fingerprint,
+    )
+    assert model_config == saved.model_config
+    assert (train_config.max_steps, train_config.lr) == (9, saved.train_config.lr)
+
+
+def test_another_corpus_is_refused_with_the_runs_own(short_run):
+    saved = read_saved_state(short_run / "state.pt")
+    with pytest.raises(RunDirError) as caught:
+        resumed_configs(saved, {}, {}, set(), World(), lambda: "another fingerprint")
+    assert str(caught.value) == (
+        f"cannot resume: the corpus differs from the one this run was trained on ({saved.corpus_source})"
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
+from charrnn.cli.signals import StopRequest
 from charrnn.store.atomic import TEST_PAUSE_ENV
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
@@ -64,6 +65,54 @@ class TrainingProcess:
         return code
 
 
+class FakeConsole:
+    """What StopRequest needs of the console: whether stderr's reader is gone, and print."""
+
+    def __init__(self) -> None:
+        self.reader_gone = False
+        self.printed: list[str] = []
+
+    def print(self, text: str, **options: object) -> None:
+        self.printed.append(text)
+
+
+# -- the handler itself, called as Python would call it (no process, no waiting) ---------------
+
+
+def test_a_first_signal_asks_for_a_saved_stop_and_a_second_ctrl_c_stops_at_once():
+    console = FakeConsole()
+    stop = StopRequest(console)
+    assert not stop()
+    stop.handle(signal.SIGTERM)
+    assert stop() and stop.exit_code == 143
+    assert console.printed == ["stopping after this step and saving (Ctrl-C again to stop at once)"]
+    stop.handle(signal.SIGTERM)  # a second SIGTERM is still the orderly stop
+    with pytest.raises(KeyboardInterrupt):
+        stop.handle(signal.SIGINT)
+
+
+def test_ctrl_c_exits_130_and_a_reader_that_went_away_asks_to_stop_too():
+    console = FakeConsole()
+    stop = StopRequest(console)
+    stop.handle(signal.SIGINT)
+    assert stop.exit_code == 130
+    quiet = StopRequest(FakeConsole())
+    quiet._console.reader_gone = True
+    assert quiet() and quiet.reader_gone and quiet.signal_number is None
+
+
+def test_the_handlers_are_installed_only_inside_the_block():
+    stop = StopRequest(FakeConsole())
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    with stop.installed():
+        assert signal.getsignal(signal.SIGINT) == stop.handle
+        assert signal.getsignal(signal.SIGTERM) == stop.handle
+    assert {number: signal.getsignal(number) for number in before} == before
+
+
+# -- real processes ------------------------------------------------------------------------------
+
+
 def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
 
@@ -75,7 +124,7 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(
     out = tmp_path / "run"
     training = TrainingProcess("train", str(pattern_corpus), "--out", str(out), *ENDLESS, *TINY_MODEL_OPTIONS)
     training.wait_until_training()
-    time.sleep(0.3)  # a few steps in
+    # However many steps have run by now (none, or some), the step in progress finishes and is saved.
     training.process.send_signal(signal_number)
     assert training.finish() == exit_code
     resume_lines = [line for line in training.lines if "resume with" in line]
@@ -170,8 +219,7 @@ def test_sigkill_while_saving_leaves_previous_checkpoint_and_next_run_cleans_up(
     training = TrainingProcess("train", "--resume", str(out), *ENDLESS, pause_in_save=60)
     training.wait_until_training()
     training.process.send_signal(signal.SIGINT)
-    training.wait_for(lambda: bool(_temp_files(out)), "the save to begin")
-    time.sleep(0.2)
+    training.wait_for(lambda: bool(_temp_files(out)), "the save to begin")  # and paused inside it
     training.process.kill()
     assert training.finish() == -signal.SIGKILL
     leftovers = _temp_files(out)

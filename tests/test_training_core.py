@@ -21,7 +21,7 @@ from charrnn.distributed import World
 from charrnn.errors import CheckpointError
 from charrnn.store.checkpoint import load_training_state
 from charrnn.store.run_dir import RunDir
-from charrnn.store.run_state import Counters, RunState, required_fields
+from charrnn.store.run_state import Counters, RunState, read_saved_state, required_fields
 from charrnn.training.loop import Trainer
 from charrnn.training.schedule import Schedule
 
@@ -49,7 +49,7 @@ def _trainer(run_path, resume=False, world=World(), stop_after=None, **overrides
         if isinstance(event, events.StepDone):
             seen.append(event)
 
-    state = load_training_state(run_dir.state) if resume else None
+    state = read_saved_state(run_dir.state) if resume else None
     trainer = Trainer(
         corpus,
         MODEL,

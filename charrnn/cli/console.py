@@ -328,11 +328,11 @@ def _escape(text: str) -> str:
 def finished_message(event: events.TrainingFinished) -> str:
     """The last line of a training run."""
     why = {
-        "done": "finished",
-        "time": "time budget spent",
-        "interrupted": "interrupted",
-        "early-stop": "stopped early (validation stopped improving)",
-    }.get(event.reason, event.reason)
+        events.StopReason.DONE: "finished",
+        events.StopReason.TIME: "time budget spent",
+        events.StopReason.INTERRUPTED: "interrupted",
+        events.StopReason.EARLY_STOP: "stopped early (validation stopped improving)",
+    }[event.reason]
     return (
         f"{why} at step {event.step} after {format_duration(event.elapsed)}: best val loss "
         f"{_number(event.best_val_loss, 4)} nats/token, {_number(event.best_val_bpc, 4)} bits/char; "

@@ -1,9 +1,16 @@
-"""`charrnn train`: options map onto ModelConfig / TrainConfig; the work is in `train_command`."""
+"""`charrnn train`: options map onto ModelConfig / TrainConfig; the work is `training.session`'s.
+
+This module adds what only a command has: the console and its displays, the signal handlers
+(`signals.StopRequest`), the line that says how to resume, and the exit code.
+"""
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +25,10 @@ from charrnn.config import (
     TrainConfig,
     parse_duration,
 )
+
+if TYPE_CHECKING:
+    from charrnn.distributed import World
+    from charrnn.training.session import TrainingRequest
 
 _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
@@ -269,20 +280,97 @@ def train(
       charrnn train poems.txt --init-from shakespeare      # fine-tune the bundled model
       torchrun --nproc-per-node 4 -m charrnn train big.txt --out runs/big   # 4 processes (DDP)
     """
-    from charrnn.training.session import run_training
+    from charrnn.training.session import TrainingRequest
 
     given = {name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     model_fields = {f for f in ModelConfig().to_dict() if f != "vocab_size"}
-    model_options = {k: v for k, v in options.items() if k in model_fields}
-    train_options = {k: v for k, v in options.items() if k not in model_fields}
-    outcome = run_training(
+    request = TrainingRequest(
         corpus=corpus,
         out=out,
         resume=resume,
-        model_options=model_options,
-        train_options=train_options,
+        model_options={k: v for k, v in options.items() if k in model_fields},
+        train_options={k: v for k, v in options.items() if k not in model_fields},
         given=given,
         cache_dir=cache_dir,
         init_from=init_from,
     )
-    sys.exit(outcome)
+    sys.exit(run_training(request))
+
+
+def run_training(request: TrainingRequest) -> int:
+    """Train as the request says, with progress on stderr and Ctrl-C handled; return the exit code.
+
+    Under torchrun, every process runs this; only rank 0 talks.
+    """
+    from charrnn.cli.console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
+    from charrnn.cli.signals import EXIT_CODE_FOR_SIGNAL, StopRequest
+    from charrnn.distributed import World
+    from charrnn.training.session import SessionCallbacks, TrainingSession
+
+    world = World.from_env()
+    # Under torchrun only rank 0 talks; the others keep quiet unless they fail.
+    console = stderr_console(quiet=not world.is_writer)
+    corpus_display = CorpusProgressDisplay(console)
+    training_display = TrainingDisplay(console) if world.is_writer else None
+    stop = StopRequest(console)
+
+    def on_event(event: object) -> None:
+        corpus_display.close()  # the passes over the corpus are over once training reports
+        if training_display is not None:
+            training_display(event)
+
+    def on_note(message: str) -> None:
+        console.print(f"note: {message}", markup=False, highlight=False)
+
+    callbacks = SessionCallbacks(
+        on_event=on_event, on_corpus_progress=corpus_display, on_note=on_note, should_stop=stop
+    )
+    try:
+        with TrainingSession(request, callbacks) as session:
+            corpus_display.close()
+            run_dir = session.run_dir
+            try:
+                # torchrun sends SIGTERM to the survivors of a failed worker: never hang in a collective then.
+                with stop.installed(watch_termination=world.is_distributed):
+                    outcome = session.train()
+            except KeyboardInterrupt:
+                # A second Ctrl-C: whatever was being written is abandoned, the previous files are whole.
+                if training_display is not None:
+                    training_display.close()
+                saved = (
+                    f"the last complete checkpoint in {run_dir.path} is intact; resume with: "
+                    f"{resume_hint(run_dir.path, session.corpus_source, world)}"
+                    if run_dir.state.exists()
+                    else "nothing had been saved yet"
+                )
+                console.print(f"Error: stopped at once: {saved}", markup=False, highlight=False)
+                return EXIT_CODE_FOR_SIGNAL[signal.SIGINT]
+            finally:
+                if training_display is not None:
+                    training_display.close()
+    finally:
+        corpus_display.close()
+    if stop.reader_gone:
+        return 0  # nobody is reading: the run is saved, and `--resume` continues it
+    if outcome.stopped:
+        console.print(
+            f"interrupted at step {outcome.step}, saved in {outcome.run_dir}; resume with: "
+            f"{resume_hint(outcome.run_dir, outcome.corpus_source, world)}",
+            markup=False,
+            highlight=False,
+        )
+        return stop.exit_code
+    console.print(finished_message(outcome.finished), markup=False, highlight=False)
+    return 0
+
+
+def resume_hint(run_dir: Path, corpus_source: str | None, world: World) -> str:
+    """The command that continues this run."""
+    if world.is_distributed:
+        return f"the same torchrun command with --resume --out {shlex.quote(str(run_dir))}"
+    if corpus_source == "-":
+        return (
+            f"charrnn train - --resume --out {shlex.quote(str(run_dir))} "
+            "(with the same corpus on standard input)"
+        )
+    return f"charrnn train --resume {shlex.quote(str(run_dir))}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.errors import CheckpointError, RunDirError
+from charrnn.events import StopReason
 from charrnn.store.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from charrnn.store.metrics_log import (
     MetricsReading,
@@ -208,10 +209,11 @@ class RunDir:
         """True while a live process holds the run's lock (a training is writing here)."""
         return _flock_held(self.path / LOCK)
 
-    def record_end(self, reason: str, step: int) -> None:
-        """Note how a training session ended ("done", "time", "early-stop", "interrupted") at `step`."""
+    def record_end(self, reason: StopReason, step: int) -> None:
+        """Note how a training session ended, and at which step (the reason's plain string value)."""
         atomic_write_bytes(
-            self.path / END_RECORD, json.dumps({"reason": reason, "step": step}).encode("utf-8")
+            self.path / END_RECORD,
+            json.dumps({"reason": StopReason(reason).value, "step": step}).encode("utf-8"),
         )
 
     def read_end(self) -> dict[str, Any] | None:

@@ -4,20 +4,26 @@
 numbers, strings, lists and dicts only, so `torch.load(weights_only=True)` reads it);
 `from_dict` reads one back, filling fields that older files lack with the value that
 reproduces how those runs trained. The checkpoint's field check (`required_fields`)
-is derived from the same dataclass, so nothing is listed twice.
+is derived from the same dataclass, so nothing is listed twice. `read_saved_state` /
+`parse_saved_state` are the one place a loaded state is read: they give a `SavedState`
+whose configs and tokeniser are parsed objects, not the JSON strings the file holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.tokenizers import Tokenizer, tokenizer_from_dict
 from charrnn.distributed import World
-from charrnn.errors import CheckpointError
+from charrnn.errors import CharrnnError, CheckpointError
 
 
 @dataclass
@@ -137,6 +143,46 @@ class RunState:
         except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
         return record
+
+
+@dataclass
+class SavedState:
+    """A run's state.pt, read once: the record, with its settings and tokeniser parsed."""
+
+    path: Path  # the state file, for error messages
+    record: RunState
+    model_config: ModelConfig
+    train_config: TrainConfig
+    tokenizer: Tokenizer
+
+    @property
+    def corpus_source(self) -> str:
+        """The corpus the run trained on: an absolute path, or "-" for standard input."""
+        return self.record.corpus_source
+
+    @property
+    def corpus_fingerprint(self) -> str:
+        """The fingerprint of the corpus the run trained on (a resume must find the same one)."""
+        return self.record.corpus_fingerprint
+
+
+def parse_saved_state(state: dict[str, Any], path: Path) -> SavedState:
+    """The typed reading of a loaded state dict; anything unreadable is a `CheckpointError`."""
+    record = RunState.from_dict(state, path)
+    try:
+        train_config = TrainConfig.from_dict(json.loads(record.train_config)).validate()
+        model_config = ModelConfig.from_dict(json.loads(record.model_config)).validate()
+        tokenizer = tokenizer_from_dict(json.loads(record.tokenizer))
+    except (ValueError, TypeError, CharrnnError) as error:
+        raise CheckpointError(f"{path} is corrupted (bad settings: {error})") from None
+    return SavedState(Path(path), record, model_config, train_config, tokenizer)
+
+
+def read_saved_state(path: Path) -> SavedState:
+    """Load a run's state.pt (`torch.load(weights_only=True)`, fields checked) and parse it."""
+    from charrnn.store.checkpoint import load_training_state  # checkpoint imports this module
+
+    return parse_saved_state(load_training_state(path), Path(path))
 
 
 _KINDS: dict[str, tuple[type, ...]] = {

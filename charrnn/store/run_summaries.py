@@ -18,10 +18,11 @@ from typing import Any
 
 from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError, RunDirError
+from charrnn.events import StopReason
 from charrnn.store.run_dir import DEFAULT_RUNS_ROOT, RunDir
 
 FINISHED, STOPPED, IN_PROGRESS = "finished", "stopped", "in progress"
-STOPPING_REASONS = ("interrupted",)
+STOPPING_REASONS = (StopReason.INTERRUPTED,)
 
 
 @dataclass

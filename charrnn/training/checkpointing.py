@@ -1,4 +1,4 @@
-"""Writing a run's checkpoints and metrics, and checking a resume fits the run.
+"""Writing a run's checkpoints and metrics (whether a resume fits the run is `resume.py`'s).
 
 Only the writer (rank 0) touches files. The weights go first and the state last,
 so a resume never starts from weights newer than its state; non-finite weights are
@@ -7,15 +7,13 @@ never saved over the last good checkpoint.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
-from charrnn.config import ModelConfig
 from charrnn.data.encoding import PreparedCorpus
 from charrnn.distributed import World
-from charrnn.errors import CharrnnError, RunDirError
+from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN
 from charrnn.store.checkpoint import FORMAT_NAME, FORMAT_VERSION, save_training_state, save_weights
 from charrnn.store.run_dir import RunDir
@@ -66,21 +64,3 @@ class Checkpointer:
             self.run_dir.prune_step_weights(self.keep)
         # The state goes last: a resume never starts from weights newer than its state.
         save_training_state(self.run_dir.state, state.to_dict(FORMAT_NAME, FORMAT_VERSION))
-
-
-def check_resume_compatible(
-    state: dict[str, Any], corpus_fingerprint: str, model_config: ModelConfig
-) -> None:
-    """Refuse, with one line naming the difference, to resume on another corpus or model shape."""
-    if state.get("corpus_fingerprint") != corpus_fingerprint:
-        raise RunDirError(
-            f"cannot resume: the corpus differs from the one this run was trained on "
-            f"({state.get('corpus_source')})"
-        )
-    saved = ModelConfig.from_dict(json.loads(state["model_config"]))
-    for name, value in model_config.to_dict().items():
-        if name != "vocab_size" and getattr(saved, name) != value:
-            raise RunDirError(
-                f"cannot resume: --{name.replace('_', '-')} is {value!r} but the run was "
-                f"trained with {getattr(saved, name)!r}"
-            )

@@ -3,9 +3,9 @@
 It reports through `on_event` (objects from `events.py`) and never prints. Window i
 of the data, the learning rate at step i and the carried hidden state all follow
 from the step and the run state, which is what makes resuming exact. The parts
-live next door: `run_state` (what is saved), `schedule` (learning rate, budget,
-when to evaluate), `checkpointer` (files), `reporting` (clock, speed),
-`evaluation` (validation loss), `windows` (the data windows).
+live next door: `store.run_state` (what is saved), `schedule` (learning rate, budget,
+when to evaluate), `checkpointing` (files), `resume` (what a resume may change),
+`clock` (clock, speed), `inspect.evaluation` (validation loss), `data.windows` (the data windows).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from charrnn.data.encoding import PreparedCorpus
 from charrnn.data.in_memory import token_counts
 from charrnn.data.windows import BatchStream, ShiftedPasses, fit_batch_size
 from charrnn.distributed import World, wrap_model
-from charrnn.errors import CharrnnError, CheckpointError, RunDirError
+from charrnn.errors import CharrnnError, CheckpointError
+from charrnn.events import StopReason
 from charrnn.hardware import autocast, configure_threads, resolve_device, resolve_precision
 from charrnn.inspect.evaluation import evaluate, evaluation_split
 from charrnn.loss import head_cross_entropy
@@ -36,6 +37,7 @@ from charrnn.store.run_state import (
     Counters,
     IntervalStats,
     RunState,
+    SavedState,
     generator_states,
     hidden_for_saving,
     hidden_from_saved,
@@ -43,6 +45,7 @@ from charrnn.store.run_state import (
 )
 from charrnn.training.checkpointing import Checkpointer, TrainingDiverged
 from charrnn.training.clock import SpeedMeter, TrainingClock, metrics_record, sample_preview, weights_info
+from charrnn.training.resume import check_streams
 from charrnn.training.schedule import LearningRateAnchor, Schedule
 
 MAX_BAD_STEPS_IN_A_ROW = 5
@@ -53,9 +56,9 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW over every weight of `model`, fused into one kernel where the device has one.
 
-    PyTorch's default on a CPU is its per-tensor Python loop: about 30 small operations a
-    step for the default model's 11 tensors, 2.5-2.8 ms of a 70 ms step at the default batch,
-    against 0.6-0.7 ms fused (README, "Performance"; `benchmarks/performance.py` times both).
+    PyTorch's default on a CPU is its per-tensor Python loop, a few small operations per weight
+    tensor every step; fused, they are one kernel, a measurable share of a small model's step
+    (the performance page has the figures; `benchmarks/performance.py` times both).
     """
     fused = {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
@@ -72,14 +75,15 @@ class Trainer:
         run_dir: RunDir,
         on_event: Callable[[object], None] = lambda event: None,
         should_stop: Callable[[], bool] = lambda: False,
-        resume_state: dict[str, Any] | None = None,
+        resume_state: SavedState | None = None,
         world: World = World(),
         initial_weights: dict[str, torch.Tensor] | None = None,
         parent: dict[str, Any] | None = None,
     ) -> None:
-        """`initial_weights` (a state dict) start a new run from a trained model (`--init-from`),
-        whose record `parent` (name, weights hash) the run keeps; a resume restores both itself."""
-        saved = RunState.from_dict(resume_state, run_dir.state) if resume_state is not None else None
+        """`resume_state` (from `read_saved_state`) continues a saved run; `initial_weights` (a state
+        dict) start a new run from a trained model (`--init-from`), whose record `parent` (name,
+        weights hash) the run keeps; a resume restores both itself."""
+        saved = resume_state.record if resume_state is not None else None
         # A resumed run keeps its windows (states older than the shift continue unshifted).
         config = replace(train_config, shift_passes=saved.shift_passes) if saved else train_config
         self.train_config = config = config.validate()
@@ -128,8 +132,8 @@ class Trainer:
         self.hidden: State | None = None
         self.clock = TrainingClock(world)
         self.schedule = Schedule(config)
-        if saved is not None:
-            self._restore(saved)
+        if resume_state is not None:
+            self._restore(resume_state)
             # Records after the saved step belong to work that was lost: it will be redone.
             self.checkpointer.forget_metrics_after(self.counters.step)
         self.learning_rate = self.schedule.learning_rate(self.counters.step, self.clock.elapsed())
@@ -187,9 +191,9 @@ class Trainer:
             if schedule.evaluation_due(counters.step, self.clock.elapsed()):
                 self._evaluate_and_save()
         if counters.last_eval_step != counters.step:
-            if reason in ("done", "time"):
+            if reason in (StopReason.DONE, StopReason.TIME):
                 self._evaluate_and_save()
-            elif reason == "interrupted":
+            elif reason is StopReason.INTERRUPTED:
                 self.checkpointer.save(self.model, self.run_state(), self._info({}), is_best=False)
         return events.TrainingFinished(
             step=counters.step,
@@ -200,11 +204,11 @@ class Trainer:
             run_dir=self.run_dir.path,
         )
 
-    def _stop_reason(self) -> str | None:
-        """Why training should stop before the next step ("done", "time", "interrupted", "early-stop"), or None."""
+    def _stop_reason(self) -> StopReason | None:
+        """Why training should stop before the next step, or None to go on."""
         counters, schedule = self.counters, self.schedule
         if schedule.steps_done(counters.step):
-            return "done"
+            return StopReason.DONE
         # Stop early enough that the final evaluation (with its preview and saves) and one
         # more step also fit in the budget.
         reserve = (
@@ -216,10 +220,10 @@ class Trainer:
             schedule.time_up(self.clock.local_elapsed(), reserve), self.should_stop()
         )
         if time_up or stop_requested:
-            return "time" if time_up else "interrupted"
+            return StopReason.TIME if time_up else StopReason.INTERRUPTED
         early_stop = self.train_config.early_stop
         if early_stop is not None and counters.evals_without_improvement >= early_stop:
-            return "early-stop"
+            return StopReason.EARLY_STOP
         return None
 
     def train_step(self) -> tuple[float, float]:
@@ -357,21 +361,16 @@ class Trainer:
             **generator_states(self.world, self.device),
         )
 
-    def _restore(self, saved: RunState) -> None:
+    def _restore(self, resume_state: SavedState) -> None:
         """Continue from a saved record: weights, optimiser, carried state, generators, counters, schedule."""
-        if saved.batch_size is not None and saved.batch_size != self.batch_size:
-            raise RunDirError(
-                f"cannot resume: the run trained {saved.batch_size} streams side by side, "
-                f"this one would train {self.batch_size} (keep --batch-size and --seq-len)"
-            )
+        saved = resume_state.record
+        check_streams(saved.batch_size, self.batch_size)
         try:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
             self.hidden = hidden_from_saved(saved.hidden, self.world, self.batch_size, self.device)
             restore_generators(saved, self.world, self.device)
-            anchor = LearningRateAnchor.saved(
-                saved.lr_anchor, TrainConfig.from_dict(json.loads(saved.train_config))
-            )
+            anchor = LearningRateAnchor.saved(saved.lr_anchor, resume_state.train_config)
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, CharrnnError) as error:
             raise CheckpointError(
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})"
