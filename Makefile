@@ -2,6 +2,7 @@
 #
 #   make demo    install, train 2 minutes on the bundled corpus, print a sample
 #   make test    install (with test tools) and run the test suite
+#   make lint    install the pinned lint tools (the `lint` extra) and run ruff check, ruff format --check, mypy
 #   make bench   install and print the performance figures of the README
 #   make samples train 5 minutes on the bundled corpus and write samples/ (see samples/README.md)
 #   make pretrained  train the bundled model again (charrnn/store/bundled/, see its README.md)
@@ -22,7 +23,7 @@ SAMPLES_RUN ?= runs/samples-model
 PRETRAINED_RUN ?= runs/pretrained-shakespeare
 PRETRAINED_STEPS ?= 2000
 
-.PHONY: install demo test bench samples pretrained clean
+.PHONY: install demo test lint bench samples pretrained clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# mypy reads the installed packages' types (torch, numpy, ...), so the project is installed first.
+$(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: install
@@ -41,6 +47,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Every checker runs even when one fails, so one pass shows every finding.
+lint: $(VENV)/.lint-installed
+	status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	exit $$status
 
 bench: install
 	$(BIN)/python benchmarks/performance.py

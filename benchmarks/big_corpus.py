@@ -20,6 +20,7 @@ It prints a Markdown table (stdout) and deletes the corpora afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -138,16 +139,14 @@ def child_train(corpus: str, cache: str, fraction: str, out: str) -> None:
 
     sampler = MemorySampler()
     started = time.perf_counter()
-    sys.stdout = open(os.devnull, "w")  # charrnn train writes nothing there, but be sure
-    try:
-        cli.main(
-            ["train", corpus, "--out", out, "--cache-dir", cache, "--val-fraction", fraction, *TRAIN_ARGS],
-            standalone_mode=False,
-        )
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise
-    sys.stdout = sys.__stdout__
+    arguments = ["train", corpus, "--out", out, "--cache-dir", cache, "--val-fraction", fraction, *TRAIN_ARGS]
+    # charrnn train writes nothing to stdout, but be sure: the parent reads this child's last line.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        try:
+            cli.main(arguments, standalone_mode=False)
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                raise
     print(json.dumps({"train_seconds": time.perf_counter() - started, **sampler.finish()}))
 
 
@@ -189,7 +188,8 @@ def main() -> None:
     import torch
 
     print(
-        f"`python benchmarks/big_corpus.py --sizes {args.sizes}` on {platform.processor() or platform.machine()}, "
+        f"`python benchmarks/big_corpus.py --sizes {args.sizes}` "
+        f"on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread; "
         f"training: {' '.join(TRAIN_ARGS)}, the last {VAL_MEGABYTES} MB held out\n"
     )

@@ -144,20 +144,19 @@ def main() -> None:
         )
 
     print(
-        f"\nvalidation bits/char by training time ({os.cpu_count()} CPUs, threads: {args.threads or 'default'}, "
-        f"budget {args.budget} each; "
-        "latest / best so far)"
+        f"\nvalidation bits/char by training time ({os.cpu_count()} CPUs, "
+        f"threads: {args.threads or 'default'}, budget {args.budget} each; latest / best so far)"
     )
     print(f"{'seconds':>8}  {'from scratch':>15}  {'fine-tuned':>15}  {'fine-tuned, lr 0.005':>20}")
     marks = sorted({round(r["elapsed"]) for r in scratch + tuned + full_rate})
     step = max(1, len(marks) // 10)
+
+    def at(records: list[dict], mark: int) -> str:
+        done = [r["val_bpc"] for r in records if r["elapsed"] <= mark + 0.5 and r["val_bpc"] is not None]
+        return f"{done[-1]:.3f} / {min(done):.3f}" if done else "-"
+
     for mark in marks[::step] + [marks[-1]]:
-
-        def at(records: list[dict]) -> str:
-            done = [r["val_bpc"] for r in records if r["elapsed"] <= mark + 0.5 and r["val_bpc"] is not None]
-            return f"{done[-1]:.3f} / {min(done):.3f}" if done else "-"
-
-        print(f"{mark:>8}  {at(scratch):>15}  {at(tuned):>15}  {at(full_rate):>20}")
+        print(f"{mark:>8}  {at(scratch, mark):>15}  {at(tuned, mark):>15}  {at(full_rate, mark):>20}")
     best_scratch = min(scratch, key=lambda r: r["val_bpc"])
     best_tuned = min(tuned, key=lambda r: r["val_bpc"])
     reached = first_time_at_or_below(tuned, best_scratch["val_bpc"])

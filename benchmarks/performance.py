@@ -167,7 +167,7 @@ def trainer_chars_per_second(
 def bare_against_loop(
     model_config: ModelConfig, train_config: TrainConfig, precision: str, rounds: int = ROUNDS
 ) -> tuple[float, float, list[float], float]:
-    """Median chars/s of the bare step and of the loop, timed in turn; each round's ratio; median eval seconds."""
+    """Median chars/s of the bare step and of the loop (timed in turn), each round's ratio, median eval s."""
     bare, loop, ratios, eval_seconds = [], [], [], []
     for _ in range(rounds):
         bare.append(bare_step_chars_per_second(model_config, train_config, precision))
@@ -267,7 +267,8 @@ def main() -> None:
     print(f"matrix multiply peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     flops = training_flops_per_token(model_config)
     print(
-        "\n| precision | bare step chars/s | charrnn train chars/s | ratio (range) | MFU (train) | eval seconds |"
+        "\n| precision | bare step chars/s | charrnn train chars/s | ratio (range) | MFU (train) "
+        "| eval seconds |"
     )
     print("|---|---|---|---|---|---|")
     for precision in ("fp32", "bf16"):

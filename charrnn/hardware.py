@@ -51,10 +51,8 @@ def configure_threads(threads: int | None, processes_on_this_machine: int = 1) -
     """
     count = threads or default_threads(processes_on_this_machine)
     torch.set_num_threads(count)
-    try:
+    with contextlib.suppress(RuntimeError):  # can only be set once per process, before any parallel work
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # can only be set once per process, before any parallel work
     return count
 
 

@@ -6,14 +6,12 @@ pair of tensors (LSTM), each of shape (num_layers, batch, hidden_size).
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
 from charrnn.config import ModelConfig
 
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 _RECURRENT_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 

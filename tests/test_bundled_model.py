@@ -7,7 +7,6 @@ import sys
 import zipfile
 
 import pytest
-import tomllib
 import torch
 from conftest import REPO, error_lines, run_cli
 from safetensors.torch import load_file, save_file
@@ -86,9 +85,6 @@ def test_an_existing_path_wins_over_a_bundled_name(in_tmp, trained_run):
 def test_the_wheel_carries_the_bundled_model(tmp_path):
     """A wheel built from the project holds the model (installing that wheel in a fresh venv and
     running `cd / && charrnn sample -n 200` was checked by hand: see the README)."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    package_data = project["tool"]["setuptools"]["package-data"]["charrnn.store.bundled"]
-    assert "*.safetensors" in package_data and "README.md" in package_data
     built = subprocess.run(
         [
             sys.executable,

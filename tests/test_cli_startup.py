@@ -12,7 +12,8 @@ import json, sys
 from click.testing import CliRunner
 from charrnn.cli import cli
 runner = CliRunner()
-codes = {name: runner.invoke(cli, [*name.split(), "--help"]).exit_code for name in ["", *sorted(cli.commands)]}
+names = ["", *sorted(cli.commands)]
+codes = {name: runner.invoke(cli, [*name.split(), "--help"]).exit_code for name in names}
 heavy = [name for name in ("torch", "numpy", "matplotlib", "sentencepiece") if name in sys.modules]
 print(json.dumps({"codes": codes, "heavy": heavy}))
 """

@@ -1,6 +1,7 @@
-"""Checkpoints written by earlier charrnn releases keep working (fixtures made by tests/fixtures/make_fixtures.py).
+"""Checkpoints written by earlier charrnn releases keep working.
 
-When the format changes, add fixtures of the new version beside these; never regenerate the old ones.
+The fixtures are made by tests/fixtures/make_fixtures.py. When the format changes, add fixtures
+of the new version beside these; never regenerate the old ones.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Colour a text by surprise or by one unit's activation: Rich text for the terminal, plain data for JSON/HTML.
+"""Colour a text by surprise or by one unit's activation: Rich text for a terminal, plain data for JSON/HTML.
 
 One colour scale serves the terminal and the HTML page (the page's script repeats these
 few lines): surprise runs from white (0 bits per character) to red (`SURPRISE_MAX_BITS`

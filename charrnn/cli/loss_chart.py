@@ -1,4 +1,4 @@
-"""Loss curves of one or several runs on one chart, from their `metrics.jsonl` (matplotlib, an optional extra).
+"""Loss curves of one or several runs on one chart, from their `metrics.jsonl` (matplotlib, optional extra).
 
 matplotlib is imported only when a chart is drawn, so charrnn works without it; a
 missing matplotlib is one `PlottingUnavailable` error that says how to install it.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
+from typing import cast
 
 from charrnn.cli.console import discard_further_output
 
@@ -16,10 +19,9 @@ def unescape(text: str) -> str:
 def write_stream(chunks) -> None:
     """Stream text to stdout, flushing at line ends and at least every 50 ms; a closed pipe ends quietly."""
     out = sys.stdout
-    try:
-        out.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?', not a crash
-    except (AttributeError, ValueError):
-        pass
+    # A terminal that cannot show a character gets '?', not a crash (a replaced stdout may lack reconfigure).
+    with contextlib.suppress(AttributeError, ValueError):
+        cast(io.TextIOWrapper, out).reconfigure(errors="replace")
     last_flush = time.monotonic()
     wrote_anything = ended_with_newline = False
     try:

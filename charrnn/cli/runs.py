@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from charrnn.cli.answer import closed_pipe_ends_quietly, human_duration, print_json, stdout_console
@@ -26,7 +28,7 @@ def runs_command(folder: str | None, as_json: bool) -> None:
     from charrnn.store.run_dir import DEFAULT_RUNS_ROOT
     from charrnn.store.run_summaries import list_runs
 
-    rows = list_runs(DEFAULT_RUNS_ROOT if folder is None else folder)
+    rows = list_runs(DEFAULT_RUNS_ROOT if folder is None else Path(folder))
     if as_json:
         print_json([row.to_dict() for row in rows])
         return

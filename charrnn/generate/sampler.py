@@ -14,6 +14,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -165,12 +166,14 @@ def _start_tokens(
 
 
 def _concatenate_states(states: list[State]) -> State:
+    # One model's states are all pairs (LSTM) or all tensors (GRU, RNN).
     if isinstance(states[0], tuple):
+        pairs = cast(list[tuple[torch.Tensor, torch.Tensor]], states)
         return (
-            torch.cat([state[0] for state in states], dim=1),  # type: ignore[index]
-            torch.cat([state[1] for state in states], dim=1),
-        )  # type: ignore[index]
-    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+            torch.cat([hidden for hidden, _ in pairs], dim=1),
+            torch.cat([cell for _, cell in pairs], dim=1),
+        )
+    return torch.cat(cast(list[torch.Tensor], states), dim=1)
 
 
 def _run_batch(
@@ -181,9 +184,10 @@ def _run_batch(
     banned: list[int],
     score: bool,
 ) -> Iterator[tuple[str, int, object]]:
-    """Write a batch of samples side by side; yield ("prime" | "text", position, str) and ("done", position, record).
+    """Write a batch of samples side by side.
 
-    Each distinct prime is run once at batch 1, so a sample's start does not depend on
+    Yields ("prime" | "text", position, str) as text is written and ("done", position, record)
+    when a sample ends. Each distinct prime is run once at batch 1, so a sample's start does not depend on
     the other samples of the batch.
     """
     warmed: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}

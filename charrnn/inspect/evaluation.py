@@ -68,7 +68,8 @@ def evaluate(
                 total_tokens += int((targets_t != IGNORE_TARGET).sum())
     finally:
         model.train(was_training)
-    total_nats, total_tokens = world.sum(total_nats, total_tokens)
+    total_nats, summed_tokens = world.sum(total_nats, total_tokens)
+    total_tokens = round(summed_tokens)  # a count, summed across ranks as a float
     return EvaluationResult(
         loss=total_nats / max(1, total_tokens),
         bits_per_char=total_nats / math.log(2) / max(1, num_chars),

@@ -9,6 +9,7 @@ and the next run removes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -111,14 +112,15 @@ def _test_pause() -> None:
 
 def remove_quietly(path: Path) -> None:
     """Delete a file if it can be deleted; a file already gone (or kept by the OS) is not an error."""
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass
 
 
 def fsync_directory(folder: Path) -> None:
-    """Make a rename in, or a new file's name in, `folder` durable (quietly skipped where a folder cannot be opened)."""
+    """Make a rename in, or a new file's name in, `folder` durable.
+
+    Quietly skipped where a folder cannot be opened.
+    """
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

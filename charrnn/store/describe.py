@@ -80,7 +80,8 @@ def describe_weights(path: Path) -> dict[str, Any]:
     """A JSON-safe summary of a weights file: model, tokeniser, training (from its metadata)."""
     path = Path(path)
     model_config, tokenizer, info = parse_metadata(read_header(path), path)
-    train_config = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
+    saved_train_config = info.get("train_config")
+    train_config = saved_train_config if isinstance(saved_train_config, dict) else {}
     saved_at = info.get("saved_at")
     if not isinstance(saved_at, str):
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 FOLDER = Path(__file__).resolve().parent
 DEFAULT_BUNDLED_MODEL = "shakespeare"
