@@ -14,7 +14,7 @@ from typing import Any, Union
 import torch
 
 from charrnn.config import SampleConfig
-from charrnn.data.text_input import TextSource, iter_lines, iter_text_chunks
+from charrnn.data.reader import TextSource, iter_lines, iter_text_chunks
 from charrnn.inspect.eval_text import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
 from charrnn.inspect.scoring import LineScore, LineScorer
 from charrnn.store.checkpoint import LoadedModel, load_weights
@@ -166,7 +166,6 @@ def train(
     cache_dir: PathLike | None = None,
     should_stop: Callable[[], bool] | threading.Event | None = None,
     on_event: Callable[[object], None] | None = None,
-    progress: bool = True,
     **options: Any,
 ) -> Model:
     """Train as `charrnn train` does and return the trained model (on the CPU).
@@ -176,8 +175,10 @@ def train(
     runs/<corpus name> (-2, -3, ... when taken), as for the command; `resume=True` continues it.
     It works from any thread (a notebook, a web app, a task queue): it installs no signal handler.
 
-    Progress goes to stderr unless `progress=False`; `on_event` also hears every training event
-    (`charrnn.events`: TrainingStarted, StepDone, EvaluationDone, Notice).
+    Like the rest of the library it prints nothing: `on_event` hears how training goes, every
+    event of `charrnn.events` (CorpusProgress while the corpus is read and encoded, a Notice for
+    a note such as characters a fine-tuning corpus adds, TrainingStarted, StepDone,
+    EvaluationDone, TrainingFinished). `charrnn train` draws its progress from the same events.
 
     Stopping:
     - `should_stop` (a callable, or a `threading.Event` that another thread sets) is asked before
@@ -192,6 +193,7 @@ def train(
     """
     from charrnn.config import ModelConfig, TrainConfig
     from charrnn.errors import UsageProblem
+    from charrnn.events import Notice
     from charrnn.training.session import SessionCallbacks, TrainingRequest, TrainingSession
 
     model_fields = {name for name in ModelConfig().to_dict() if name != "vocab_size"}
@@ -216,38 +218,15 @@ def train(
     callbacks = SessionCallbacks()
     if should_stop is not None:
         callbacks.should_stop = should_stop
-    displays: list[Any] = []
-    if progress:
-        # The command line's displays, on stderr: the one place the API shows anything, and only
-        # because it was asked to (progress=True).
-        from charrnn.cli.console import (
-            CorpusProgressDisplay,
-            TrainingDisplay,
-            finished_message,
-            stderr_console,
-        )
-
-        console = stderr_console()
-        displays = [CorpusProgressDisplay(console), TrainingDisplay(console)]
-        callbacks.on_corpus_progress = displays[0]
-        callbacks.on_note = lambda message: console.print(f"note: {message}", markup=False, highlight=False)
-
-    def report(event: object) -> None:
-        if displays:
-            displays[0].close()  # the passes over the corpus are over once training reports
-            displays[1](event)
-        if on_event is not None:
-            on_event(event)
-
-    callbacks.on_event = report
-    try:
-        with TrainingSession(request, callbacks) as session:
-            outcome = session.train()
-    finally:
-        for display in displays:
-            display.close()
-    if progress:
-        console.print(finished_message(outcome.finished), markup=False, highlight=False)
+    if on_event is not None:
+        listener = on_event
+        callbacks.on_event = listener
+        callbacks.on_corpus_progress = listener
+        callbacks.on_note = lambda message: listener(Notice(message))
+    with TrainingSession(request, callbacks) as session:
+        outcome = session.train()
+    if on_event is not None:
+        on_event(outcome.finished)
     model = load(outcome.run_dir, device="cpu")
     model.outcome = outcome
     return model

@@ -14,7 +14,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.in_memory import Corpus, prepare_corpus
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
-from charrnn.store.run_state import read_saved_state
+from charrnn.store.checkpoint import read_saved_state
 from charrnn.training.loop import Trainer
 
 # Two layers and dropout, so the torch RNG matters between steps (dropout masks).

@@ -10,7 +10,7 @@ from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 from charrnn.config import ModelConfig
 from charrnn.distributed import DistributedError, World
 from charrnn.errors import RunDirError
-from charrnn.store.run_state import read_saved_state
+from charrnn.store.checkpoint import read_saved_state
 from charrnn.training.resume import FIXED_ON_RESUME, resumed_configs
 
 # The model shape: every ModelConfig field the command line sets (vocab_size comes from the tokeniser).

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.cli.signals import StopRequest
-from charrnn.store.atomic import TEST_PAUSE_ENV
+from charrnn.atomic import TEST_PAUSE_ENV
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
 

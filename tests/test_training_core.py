@@ -21,7 +21,8 @@ from charrnn.distributed import World
 from charrnn.errors import CheckpointError
 from charrnn.store.checkpoint import load_training_state
 from charrnn.store.run_dir import RunDir
-from charrnn.store.run_state import Counters, RunState, read_saved_state, required_fields
+from charrnn.store.checkpoint import read_saved_state
+from charrnn.store.run_state import Counters, RunState, required_fields
 from charrnn.training.loop import Trainer
 from charrnn.training.schedule import Schedule
 

@@ -178,7 +178,7 @@ def explain(
 
     if html_path:
         from charrnn.cli.explain_html import render_page
-        from charrnn.store.atomic import atomic_write_bytes
+        from charrnn.atomic import atomic_write_bytes
 
         data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
         page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")

@@ -43,7 +43,7 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     """
     from charrnn.cli.console import stderr_console
     from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
-    from charrnn.store.atomic import atomic_write_bytes
+    from charrnn.atomic import atomic_write_bytes
 
     require_matplotlib()
     image = image_format(Path(output))

@@ -52,7 +52,7 @@ from charrnn.data.encoding import PreparedCorpus, encode_corpus, prepare_tokens
 from charrnn.data.tokenizers import Tokenizer, token_dtype
 from charrnn.errors import CharrnnError, CorpusError
 from charrnn.events import CorpusProgress
-from charrnn.store.atomic import (
+from charrnn.atomic import (
     TEMP_MARKER,
     DiskFullError,
     atomic_write_bytes,

@@ -25,8 +25,8 @@ from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer, tokenizer_from_dict
 from charrnn.errors import CharrnnError, CheckpointError
 from charrnn.model import CharRNN
-from charrnn.store.atomic import atomic_write, atomic_write_bytes
-from charrnn.store.run_state import required_fields
+from charrnn.atomic import atomic_write, atomic_write_bytes
+from charrnn.store.run_state import SavedState, parse_saved_state, required_fields
 
 FORMAT_NAME = "charrnn"
 FORMAT_VERSION = 1
@@ -219,3 +219,8 @@ def load_training_state(path: Path) -> dict[str, Any]:
         if not isinstance(state.get(name), types) or isinstance(state.get(name), bool):
             raise CheckpointError(f"{path} is corrupted (field {name!r} is missing or has the wrong type)")
     return state
+
+
+def read_saved_state(path: Path) -> SavedState:
+    """Load a run's state.pt (`torch.load(weights_only=True)`, fields checked) and parse it once."""
+    return parse_saved_state(load_training_state(path), Path(path))

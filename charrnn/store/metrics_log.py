@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.errors import RunDirError
-from charrnn.store.atomic import DiskFullError, atomic_write_bytes, fsync_directory, write_all
+from charrnn.atomic import DiskFullError, atomic_write_bytes, fsync_directory, write_all
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 from charrnn.errors import CheckpointError, RunDirError
 from charrnn.events import StopReason
-from charrnn.store.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
+from charrnn.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from charrnn.store.metrics_log import (
     MetricsReading,
     append_metrics_record,

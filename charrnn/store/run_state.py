@@ -4,7 +4,7 @@
 numbers, strings, lists and dicts only, so `torch.load(weights_only=True)` reads it);
 `from_dict` reads one back, filling fields that older files lack with the value that
 reproduces how those runs trained. The checkpoint's field check (`required_fields`)
-is derived from the same dataclass, so nothing is listed twice. `read_saved_state` /
+is derived from the same dataclass, so nothing is listed twice. `checkpoint.read_saved_state` /
 `parse_saved_state` are the one place a loaded state is read: they give a `SavedState`
 whose configs and tokeniser are parsed objects, not the JSON strings the file holds.
 """
@@ -176,13 +176,6 @@ def parse_saved_state(state: dict[str, Any], path: Path) -> SavedState:
     except (ValueError, TypeError, CharrnnError) as error:
         raise CheckpointError(f"{path} is corrupted (bad settings: {error})") from None
     return SavedState(Path(path), record, model_config, train_config, tokenizer)
-
-
-def read_saved_state(path: Path) -> SavedState:
-    """Load a run's state.pt (`torch.load(weights_only=True)`, fields checked) and parse it."""
-    from charrnn.store.checkpoint import load_training_state  # checkpoint imports this module
-
-    return parse_saved_state(load_training_state(path), Path(path))
 
 
 _KINDS: dict[str, tuple[type, ...]] = {

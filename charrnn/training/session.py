@@ -261,7 +261,7 @@ class TrainingSession:
 
     def _plan_resume(self, source: CorpusScan | None):
         """Read the saved state, have `resumed_configs` accept the options; return what training needs."""
-        from charrnn.store.run_state import read_saved_state
+        from charrnn.store.checkpoint import read_saved_state
         from charrnn.training.resume import resumed_configs
 
         request, run_dir = self.request, self.run_dir
