@@ -76,9 +76,13 @@ class Trainer:
         world: World = World(),
         initial_weights: dict[str, torch.Tensor] | None = None,
         parent: dict[str, Any] | None = None,
+        time_source: Callable[[], float] | None = None,
     ) -> None:
         """`initial_weights` (a state dict) start a new run from a trained model (`--init-from`),
-        whose record `parent` (name, weights hash) the run keeps; a resume restores both itself."""
+        whose record `parent` (name, weights hash) the run keeps; a resume restores both itself.
+        `time_source` (seconds, like `time.perf_counter`, the default) is the clock every budget,
+        evaluation-spacing and step-time decision reads: tests give a fake one to make them exact."""
+        self.time_source = time_source or time.perf_counter
         saved = RunState.from_dict(resume_state, run_dir.state) if resume_state is not None else None
         # A resumed run keeps its windows (states older than the shift continue unshifted).
         config = replace(train_config, shift_passes=saved.shift_passes) if saved else train_config
@@ -126,7 +130,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, corpus, world, config.keep)
         self.counters = Counters()
         self.hidden: State | None = None
-        self.clock = TrainingClock(world)
+        self.clock = TrainingClock(world, time_source=self.time_source)
         self.schedule = Schedule(config)
         if saved is not None:
             self._restore(saved)
@@ -169,9 +173,9 @@ class Trainer:
         )
         self.model.train()
         while (reason := self._stop_reason()) is None:
-            started = time.perf_counter()
+            started = self.time_source()
             loss, grad_norm = self.train_step()
-            counters.step_seconds = time.perf_counter() - started
+            counters.step_seconds = self.time_source() - started
             self.speed.record(counters.step_seconds)
             self.on_event(
                 events.StepDone(
@@ -377,5 +381,5 @@ class Trainer:
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})"
             ) from None
         self.counters = saved.counters
-        self.clock = TrainingClock(self.world, saved.elapsed)
+        self.clock = TrainingClock(self.world, saved.elapsed, self.time_source)
         self.schedule = Schedule.resumed(self.train_config, anchor, saved.counters.step, saved.elapsed)
