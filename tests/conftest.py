@@ -44,6 +44,24 @@ TINY_MODEL_OPTIONS = [
 ]
 
 
+class FakeClock:
+    """A time source (`Trainer(time_source=...)`) whose time moves only when a test moves it.
+
+    A test advances it per training step and per evaluation, so a time budget is spent in
+    exact, made-up seconds however loaded the machine is.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0  # not 0: code must use differences of readings, never a reading itself
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        self.now += seconds
+
+
 def run_cli(*args: str, input: str | None = None):
     """Run `charrnn ARGS` in-process; the result has .exit_code, .stdout and .stderr apart."""
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import PATTERN, run_cli
+from conftest import PATTERN, FakeClock, run_cli
 
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.data.in_memory import Corpus, prepare_corpus
@@ -16,6 +17,9 @@ from charrnn.model import CharRNN
 from charrnn.store.checkpoint import load_weights, save_weights
 from charrnn.store.run_dir import RunDir
 from charrnn.training.loop import Trainer
+
+# Made-up durations (binary fractions, so the sums are exact) for the fake-clock test.
+BUDGET_SECONDS, STEP_SECONDS, EVALUATION_SECONDS = 4.0, 0.0625, 0.5
 
 
 def test_model_learns_repeated_pattern_and_greedy_sampling_reproduces_it(trained_run):
@@ -53,8 +57,8 @@ def test_hidden_state_is_carried_between_windows_and_detached(tmp_path):
         trainer.train_step()
     assert trainer.step == 3
     assert all(torch.count_nonzero(part) == 0 for part in seen_states[0])  # first window: zero state
-    for before, after in zip(seen_states[1:], outputs[:-1]):
-        for entering, left in zip(before, after):
+    for before, after in zip(seen_states[1:], outputs[:-1], strict=True):
+        for entering, left in zip(before, after, strict=True):
             assert torch.equal(entering, left)  # the state a window leaves is the next one's start
             assert torch.count_nonzero(entering) > 0
 
@@ -92,7 +96,7 @@ def test_training_output_never_reaches_stdout(in_tmp, pattern_corpus):
     assert "val loss" in result.stderr and "bits/char" in result.stderr
     assert (in_tmp / "runs" / "pattern" / "best.safetensors").is_file()
     metrics = (in_tmp / "runs" / "pattern" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 2
+    assert [json.loads(line)["step"] for line in metrics] == [5, 10]
 
 
 def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tmp_path):
@@ -117,14 +121,13 @@ def test_output_bias_starts_at_the_unigram_prior_so_unused_bytes_cost_nothing(tm
 
 
 def test_timed_evaluations_are_spaced_to_take_a_small_share_of_the_budget(tmp_path, monkeypatch):
-    import time
-
     import charrnn.training.loop
 
+    clock = FakeClock()
     real_evaluate = charrnn.training.loop.evaluate
 
     def slow_evaluate(*args, **kwargs):  # as if the validation split were large
-        time.sleep(0.4)
+        clock.advance(EVALUATION_SECONDS)
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(charrnn.training.loop, "evaluate", slow_evaluate)
@@ -132,15 +135,24 @@ def test_timed_evaluations_are_spaced_to_take_a_small_share_of_the_budget(tmp_pa
     trainer = Trainer(
         corpus,
         ModelConfig(hidden_size=16, embedding_size=8, num_layers=1),
-        TrainConfig(seq_len=16, batch_size=4, max_time=4.0, threads=1, precision="fp32"),
+        TrainConfig(seq_len=16, batch_size=4, max_time=BUDGET_SECONDS, threads=1, precision="fp32"),
         RunDir(tmp_path),
+        time_source=clock,
     )
-    trainer.run()
-    records = trainer.run_dir.read_metrics()
-    # 8 evaluations of 0.4 s would be 80% of the 4 s: after the first, they come >= 4 s apart.
-    # But there are evaluations: one within the budget (at 1/8 of it) and the final one.
-    assert 2 <= len(records) <= 3, records
-    assert records[0]["step"] < trainer.step and records[-1]["step"] == trainer.step > 0
+    real_train_step = trainer.train_step
+
+    def timed_train_step():
+        clock.advance(STEP_SECONDS)
+        return real_train_step()
+
+    trainer.train_step = timed_train_step
+    finished = trainer.run()
+    # 8 evaluations of 0.5 s would be the whole 4 s budget. The first comes at 1/8 of the budget
+    # (step 8, 0.5 s); after it, the next may not come before 0.5 + 0.5 / 10% = 5.5 s, past the
+    # budget. Training stops once the final evaluation (1.2 x 0.5 s) and one more step no longer
+    # fit: at step 46 (46 x 0.0625 + 0.5 = 3.375 s), and the final evaluation ends at 3.875 s.
+    assert [record["step"] for record in trainer.run_dir.read_metrics()] == [8, 46]
+    assert (finished.reason, finished.step, finished.elapsed) == ("time", 46, 3.875)
 
 
 def test_bits_per_char_of_a_trained_model_matches_a_direct_computation(trained_run):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
+import struct
 import sys
+from dataclasses import dataclass
+from xml.etree import ElementTree
 
 import pytest
 from conftest import error_lines, run_cli
@@ -26,19 +30,98 @@ def test_plot_writes_a_png_and_names_it_on_stdout(trained_run, tmp_path):
     result = run_cli("plot", str(trained_run), "-o", str(output))
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"{output}\n"
-    assert output.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert "1 run, 3 evaluations" in result.stderr
+    png = output.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR"
+    assert struct.unpack(">II", png[16:24]) == (800, 650)  # 8 x 6.5 inches at 100 dots an inch
+    assert result.stderr == f"wrote {output}: 1 run, 3 evaluations\n"
 
 
-@pytest.mark.parametrize("x_axis", ["steps", "time", "chars"])
-def test_several_runs_on_one_svg(trained_run, tmp_path, x_axis):
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@dataclass
+class SvgAxes:
+    """What one panel of a matplotlib SVG holds."""
+
+    curves: list[list[tuple[float, float]]]  # the data lines drawn in the panel, as pixel points in order
+    texts: list[str]  # every text of the panel: ticks, axis labels, title, legend
+    legend: list[str]
+
+
+def read_svg_axes(path) -> list[SvgAxes]:
+    """The panels of a chart matplotlib saved as SVG, top to bottom.
+
+    matplotlib draws text as glyph outlines and writes the text itself in a comment before
+    them; data lines are the panel's own `line2d` groups whose path is clipped to the panel
+    (tick marks and the legend's sample lines are neither).
+    """
+    root = ElementTree.parse(
+        path, ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True))
+    ).getroot()
+
+    def comments(element):
+        return [node.text.strip() for node in element.iter() if node.tag is ElementTree.Comment]
+
+    panels = []
+    for axes in root.iter(f"{SVG}g"):
+        if not axes.get("id", "").startswith("axes_"):
+            continue
+        curves, legend = [], []
+        for child in axes.findall(f"{SVG}g"):
+            if child.get("id", "").startswith("line2d_"):
+                path_element = child.find(f"{SVG}path")
+                if path_element is not None and path_element.get("clip-path"):
+                    points = re.findall(r"[ML] (\S+) (\S+)", path_element.get("d"))
+                    curves.append([(float(x), float(y)) for x, y in points])
+            elif child.get("id", "").startswith("legend_"):
+                legend = comments(child)
+        panels.append(SvgAxes(curves, comments(axes), legend))
+    return panels
+
+
+def assert_drawn_to_scale(pixels: list[float], values: list[float], upwards: bool) -> None:
+    """`pixels` are `values` on a linear axis: pixel = a * value + b, with a > 0 (a < 0 upwards, as SVG's y
+    grows downwards)."""
+    assert len(pixels) == len(values) >= 3
+    scale = (pixels[-1] - pixels[0]) / (values[-1] - values[0])
+    assert (scale < 0) if upwards else (scale > 0)
+    for pixel, value in zip(pixels, values, strict=True):
+        assert pixel == pytest.approx(pixels[0] + scale * (value - values[0]), abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "x_axis, key, x_label",
+    [
+        ("steps", "step", "training step"),
+        ("time", "elapsed", "training time (seconds)"),
+        ("chars", "chars_seen", "characters of corpus seen"),
+    ],
+)
+def test_several_runs_on_one_svg(trained_run, tmp_path, x_axis, key, x_label):
     other = copy_run(trained_run, tmp_path, "other")
     output = tmp_path / "compare.svg"
     result = run_cli("plot", str(trained_run), str(other / "metrics.jsonl"), "-o", str(output), "--x", x_axis)
     assert result.exit_code == 0, result.stderr
-    svg = output.read_text(encoding="utf-8")
-    assert "<svg" in svg
-    assert "2 runs, 6 evaluations" in result.stderr
+    assert result.stderr == f"wrote {output}: 2 runs, 6 evaluations\n"
+    records = read_run(str(trained_run)).records
+    assert len(records) == 3
+    best = min(record["val_bpc"] for record in records)
+    bpc_panel, loss_panel = read_svg_axes(output)
+    # Top: per run, the validation bits/char curve and a star on its best point; names in the legend.
+    assert bpc_panel.legend == [f"run (best {best:.3f})", f"other (best {best:.3f})"]
+    assert {"charrnn: run, other", "validation bits/char"} <= set(bpc_panel.texts)
+    assert [len(curve) for curve in bpc_panel.curves] == [3, 1, 3, 1]
+    xs, bpcs = [record[key] for record in records], [record["val_bpc"] for record in records]
+    for curve, star in (bpc_panel.curves[0:2], bpc_panel.curves[2:4]):
+        assert_drawn_to_scale([x for x, _ in curve], xs, upwards=False)
+        assert_drawn_to_scale([y for _, y in curve], bpcs, upwards=True)
+        assert star == [curve[bpcs.index(best)]]
+    # Bottom: per run, train loss then validation loss; the x axis is named for what it counts.
+    assert {x_label, "loss (nats/token)", "train solid, validation dashed"} <= set(loss_panel.texts)
+    assert [len(curve) for curve in loss_panel.curves] == [3, 3, 3, 3]
+    for curve, field in zip(loss_panel.curves, ["train_loss", "val_loss"] * 2, strict=True):
+        assert_drawn_to_scale([x for x, _ in curve], xs, upwards=False)
+        assert_drawn_to_scale([y for _, y in curve], [record[field] for record in records], upwards=True)
 
 
 def test_damaged_line_is_skipped_with_a_note(trained_run, tmp_path):
@@ -51,7 +134,10 @@ def test_damaged_line_is_skipped_with_a_note(trained_run, tmp_path):
     assert read_run(str(run)).damaged_lines == [2, 5]
     result = run_cli("plot", str(run), "-o", str(tmp_path / "p.png"))
     assert result.exit_code == 0, result.stderr
-    assert "skipped 2 damaged lines (line 2, 5)" in result.stderr
+    assert result.stderr == (
+        f"note: {run / 'metrics.jsonl'}: skipped 2 damaged lines (line 2, 5)\n"
+        f"wrote {tmp_path / 'p.png'}: 1 run, 3 evaluations\n"
+    )
 
 
 def test_plot_reads_metrics_as_the_metrics_log_does(tmp_path):
@@ -79,23 +165,35 @@ def test_run_without_metrics(trained_run, tmp_path):
     assert not (tmp_path / "p.png").exists()
     mixed = run_cli("plot", str(empty), str(trained_run), "-o", str(tmp_path / "p.png"))
     assert mixed.exit_code == 0, mixed.stderr
-    assert "has no evaluations yet; left out of the chart" in mixed.stderr
+    assert mixed.stderr == (
+        f"note: {empty} has no evaluations yet; left out of the chart\n"
+        f"wrote {tmp_path / 'p.png'}: 1 run, 3 evaluations\n"
+    )
 
 
 @pytest.mark.parametrize(
-    "arguments, code, message",
+    "arguments, line",
     [
-        (("{run}", "-o", "curves.jpeg"), 2, "name it .png, .svg or .pdf"),
-        (("nowhere", "-o", "p.png"), 2, "run not found: nowhere"),
-        (("{run}", "--x", "tokens"), 2, "Invalid value for '--x'"),
-        ((), 2, "Missing argument"),
+        (
+            ("{run}", "-o", "curves.jpeg"),
+            "Error: cannot tell the image format of curves.jpeg: name it .png, .svg or .pdf",
+        ),
+        (
+            ("nowhere", "-o", "p.png"),
+            "Error: run not found: nowhere (give a run directory or its metrics.jsonl)",
+        ),
+        # click's own words follow these beginnings
+        (("{run}", "--x", "tokens"), "Error: Invalid value for '--x': "),
+        ((), "Error: Missing argument "),
     ],
 )
-def test_bad_input_is_one_line(trained_run, in_tmp, arguments, code, message):
+def test_bad_input_is_one_line(trained_run, in_tmp, arguments, line):
     result = run_cli("plot", *(argument.format(run=trained_run) for argument in arguments))
-    assert result.exit_code == code
+    assert result.exit_code == 2
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(line) if line.endswith(" ") else lines[0] == line
+    assert not list(in_tmp.iterdir())  # no image written
 
 
 def test_without_matplotlib_says_how_to_install_it(trained_run, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 from charrnn import __version__
@@ -26,21 +27,28 @@ PREVIEW_CHARS = 200
 
 
 class TrainingClock:
-    """Seconds of training, those of earlier sessions of a resumed run included."""
+    """Seconds of training, those of earlier sessions of a resumed run included.
 
-    def __init__(self, world: World, elapsed_before: float = 0.0) -> None:
+    `time_source` returns seconds on a clock that never goes back (`time.perf_counter` by
+    default); tests pass a fake one so that budget decisions do not depend on the machine's load.
+    """
+
+    def __init__(
+        self, world: World, elapsed_before: float = 0.0, time_source: Callable[[], float] | None = None
+    ) -> None:
         self.world = world
         self.elapsed_before = elapsed_before
-        self._started = time.monotonic()
+        self.time_source = time_source or time.perf_counter
+        self._started = self.time_source()
         self._agreed: float | None = None
 
     def start(self) -> None:
         """Start counting this session's seconds now."""
-        self._started = time.monotonic()
+        self._started = self.time_source()
 
     def local_elapsed(self) -> float:
         """This process's own reading."""
-        return self.elapsed_before + (time.monotonic() - self._started)
+        return self.elapsed_before + (self.time_source() - self._started)
 
     def elapsed(self) -> float:
         """The reading every rank uses: the last agreed one in a distributed run, else the local one."""

@@ -79,10 +79,14 @@ class Trainer:
         world: World = World(),
         initial_weights: dict[str, torch.Tensor] | None = None,
         parent: dict[str, Any] | None = None,
+        time_source: Callable[[], float] | None = None,
     ) -> None:
         """`resume_state` (from `read_saved_state`) continues a saved run; `initial_weights` (a state
         dict) start a new run from a trained model (`--init-from`), whose record `parent` (name,
-        weights hash) the run keeps; a resume restores both itself."""
+        weights hash) the run keeps; a resume restores both itself.
+        `time_source` (seconds, like `time.perf_counter`, the default) is the clock every budget,
+        evaluation-spacing and step-time decision reads: tests give a fake one to make them exact."""
+        self.time_source = time_source or time.perf_counter
         saved = resume_state.record if resume_state is not None else None
         # A resumed run keeps its windows (states older than the shift continue unshifted).
         config = replace(train_config, shift_passes=saved.shift_passes) if saved else train_config
@@ -130,7 +134,7 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir, corpus, world, config.keep)
         self.counters = Counters()
         self.hidden: State | None = None
-        self.clock = TrainingClock(world)
+        self.clock = TrainingClock(world, time_source=self.time_source)
         self.schedule = Schedule(config)
         if resume_state is not None:
             self._restore(resume_state)
@@ -173,9 +177,9 @@ class Trainer:
         )
         self.model.train()
         while (reason := self._stop_reason()) is None:
-            started = time.perf_counter()
+            started = self.time_source()
             loss, grad_norm = self.train_step()
-            counters.step_seconds = time.perf_counter() - started
+            counters.step_seconds = self.time_source() - started
             self.speed.record(counters.step_seconds)
             self.on_event(
                 events.StepDone(
@@ -376,5 +380,5 @@ class Trainer:
                 f"{self.run_dir.state} is corrupted ({str(error).splitlines()[0][:200]})"
             ) from None
         self.counters = saved.counters
-        self.clock = TrainingClock(self.world, saved.elapsed)
+        self.clock = TrainingClock(self.world, saved.elapsed, self.time_source)
         self.schedule = Schedule.resumed(self.train_config, anchor, saved.counters.step, saved.elapsed)
