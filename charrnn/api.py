@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,11 @@ from charrnn.inspect.scoring import LineScore, LineScorer
 from charrnn.store.checkpoint import LoadedModel, load_weights
 from charrnn.store.run_dir import resolve_weights
 
-PathLike = Union[str, os.PathLike]
+if TYPE_CHECKING:
+    from charrnn.model import CharRNN
+    from charrnn.training.session import TrainingOutcome
+
+PathLike = str | os.PathLike[str]
 
 
 class Model:
@@ -29,10 +33,10 @@ class Model:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         self._loaded = loaded
         self.device = device
-        self._cpu_copy: torch.nn.Module | None = None
+        self._cpu_copy: CharRNN | None = None
         # How the training that made it ended, for a model `charrnn.train()` returns (else None):
         # a `TrainingOutcome` (`reason`, `step`, `stopped`, `run_dir`).
-        self.outcome = None
+        self.outcome: TrainingOutcome | None = None
 
     @property
     def path(self) -> Path:
@@ -40,7 +44,7 @@ class Model:
         return self._loaded.path
 
     @property
-    def module(self) -> torch.nn.Module:
+    def module(self) -> CharRNN:
         """The underlying `torch.nn.Module` (a `CharRNN`)."""
         return self._loaded.model
 
@@ -79,7 +83,7 @@ class Model:
         """The whole text `generate(**options)` writes, as one string."""
         return "".join(self.generate(**options))
 
-    def _sampling_model(self) -> torch.nn.Module:
+    def _sampling_model(self) -> CharRNN:
         # The per-step sampler works on CPU tensors; a model on another device samples from a copy.
         if self.device.type == "cpu":
             return self.module
@@ -106,12 +110,15 @@ class Model:
         self, text: str | Iterable[str], skip_unknown: bool = False, carry_state: bool = False
     ) -> list[LineScore]:
         """Scores of every line of `text` (a string, split at newlines, or an iterable of lines)."""
-        lines = text.split("\n") if isinstance(text, str) else text
-        if isinstance(text, str) and text.endswith("\n"):
-            lines = lines[:-1]
+        lines: Iterable[str]
+        if isinstance(text, str):
+            split = text.split("\n")
+            lines = split[:-1] if text.endswith("\n") else split
+        else:
+            lines = text
         return list(self.score_lines(lines, skip_unknown, carry_state))
 
-    def evaluate(self, text_or_path: str | os.PathLike, skip_unknown: bool = False) -> TextEvaluation:
+    def evaluate(self, text_or_path: PathLike, skip_unknown: bool = False) -> TextEvaluation:
         """Bits per character and loss per token on a text: a `str` is the text itself, a
         `pathlib.Path` a file (read in bounded memory, any size)."""
         if isinstance(text_or_path, os.PathLike):

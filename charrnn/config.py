@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from charrnn.errors import ConfigError
 
@@ -77,12 +77,17 @@ def parse_duration(text: str) -> float:
 class _JsonDataclass:
     """to_dict / from_dict for the config dataclasses (unknown keys are refused)."""
 
+    if TYPE_CHECKING:
+        # Every subclass is a dataclass; declaring the field table the decorator adds lets the
+        # type checker see that (it is what `dataclasses.asdict` and `fields` look for).
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")

@@ -122,10 +122,8 @@ class World:
                 f"lost contact with another training process: {_first_line(error)}"
             ) from None
         finally:
-            try:
+            with contextlib.suppress(Exception):  # tearing down after a failure must not hide the failure
                 dist.destroy_process_group()
-            except Exception:  # tearing down after a failure must not hide the failure
-                pass
 
     # -- collectives ---------------------------------------------------------------------
 
@@ -248,10 +246,8 @@ def end_worker_process(code: object) -> None:
         print(code, file=sys.stderr)
         status = 1
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not stop the exit
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not stop the exit
-            pass
     os._exit(status)
 
 

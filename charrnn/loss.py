@@ -108,7 +108,7 @@ def _chunked_loss(
     grads = (
         grad_hidden,
         grad_weight.to(weight.dtype),
-        None if grad_bias is None else grad_bias.to(bias.dtype),
+        None if bias is None or grad_bias is None else grad_bias.to(bias.dtype),
     )
     return total, grads
 
@@ -155,7 +155,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """The summed loss; its gradients are computed in the forward pass, chunk by chunk, scaled in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_tokens):
         total, grads = _chunked_loss(hidden, weight, bias, targets, ignore_index, chunk_tokens)
         # Kept on ctx, not saved for backward, so backward can scale them in place (the weight's
         # gradient is as big as the output layer) and let go of them: one backward pass only.
@@ -163,7 +163,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_total):  # type: ignore[override]
+    def backward(ctx, grad_total):
         if ctx.grads is None:
             raise RuntimeError("head_cross_entropy supports one backward pass per forward")
         scaled = tuple(None if grad is None else grad.mul_(grad_total.to(grad.dtype)) for grad in ctx.grads)

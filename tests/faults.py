@@ -72,7 +72,8 @@ def deny_opening(monkeypatch, path: Path, error_number: int = errno.EACCES) -> N
 
 
 def refuse_locks_under(monkeypatch, folder: Path, error_number: int = errno.ENOLCK) -> None:
-    """`fcntl.flock` on a file under `folder` fails with `error_number` (ENOLCK: no locks on this file system)."""
+    """`fcntl.flock` on a file under `folder` fails with `error_number`
+    (ENOLCK: no locks on this file system)."""
     real_flock = fcntl.flock
 
     def guarded_flock(fd, operation):

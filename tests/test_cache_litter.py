@@ -1,4 +1,5 @@
-"""Litter left by killed processes (temp token files, stdin spools): the next run removes it, a live one's stays."""
+"""Litter left by killed processes (temp token files, stdin spools): the next run removes it,
+a live one's stays."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def test_evaluation_windows_predict_every_token_exactly_once(length, streams, wi
     tokens = np.arange(length) % 50
     windows = EvaluationWindows(tokens, streams, window, warmup=warmup)
     predicted = []
-    for index, (inputs, targets) in enumerate(windows):
+    for index, (_inputs, targets) in enumerate(windows):
         if index == 0 and windows.first_is_warmup:
             assert (targets == IGNORE_TARGET).all()
             continue

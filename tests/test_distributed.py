@@ -90,13 +90,14 @@ def _worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
 
 
 def _start_and_kill_rank_1(tmp_path: Path, run: Path, corpus: Path, max_restarts: int):
-    """Start a 2-process run, SIGKILL rank 1 right after the first checkpoint; return (launcher, kill time)."""
+    """Start a 2-process run, SIGKILL rank 1 right after the first checkpoint;
+    return (launcher, kill time)."""
     command = _torchrun_command(
         "train", str(corpus), "--out", str(run), *RUN_OPTIONS, *PER_PROCESS_OPTIONS, max_restarts=max_restarts
     )
-    launcher = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=open(tmp_path / "launcher.err", "wb")
-    )
+    # The launcher has its own copy of the descriptor: ours can close once it has started.
+    with open(tmp_path / "launcher.err", "wb") as launcher_err:
+        launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=launcher_err)
     deadline = time.monotonic() + 60
     while not (run / "state.pt").exists():
         assert launcher.poll() is None, (tmp_path / "launcher.err").read_text()

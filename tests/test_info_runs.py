@@ -175,7 +175,8 @@ def test_a_training_takes_its_lock_even_while_someone_is_looking(tmp_path):
 
     run = RunDir(tmp_path / "run")
     run.prepare()
-    looker = open(run.path / ".lock", "a+")
+    # The handle outlives this block on purpose: the timer thread closes it while lock() waits.
+    looker = open(run.path / ".lock", "a+")  # noqa: SIM115
     fcntl.flock(looker.fileno(), fcntl.LOCK_SH)
     threading.Timer(0.05, looker.close).start()
     run.lock()

@@ -45,7 +45,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                raise AssertionError(f"{path}:{node.lineno}: relative import (the package imports absolutely)")
+                raise AssertionError(
+                    f"{path}:{node.lineno}: relative import (the package imports absolutely)"
+                )
             module = node.module or ""
             if module == "charrnn":  # from charrnn import events: each name is a module or an attribute
                 found += [(node.lineno, f"charrnn.{alias.name}") for alias in node.names]
@@ -74,8 +76,11 @@ def test_a_module_imports_only_its_own_layer_and_those_below(path):
 def test_only_the_command_line_uses_click_and_rich(path):
     if _unit(path) in {"cli", "__main__"}:
         return
-    terminal = [f"line {line}: {module}" for line, module in _imports(path)
-                if module.split(".")[0] in {"click", "rich"}]
+    terminal = [
+        f"line {line}: {module}"
+        for line, module in _imports(path)
+        if module.split(".")[0] in {"click", "rich"}
+    ]
     assert not terminal, f"{path.relative_to(REPO)} imports the terminal's libraries: {'; '.join(terminal)}"
 
 

@@ -31,7 +31,8 @@ class _NanGradient(torch.autograd.Function):
 
 @pytest.fixture
 def poison(monkeypatch):
-    """poison(loss_steps, grad_steps): training forward calls (1-based) that give a NaN loss / NaN gradient."""
+    """poison(loss_steps, grad_steps): training forward calls (1-based) that give a NaN loss /
+    NaN gradient."""
     plan = {"loss": set(), "grad": set(), "calls": 0}
     real_forward = CharRNN.forward
 

@@ -12,9 +12,8 @@ from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 from charrnn import events
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.in_memory import Corpus, prepare_corpus
-from charrnn.store.checkpoint import load_training_state, load_weights
+from charrnn.store.checkpoint import load_training_state, load_weights, read_saved_state
 from charrnn.store.run_dir import RunDir
-from charrnn.store.checkpoint import read_saved_state
 from charrnn.training.loop import Trainer
 
 # Two layers and dropout, so the torch RNG matters between steps (dropout masks).

@@ -1,4 +1,5 @@
-"""Real signals and real kills: Ctrl-C / SIGTERM save and say how to resume; SIGKILL never breaks a checkpoint."""
+"""Real signals and real kills: Ctrl-C / SIGTERM save and say how to resume;
+SIGKILL never breaks a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
-from charrnn.cli.signals import StopRequest
 from charrnn.atomic import TEST_PAUSE_ENV
+from charrnn.cli.signals import StopRequest
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
 

@@ -274,7 +274,8 @@ def run_with_terminal_stderr(*args: str, cwd=None) -> tuple[subprocess.Completed
 
 
 def test_seed_is_told_on_a_terminal_only(trained_run):
-    """Defect 14: an unseeded run names its seed on stderr when stderr is a terminal; the pipe gets only text."""
+    """Defect 14: an unseeded run names its seed on stderr when stderr is a terminal;
+    the pipe gets only text."""
     finished, told = run_with_terminal_stderr("sample", str(trained_run), "-n", "50", "--temperature", "2")
     assert finished.returncode == 0
     seed = int(told.split()[1])
@@ -288,7 +289,8 @@ def test_seed_is_told_on_a_terminal_only(trained_run):
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_tokens_that_write_nothing_are_never_sampled(tmp_path, kind):
-    """Defect 13: a model that prefers <unk> (which decodes to nothing) used to loop forever without output."""
+    """Defect 13: a model that prefers <unk> (which decodes to nothing) used to loop forever
+    without output."""
     import torch
 
     from charrnn.generate.sampler import silent_token_ids

@@ -19,9 +19,8 @@ from charrnn.data.in_memory import Corpus, prepare_corpus
 from charrnn.data.windows import BatchStream, ShiftedPasses
 from charrnn.distributed import World
 from charrnn.errors import CheckpointError
-from charrnn.store.checkpoint import load_training_state
+from charrnn.store.checkpoint import load_training_state, read_saved_state
 from charrnn.store.run_dir import RunDir
-from charrnn.store.checkpoint import read_saved_state
 from charrnn.store.run_state import Counters, RunState, required_fields
 from charrnn.training.loop import Trainer
 from charrnn.training.schedule import Schedule

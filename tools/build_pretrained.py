@@ -19,9 +19,9 @@ from safetensors.torch import save as save_safetensors_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from charrnn.atomic import atomic_write_bytes  # noqa: E402
 from charrnn.data.encoding import count_chars  # noqa: E402
 from charrnn.inspect.evaluation import evaluate  # noqa: E402
-from charrnn.atomic import atomic_write_bytes  # noqa: E402
 from charrnn.store.checkpoint import load_weights, read_metadata  # noqa: E402
 
 VAL_FRACTION = 0.1

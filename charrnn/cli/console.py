@@ -12,7 +12,7 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from charrnn import events
 
@@ -60,7 +60,7 @@ class CorpusProgressDisplay:
     def __init__(self, console: Console) -> None:
         self.console = console
         self._progress: Progress | None = None
-        self._tasks: dict[str, object] = {}
+        self._tasks: dict[str, TaskID] = {}
         self._started: dict[str, float] = {}
         self._last: events.CorpusProgress | None = None
 
@@ -130,7 +130,8 @@ SPARKLINE_WIDTH = 12
 
 
 def sparkline(values: list[float], width: int = SPARKLINE_WIDTH) -> str:
-    """The last `width` values as one line of block characters, lowest to highest (non-finite ones left out)."""
+    """The last `width` values as one line of block characters, lowest to highest
+    (non-finite ones left out)."""
     shown = [value for value in values if value is not None and math.isfinite(value)][-width:]
     if not shown:
         return ""
@@ -152,7 +153,7 @@ class TrainingDisplay:
         self.console = console
         self.live = console.is_terminal
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None  # set with _progress, in the same place
         self._last_plain_line = 0.0
         self._started: events.TrainingStarted | None = None
         self._val_loss: float | None = None
@@ -265,7 +266,7 @@ class TrainingDisplay:
 
     def _on_step(self, event: events.StepDone) -> None:
         remaining = self._remaining(event)
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task,
                 completed=int(event.progress * 1000),
@@ -299,7 +300,7 @@ class TrainingDisplay:
         # One line of preview: never wider than the terminal (indent and "sample: " included).
         width = max(20, min(160, self.console.width - 12)) if self.live else 160
         preview = event.preview.strip("\n").replace("\n", " ⏎ ")[:width]
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task,
                 val=_number(event.val_loss),

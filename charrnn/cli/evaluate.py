@@ -31,8 +31,9 @@ def eval_command(
     """How well a model predicts each FILE: bits per character, loss per token, speed.
 
     MODEL is the first argument when it is a .safetensors file, a run directory
-    (a folder with best.safetensors) or a bundled model's name (shakespeare); otherwise every argument is a FILE and the
-    model is --model or the most recent run under runs/. - reads standard input.
+    (a folder with best.safetensors) or a bundled model's name (shakespeare);
+    otherwise every argument is a FILE and the model is --model or the most
+    recent run under runs/. - reads standard input.
     Every character after a file's first is predicted, with the state carried
     through the file: on the text of a run's validation split this is the figure
     training reported. Files of any size are read in bounded memory.

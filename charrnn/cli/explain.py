@@ -1,4 +1,5 @@
-"""`charrnn explain`: a text coloured by the model's surprise or by one unit; the unit finder; the HTML page."""
+"""`charrnn explain`: a text coloured by the model's surprise or by one unit; the unit finder;
+the HTML page."""
 
 from __future__ import annotations
 
@@ -177,8 +178,8 @@ def explain(
     found = found_units_data(results)
 
     if html_path:
-        from charrnn.cli.explain_html import render_page
         from charrnn.atomic import atomic_write_bytes
+        from charrnn.cli.explain_html import render_page
 
         data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
         page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")

@@ -41,9 +41,9 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
       charrnn plot runs/tinyshakespeare
       charrnn plot runs/lstm runs/gru runs/bpe -o compare.svg --x time
     """
+    from charrnn.atomic import atomic_write_bytes
     from charrnn.cli.console import stderr_console
     from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
-    from charrnn.atomic import atomic_write_bytes
 
     require_matplotlib()
     image = image_format(Path(output))

@@ -13,7 +13,8 @@ from typing import Any
 
 from charrnn.cli.console import StderrConsole
 
-EXIT_CODE_FOR_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# Keyed by plain numbers too: a handler is given the signal's number as an int.
+EXIT_CODE_FOR_SIGNAL: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class StopRequest:
@@ -26,7 +27,7 @@ class StopRequest:
     def __init__(self, console: StderrConsole) -> None:
         self.signal_number: int | None = None
         self._console = console
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[signal.Signals, Any] = {}
 
     @property
     def reader_gone(self) -> bool:
@@ -36,6 +37,8 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         """The exit code of a run stopped by this request: 128 + the signal's number, as a shell expects."""
+        if self.signal_number is None:  # no signal: stopped because stderr's reader went away
+            return EXIT_CODE_FOR_SIGNAL[signal.SIGINT]
         return EXIT_CODE_FOR_SIGNAL.get(self.signal_number, EXIT_CODE_FOR_SIGNAL[signal.SIGINT])
 
     def __call__(self) -> bool:

@@ -329,6 +329,7 @@ def run_training(request: TrainingRequest) -> int:
         with TrainingSession(request, callbacks) as session:
             corpus_display.close()
             run_dir = session.run_dir
+            assert run_dir is not None  # entering the session chose and locked it
             try:
                 # torchrun sends SIGTERM to the survivors of a failed worker: never hang in a collective then.
                 with stop.installed(watch_termination=world.is_distributed):

@@ -1,1 +1,2 @@
-"""Text in, token ids out: reading corpora and standard input, tokenisers, the token cache, training windows."""
+"""Text in, token ids out: reading corpora and standard input, tokenisers, the token cache,
+training windows."""

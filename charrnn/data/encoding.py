@@ -140,7 +140,7 @@ def encode_corpus(
     if isinstance(tokenizer, CharTokenizer):
         yield from _char_ids(tokenizer, chunks, dtype)
         return
-    texts = (text for text, _ in chunks)
+    texts: Iterator[str] = (text for text, _ in chunks)
     if tokenizer.kind != "byte":
         texts = cut_at_lines(texts)
     for text in texts:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data.corpus import CorpusBytes, CorpusScan, corpus_files, read_corpus_text, scan_corpus
+from charrnn.data.corpus import (
+    CorpusBytes,
+    CorpusFiles,
+    CorpusScan,
+    corpus_files,
+    read_corpus_text,
+    scan_corpus,
+)
 from charrnn.data.encoding import PreparedCorpus, encode_corpus, prepare_tokens
 from charrnn.data.tokenizers import Tokenizer, token_dtype
 
@@ -39,6 +46,7 @@ def read_corpus(source: str) -> Corpus:
 
     The same files, checks and byte-order-mark rule as `charrnn train` (`corpus.iter_corpus_chunks`).
     """
+    files: CorpusFiles | CorpusBytes
     if source == "-":
         files = CorpusBytes(sys.stdin.buffer.read(), name="stdin", source="-")
     else:

@@ -15,6 +15,7 @@ or a line at a time (`iter_lines`).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class TextSource:
     missing: str = "file"  # what a message calls the file when it is not there
 
     @classmethod
-    def of(cls, given: str | Path, missing: str = "file") -> TextSource:
+    def of(cls, given: str | os.PathLike[str], missing: str = "file") -> TextSource:
         """A source for a path as the user gave it, or `-` for standard input."""
         if str(given) == STDIN:
             return cls(name=STDIN_NAME, stream=sys.stdin.buffer)

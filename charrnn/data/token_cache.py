@@ -24,6 +24,7 @@ stdin) are removed by the next run, once their writer is known to be gone.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -34,9 +35,18 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
+
+from charrnn.atomic import (
+    TEMP_MARKER,
+    DiskFullError,
+    atomic_write_bytes,
+    is_temp_file,
+    remove_quietly,
+    temp_path_for,
+)
 
 # Re-exported: the train command reads corpora through this module.
 from charrnn.data.corpus import (
@@ -52,14 +62,6 @@ from charrnn.data.encoding import PreparedCorpus, encode_corpus, prepare_tokens
 from charrnn.data.tokenizers import Tokenizer, token_dtype
 from charrnn.errors import CharrnnError, CorpusError
 from charrnn.events import CorpusProgress
-from charrnn.atomic import (
-    TEMP_MARKER,
-    DiskFullError,
-    atomic_write_bytes,
-    is_temp_file,
-    remove_quietly,
-    temp_path_for,
-)
 
 __all__ = [
     "CorpusFiles",
@@ -236,10 +238,8 @@ class TokenFile:
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
         mapping = getattr(tokens, "_mmap", None)  # numpy keeps the mmap object here
         if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
-            try:
+            with contextlib.suppress(OSError):  # only advice: correctness does not depend on it
                 mapping.madvise(mmap.MADV_RANDOM)
-            except OSError:
-                pass  # only advice: correctness does not depend on it
         return tokens
 
 
@@ -336,13 +336,14 @@ class _CacheLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = None
+        self._handle: TextIO | None = None
 
     def _lock(self, blocking: bool) -> bool:
         import fcntl  # POSIX only
 
         try:
-            self._handle = open(self.path, "a+")
+            # The handle outlives this call: it holds the flock until release() closes it.
+            self._handle = open(self.path, "a+")  # noqa: SIM115
         except OSError as error:
             raise CharrnnError(
                 f"cannot lock the token cache entry {self.path}: {error.strerror or error} "

@@ -4,13 +4,13 @@
 every stream following window i-1 of that stream, which is what lets training carry
 the hidden state across windows. `EvaluationWindows`: every token predicted once.
 
-Every pass over the text after the first is shifted by a random offset. `BatchStream` cuts the same windows on every pass: the same tokens always sit at
-the start of a window, where the carried state is freshest, and the same token
-pairs are never split across a truncation. `ShiftedPasses` moves every stream's
-start by an offset drawn from (seed, pass number) for each pass after the
-first, so the cuts fall elsewhere each time. The offset is a pure function of
-the seed and the step, which keeps resuming exact without saving anything more
-than whether the shift is on.
+Every pass over the text after the first is shifted by a random offset. `BatchStream`
+cuts the same windows on every pass: the same tokens always sit at the start of a window,
+where the carried state is freshest, and the same token pairs are never split across a
+truncation. `ShiftedPasses` moves every stream's start by an offset drawn from (seed, pass
+number) for each pass after the first, so the cuts fall elsewhere each time. The offset is a
+pure function of the seed and the step, which keeps resuming exact without saving anything
+more than whether the shift is on.
 """
 
 from __future__ import annotations

@@ -200,7 +200,9 @@ class RecurrentStepper:
                 transposed.append(np.ascontiguousarray(np.concatenate(rows, axis=0)))
             self._single_weights = transposed
         hidden, last = self.hidden_size, self.num_layers - 1
-        products = [(self._single_weights[0], self._layer_state[0], None)]
+        products: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = [
+            (self._single_weights[0], self._layer_state[0], None)
+        ]
         for layer in range(1, self.num_layers):
             if layer == last:  # [h_{l-1}; h_l; 1]
                 products.append((self._single_weights[layer], self.hidden[(layer - 1) * hidden :, 0], None))

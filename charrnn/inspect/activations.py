@@ -78,7 +78,8 @@ class TextAnalysis:
 
 
 def unit_parts(model_kind: str) -> tuple[str, ...]:
-    """The states a cell kind has: an LSTM has a cell state and an output (hidden); GRU and RNN a hidden state."""
+    """The states a cell kind has: an LSTM has a cell state and an output (hidden);
+    GRU and RNN a hidden state."""
     return UNIT_PARTS if model_kind == "lstm" else ("hidden",)
 
 
@@ -214,7 +215,7 @@ def analyse_text(
             for first, last in zip(first_tokens, last_tokens)
         ]
     )
-    predictions = []
+    predictions: list[list[tuple[str, float]]] = []
     for first in first_tokens:
         if first == 0:
             predictions.append([])

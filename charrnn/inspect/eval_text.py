@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ class _TokenSink:
         self.folder = folder
         self.parts: list[np.ndarray] = []
         self.num_tokens = 0
-        self.file = None
+        self.file: IO[bytes] | None = None
 
     def add(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids).astype(self.dtype, copy=False)
@@ -111,7 +112,10 @@ class _TokenSink:
             folder = self.folder or Path(tempfile.gettempdir())
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                self.file = tempfile.NamedTemporaryFile(prefix=".eval-", suffix=".tokens", dir=folder)
+                # The file outlives this call: it collects every later chunk until close().
+                self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115
+                    prefix=".eval-", suffix=".tokens", dir=folder
+                )
             except OSError as error:
                 raise CorpusError(
                     f"cannot write temporary tokens in {folder}: {error.strerror or error}"

@@ -1,1 +1,2 @@
-"""What lands on disk: checkpoint files, the run state, run directories, the metrics log, atomic writes, bundled models."""
+"""What lands on disk: checkpoint files, the run state, run directories, the metrics log,
+atomic writes, bundled models."""

@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from charrnn.atomic import atomic_write, atomic_write_bytes
 from charrnn.config import ModelConfig
 from charrnn.data.tokenizers import Tokenizer, tokenizer_from_dict
 from charrnn.errors import CharrnnError, CheckpointError
 from charrnn.model import CharRNN
-from charrnn.atomic import atomic_write, atomic_write_bytes
 from charrnn.store.run_state import SavedState, parse_saved_state, required_fields
 
 FORMAT_NAME = "charrnn"

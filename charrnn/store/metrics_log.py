@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charrnn.errors import RunDirError
 from charrnn.atomic import DiskFullError, atomic_write_bytes, fsync_directory, write_all
+from charrnn.errors import RunDirError
 
 
 @dataclass

@@ -12,16 +12,17 @@ runs/<name>/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from charrnn.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from charrnn.errors import CheckpointError, RunDirError
 from charrnn.events import StopReason
-from charrnn.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
 from charrnn.store.metrics_log import (
     MetricsReading,
     append_metrics_record,
@@ -48,7 +49,7 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock_handle = None
+        self._lock_handle: TextIO | None = None
 
     @property
     def best(self) -> Path:
@@ -135,7 +136,8 @@ class RunDir:
     def try_lock(self) -> str | None:
         """Take the lock and return None, or return the pid of the live process that holds it."""
         try:
-            handle = open(self.path / LOCK, "a+", encoding="utf-8")
+            # The handle outlives this call: it holds the flock until unlock() closes it.
+            handle = open(self.path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115
         except OSError as error:
             raise RunDirError(f"cannot lock run directory {self.path}: {error.strerror or error}") from None
         try:
@@ -160,10 +162,8 @@ class RunDir:
         """Delete temp files that an interrupted atomic write left behind."""
         for leftover in self.path.iterdir():
             if is_temp_file(leftover):
-                try:
+                with contextlib.suppress(OSError):
                     leftover.unlink()
-                except OSError:
-                    pass
 
     def unlock(self) -> None:
         """Release the lock (closing the file releases the flock)."""
@@ -200,10 +200,8 @@ class RunDir:
                 numbered.append((int(match.group(1)), path))
         numbered.sort()
         for _, old in numbered[: max(0, len(numbered) - keep)]:
-            try:
+            with contextlib.suppress(OSError):
                 old.unlink()
-            except OSError:
-                pass
 
     def is_locked(self) -> bool:
         """True while a live process holds the run's lock (a training is writing here)."""

@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -217,7 +217,16 @@ def hidden_from_saved(parts: list[torch.Tensor], world: World, batch_size: int, 
     return (tuple(own) if len(own) == 2 else own[0]) if own else None
 
 
-def generator_states(world: World, device: torch.device) -> dict[str, torch.Tensor | None]:
+class GeneratorStates(TypedDict):
+    """The random generators' fields of a `RunState`, by name."""
+
+    torch_rng: torch.Tensor
+    torch_rng_by_rank: torch.Tensor | None
+    cuda_rng: torch.Tensor | None
+    mps_rng: torch.Tensor | None
+
+
+def generator_states(world: World, device: torch.device) -> GeneratorStates:
     """The random generators' states (all ranks must call it: it gathers each rank's)."""
     return {
         "torch_rng": torch.get_rng_state(),

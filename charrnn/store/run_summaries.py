@@ -50,7 +50,8 @@ def _judge_state(run_dir: RunDir, step: int | None, info: dict[str, Any]) -> str
     end = run_dir.read_end()
     if end is not None and end.get("step") == step:
         return STOPPED if end.get("reason") in STOPPING_REASONS else FINISHED
-    config = info.get("train_config") if isinstance(info.get("train_config"), dict) else {}
+    saved_config = info.get("train_config")
+    config = saved_config if isinstance(saved_config, dict) else {}
     try:
         train_config = TrainConfig.from_dict(config)
     except (CharrnnError, TypeError):

@@ -60,8 +60,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
     tensor every step; fused, they are one kernel, a measurable share of a small model's step
     (the performance page has the figures; `benchmarks/performance.py` times both).
     """
-    fused = {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+    # None is AdamW's default for `fused`: the same as not passing it.
+    fused = True if device.type in FUSED_ADAMW_DEVICES else None
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 class Trainer:
@@ -231,7 +232,8 @@ class Trainer:
         return None
 
     def train_step(self) -> tuple[float, float]:
-        """One truncated-BPTT step: next window, forward from the carried state, loss, backward, clip, step."""
+        """One truncated-BPTT step: next window, forward from the carried state, loss, backward,
+        clip, step."""
         config, step = self.train_config, self.counters.step
         if self.stream.starts_epoch(step) or self.hidden is None:
             self.hidden = self.model.initial_state(self.batch_size, self.device)  # a pass starts cold

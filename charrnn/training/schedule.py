@@ -27,7 +27,8 @@ class LearningRateAnchor:
     A fresh run starts the cosine at step 0 at the peak. When a resumed run's budget
     changes, the cosine restarts from the rate the run had reached, at the point it
     had reached (but from at least EXTENSION_MIN_SCALE x --lr), and falls to the floor
-    over what is left of the new budget: the rate never jumps up by more than that. `max_steps` and `budget_seconds` are the budget it was set for.
+    over what is left of the new budget: the rate never jumps up by more than that.
+    `max_steps` and `budget_seconds` are the budget it was set for.
     """
 
     step: int = 0
@@ -95,7 +96,8 @@ class Schedule:
     # -- learning rate ----------------------------------------------------------------------
 
     def learning_rate(self, step: int, elapsed: float, anchor: LearningRateAnchor | None = None) -> float:
-        """Linear warm-up over `warmup_steps`, then a cosine from the anchor's rate to `lr * min_lr_fraction`."""
+        """Linear warm-up over `warmup_steps`, then a cosine from the anchor's rate to
+        `lr * min_lr_fraction`."""
         config = self.config
         if step < config.warmup_steps:
             return config.lr * (step + 1) / config.warmup_steps
@@ -120,7 +122,8 @@ class Schedule:
         return self.max_steps is not None and step >= self.max_steps
 
     def time_up(self, elapsed: float, reserve: float) -> bool:
-        """True when `reserve` more seconds (the final evaluation and save, one step) would overrun the time budget."""
+        """True when `reserve` more seconds (the final evaluation and save, one step) would
+        overrun the time budget."""
         return self.budget_seconds is not None and elapsed + reserve >= self.budget_seconds
 
     # -- evaluations ------------------------------------------------------------------------
@@ -136,6 +139,8 @@ class Schedule:
         if self.config.eval_every is not None:
             return step % self.config.eval_every == 0
         if self.budget_seconds is None:
+            # TrainConfig.budget_seconds() is None only when --max-steps is the budget.
+            assert self.max_steps is not None
             return step % max(1, self.max_steps // EVALS_PER_RUN) == 0
         return self.progress(step, elapsed) >= self._next_evaluation and elapsed >= self._not_before
 

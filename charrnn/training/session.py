@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charrnn import events
 from charrnn.config import ModelConfig, TrainConfig
@@ -34,6 +34,10 @@ from charrnn.errors import RunDirError, UsageProblem
 from charrnn.events import StopReason
 from charrnn.store.run_dir import DEFAULT_RUNS_ROOT, TRAINING_STATE, RunDir, claim_default_run_dir
 from charrnn.training.memory_check import check_training_fits, smallest_vocab_size
+
+if TYPE_CHECKING:
+    from charrnn.data.tokenizers import Tokenizer
+    from charrnn.store.run_state import SavedState
 
 
 def _ignore(value: object) -> None:
@@ -197,11 +201,14 @@ class TrainingSession:
                 raise UsageProblem("--resume needs the run: charrnn train --resume RUN_DIR")
             if corpus == "-":
                 raise UsageProblem("--resume with a corpus on standard input needs --out RUN_DIR")
+            assert corpus_name is not None  # named after the corpus, which is given here
             run_dir = RunDir(DEFAULT_RUNS_ROOT / corpus_name)
-        if resume and not run_dir.state.exists():
-            raise RunDirError(
-                f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): start it without --resume"
-            )
+        if resume:
+            assert run_dir is not None  # a resume always names its run (--out, or the run above)
+            if not run_dir.state.exists():
+                raise RunDirError(
+                    f"nothing to resume in {run_dir.path} (no {TRAINING_STATE}): start it without --resume"
+                )
         if (
             parent is not None
             and run_dir is not None
@@ -222,17 +229,23 @@ class TrainingSession:
         # a second training into the same folder stops here, before it can touch anything.
         if world.is_writer:
             if run_dir is None:
+                assert corpus_name is not None  # a fresh run without --out was given its corpus
                 run_dir = claim_default_run_dir(DEFAULT_RUNS_ROOT, corpus_name)
             else:
                 run_dir.prepare()
                 run_dir.lock()
+        # Every rank has one: only the writer claims a default folder, and torchrun needs --out.
+        assert run_dir is not None
         self.run_dir = run_dir
         callbacks.on_run_dir(run_dir.path)
 
-        source = self._scan(corpus) if corpus is not None else None
+        scan = self._scan(corpus) if corpus is not None else None
+        source: CorpusScan
         if resume:
-            source, model_config, train_config, tokenizer, resume_state = self._plan_resume(source)
+            source, model_config, train_config, tokenizer, resume_state = self._plan_resume(scan)
         else:
+            assert scan is not None  # a fresh run without a corpus was refused above
+            source = scan
             run_dir.refuse_to_start_over()  # again under the lock: a run may have saved meanwhile
             model_config, train_config, tokenizer, resume_state = fresh_model, fresh_train, None, None
             if parent is not None:
@@ -259,29 +272,35 @@ class TrainingSession:
     def _scan(self, corpus: str) -> CorpusScan:
         return _scan(corpus, self.cache_dir, self._spooled, self.callbacks.on_corpus_progress)
 
-    def _plan_resume(self, source: CorpusScan | None):
+    def _plan_resume(
+        self, source: CorpusScan | None
+    ) -> tuple[CorpusScan, ModelConfig, TrainConfig, Tokenizer, SavedState]:
         """Read the saved state, have `resumed_configs` accept the options; return what training needs."""
         from charrnn.store.checkpoint import read_saved_state
         from charrnn.training.resume import resumed_configs
 
         request, run_dir = self.request, self.run_dir
+        assert run_dir is not None  # chosen by _prepare before it plans the resume
         saved = read_saved_state(run_dir.state)
         scanned = [source]
 
         def corpus_fingerprint() -> str:
-            if scanned[0] is None:
+            scan = scanned[0]
+            if scan is None:
                 if saved.corpus_source == "-":
                     raise UsageProblem(
                         "this run read its corpus from standard input: pipe it in again with "
                         f"charrnn train - --resume --out {_quoted(run_dir.path)}"
                     )
-                scanned[0] = self._scan(saved.corpus_source)
-            return scanned[0].fingerprint
+                scan = scanned[0] = self._scan(saved.corpus_source)
+            return scan.fingerprint
 
         model_config, train_config = resumed_configs(
             saved, request.model_options, request.train_options, request.given, self.world, corpus_fingerprint
         )
-        return scanned[0], model_config, train_config, saved.tokenizer, saved
+        scan = scanned[0]
+        assert scan is not None  # resumed_configs compares the corpus, so it was scanned
+        return scan, model_config, train_config, saved.tokenizer, saved
 
     def _grown_tokenizer(self, parent, source: CorpusScan):
         """The parent's tokeniser with the corpus's new characters added (told as a note)."""
@@ -312,6 +331,7 @@ class TrainingSession:
 
         plan, world, callbacks, run_dir = self._plan, self.world, self.callbacks, self.run_dir
         train_config = plan["train_config"]
+        assert run_dir is not None  # chosen and locked when the session was entered
         with world.process_group(world.device_for(resolve_device(train_config.device))):
             trainer = Trainer(
                 plan["prepared"],
