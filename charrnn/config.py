@@ -19,9 +19,9 @@ MODEL_KINDS = ("lstm", "gru", "rnn")
 TOKENIZER_KINDS = ("char", "byte", "bpe", "unigram")
 SENTENCEPIECE_KINDS = ("bpe", "unigram")  # learned subword vocabularies (--vocab-size applies)
 # The size that gave the best validation bits/char on English (tinyshakespeare) and on a
-# generated CJK-style corpus among those tried (docs, "A CJK-style corpus, and how the default
-# vocabulary was chosen"). It is a ceiling, not a target: a corpus too short to fill it gets
-# the pieces it holds.
+# generated CJK-style corpus among those tried
+# (docs/experiments/2026-11-29-subword-vocabulary-size.md). It is a ceiling, not a target: a
+# corpus too short to fill it gets the pieces it holds.
 DEFAULT_SUBWORD_VOCAB_SIZE = 4096
 # No vocabulary may have more ids than this (--vocab-size, and a char vocabulary that
 # fine-tuning grows): beyond it the embedding and output layers alone outgrow most machines.
@@ -31,7 +31,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # A fine-tuning run (--init-from) starts from weights that already predict text: the full
 # learning rate would throw much of that away in the first steps. These apply unless the
-# user sets --lr / --warmup-steps (docs, "Fine-tuning", has the measurement).
+# user sets --lr / --warmup-steps (docs/experiments/2026-11-29-fine-tuning.md has the measurement).
 FINE_TUNE_LR = 2e-3
 FINE_TUNE_WARMUP_STEPS = 20
 
@@ -42,7 +42,7 @@ DEFAULT_TIME_BUDGET_SECONDS = 300.0
 EVALS_PER_RUN = 8
 # Each evaluation covers at most this many validation tokens by default: all of a small
 # corpus's split, and on a big corpus few enough that evaluation stays a small part of the
-# budget (docs, "Validation", has the time it takes).
+# budget (docs/training.md, "Validation", has the time it takes).
 DEFAULT_EVAL_TOKENS = 250_000
 
 
@@ -102,7 +102,7 @@ class ModelConfig(_JsonDataclass):
     num_layers: int = 2
     # The defaults (2 x 384 LSTM, no dropout, lr 5e-3) gave the best validation loss within
     # the default time budget on data/tinyshakespeare.txt among the sizes tried with
-    # benchmarks/sweep.py (docs, "How the defaults were chosen"): a bigger model sees too little
+    # benchmarks/sweep.py (docs/experiments/2026-11-22-defaults-sweep.md): a bigger model sees too little
     # text in that time, a smaller one learns less from it, and dropout only slows it down there.
     hidden_size: int = 384
     embedding_size: int = 64
@@ -131,20 +131,20 @@ class TrainConfig(_JsonDataclass):
 
     seq_len: int = 128  # the truncated-BPTT window, in tokens
     # Contiguous streams trained side by side. 8 beat 16, and 16 beat 32, within the default
-    # time budget (docs, "How the defaults were chosen"): on a CPU a step of half the streams
+    # time budget (docs/experiments/2026-11-29-batch-8.md): on a CPU a step of half the streams
     # costs a little more than half as much, so a run makes almost twice the updates over a
     # little less text, and in the few passes over a small corpus that a short run makes,
     # updates matter more than batch size. Fewer than 8 streams did worse.
     batch_size: int = 8
     lr: float = 5e-3  # peak learning rate of AdamW
-    # AdamW's decoupled decay. 0.1 beat 0 with every seed tried (docs, "How the defaults were
-    # chosen"): in the few passes over a small corpus that a short run makes, the model starts
+    # AdamW's decoupled decay. 0.1 beat 0 with every seed tried (docs/experiments/2026-11-29-weight-decay.md):
+    # in the few passes over a small corpus that a short run makes, the model starts
     # to memorise it, and the decay holds that back.
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     warmup_steps: int = 50  # linear warm-up, then cosine decay over the budget
-    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr with every seed tried (docs,
-    # "How the defaults were chosen").
+    # The cosine ends at lr * this. Decaying to 0 beat a tenth of lr with every seed tried
+    # (docs/experiments/2026-11-29-cosine-floor.md).
     min_lr_fraction: float = 0.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds of wall clock, evaluation included

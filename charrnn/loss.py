@@ -10,7 +10,7 @@ then drops the logits. Without gradients (evaluation) the chunks are blocks of
 up to `ROWS_PER_BLOCK` tokens by a slice of the vocabulary, with the log-sum-exp
 of the blocks combined at the end: many tokens per read of the output weights
 (92 MB for 60,000 symbols) make the matrix product much faster than chunks of
-69 whole rows (docs, "Very large vocabularies", has the measurement). Only small
+69 whole rows (docs/experiments/2026-11-29-big-vocabulary.md has the measurement). Only small
 vocabularies (batch x window x vocab under `MAX_CHUNK_LOGITS`) take the plain
 path, which is exactly the unchunked `F.cross_entropy(head(hidden))` and its speed.
 """
@@ -27,7 +27,7 @@ MAX_CHUNK_LOGITS = 1 << 22
 # Tokens per block of the no-gradient path (`_blocked_loss`); its vocabulary slices are
 # MAX_CHUNK_LOGITS // ROWS_PER_BLOCK wide. Enough tokens that one read of a slice of the output
 # weights serves many of them, which measured much faster than whole rows of a few tokens for a
-# 60,000-symbol vocabulary (docs, "Very large vocabularies").
+# 60,000-symbol vocabulary (docs/experiments/2026-11-29-big-vocabulary.md).
 ROWS_PER_BLOCK = 1024
 
 
