@@ -12,7 +12,7 @@ import click
 
 from charrnn.cli.group import cli
 from charrnn.cli.output import write_stream
-from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.errors import UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
@@ -149,6 +149,10 @@ def explain(
         raise UsageProblem("--show goes with --find-units")
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
+    if html_path:
+        from charrnn.atomic import check_output
+
+        check_output(Path(html_path))  # before the work: a folder or a missing folder is refused now
     text, total_chars = _read_text(source, max_chars)
     from charrnn.cli.console import stderr_console
 
@@ -178,15 +182,12 @@ def explain(
     found = found_units_data(results)
 
     if html_path:
-        from charrnn.atomic import atomic_write_bytes
+        from charrnn.atomic import write_output
         from charrnn.cli.explain_html import render_page
 
         data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
         page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
-        try:
-            atomic_write_bytes(Path(html_path), page.encode("utf-8"))
-        except OSError as error:
-            raise CharrnnError(f"cannot write {html_path}: {error.strerror or error}") from None
+        write_output(Path(html_path), page.encode("utf-8"))
         notes.print(
             f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
             f"(surprise and {len(views) - 1} units)",

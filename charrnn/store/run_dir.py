@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from charrnn.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
+from charrnn.atomic import atomic_write_bytes, create_temp_file, remove_quietly, remove_stale_temp_files
 from charrnn.errors import CheckpointError, RunDirError
 from charrnn.events import StopReason
 from charrnn.store.metrics_log import (
@@ -113,10 +113,10 @@ class RunDir:
         """Create the folder and prove it is writable, before any training starts."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            # Named like a temp file, so that if we are killed right here the next run removes it.
-            probe = self.path / f".write-probe{TEMP_MARKER}{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink(missing_ok=True)  # a lock holder cleaning temp files may have beaten us
+            # A temp file, so that if we are killed right here the next run removes it.
+            descriptor, probe = create_temp_file(self.path, "write-probe")
+            os.close(descriptor)
+            remove_quietly(probe)
         except OSError as error:
             raise RunDirError(
                 f"cannot write to run directory {self.path}: {error.strerror or error}"
@@ -159,11 +159,12 @@ class RunDir:
         return None
 
     def remove_stray_temp_files(self) -> None:
-        """Delete temp files that an interrupted atomic write left behind."""
-        for leftover in self.path.iterdir():
-            if is_temp_file(leftover):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        """Delete temp files that interrupted writes left behind (called by the lock holder).
+
+        Those of the run's own files go whoever made them (only the lock holder writes them);
+        any other charrnn temp file goes once its process is gone.
+        """
+        remove_stale_temp_files(self.path, is_owned=_is_run_file_name)
 
     def unlock(self) -> None:
         """Release the lock (closing the file releases the flock)."""
@@ -287,6 +288,12 @@ def resolve_weights(given: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> P
 
 # A process that only looks (`is_locked`) holds a shared lock for microseconds: a lock
 # still refused after this long belongs to a training.
+def _is_run_file_name(name: str) -> bool:
+    return name in (BEST_WEIGHTS, LATEST_WEIGHTS, TRAINING_STATE, METRICS, END_RECORD) or bool(
+        STEP_WEIGHTS.fullmatch(name)
+    )
+
+
 LOCK_PATIENCE_SECONDS = 0.2
 
 
