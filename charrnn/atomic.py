@@ -221,7 +221,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     _write(Path(path), write, stream_special=False)
 
 
-def _kind_of(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file of this `st_mode` is, in words (\"folder\", \"FIFO (named pipe)\", ...)."""
     for test, name in (
         (stat.S_ISDIR, "folder"),
         (stat.S_ISFIFO, "FIFO (named pipe)"),
@@ -287,7 +288,7 @@ def _plan(path: Path, stream_special: bool) -> tuple[Path, os.stat_result | None
     except OSError as error:
         raise CharrnnError(f"cannot write {path}: {error.strerror or error}") from None
     if found is not None and not stat.S_ISREG(found.st_mode):
-        kind = _kind_of(found.st_mode)
+        kind = kind_of(found.st_mode)
         if stat.S_ISDIR(found.st_mode):
             raise CharrnnError(f"cannot write {path}: it is a folder")
         if not stream_special or stat.S_ISBLK(found.st_mode) or stat.S_ISSOCK(found.st_mode):

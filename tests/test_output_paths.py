@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import PATTERN, error_lines, run_cli
+from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 from faults import deny_writes_under
 
 from charrnn.atomic import atomic_write_bytes, is_temp_file, write_output
@@ -280,3 +280,40 @@ def test_write_output_to_a_fifo_whose_reader_leaves_early_is_one_error(tmp_path)
         write_output(fifo, b"x" * (8 << 20))
     reader.join(timeout=60)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+# -- the run directory of `train --out` ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["fifo", "device", "dangling symlink", "symlink loop"])
+def test_a_run_directory_that_is_not_a_folder_is_one_line_and_left_alone(case, pattern_corpus, tmp_path):
+    out = tmp_path / "run"
+    if case == "fifo":
+        os.mkfifo(out)
+        expected = "it is a FIFO (named pipe), not a folder"
+    elif case == "device":
+        out = _device(tmp_path, "run", "/dev/null")
+        expected = "it is a character device, not a folder"
+    elif case == "dangling symlink":
+        out.symlink_to("nowhere")
+        expected = "it is a symlink to nowhere, which does not exist"
+    else:
+        out.symlink_to(out)
+        expected = "Too many levels of symbolic links"
+    before = os.lstat(out)
+    result = run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "2", *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [f"Error: cannot use {out} as the run directory: {expected}"]
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_a_run_directory_given_as_a_symlink_to_a_folder_trains_there(pattern_corpus, tmp_path):
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    out = tmp_path / "run"
+    out.symlink_to(folder)
+    result = run_cli("train", str(pattern_corpus), "--out", str(out), "--max-steps", "2", *TINY_MODEL_OPTIONS)
+    assert result.exit_code == 0, result.stderr
+    assert out.is_symlink() and (folder / "latest.safetensors").is_file()
+    assert _no_temp_files(folder)

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from charrnn.atomic import atomic_write_bytes, create_temp_file, remove_quietly, remove_stale_temp_files
+from charrnn.atomic import (
+    atomic_write_bytes,
+    create_temp_file,
+    kind_of,
+    remove_quietly,
+    remove_stale_temp_files,
+)
 from charrnn.errors import CheckpointError, RunDirError
 from charrnn.events import StopReason
 from charrnn.store.metrics_log import (
@@ -117,6 +123,10 @@ class RunDir:
             descriptor, probe = create_temp_file(self.path, "write-probe")
             os.close(descriptor)
             remove_quietly(probe)
+        except FileExistsError:
+            raise RunDirError(
+                f"cannot use {self.path} as the run directory: {_not_a_folder(self.path)}"
+            ) from None
         except OSError as error:
             raise RunDirError(
                 f"cannot write to run directory {self.path}: {error.strerror or error}"
@@ -288,6 +298,17 @@ def resolve_weights(given: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> P
 
 # A process that only looks (`is_locked`) holds a shared lock for microseconds: a lock
 # still refused after this long belongs to a training.
+def _not_a_folder(path: Path) -> str:
+    """Why `path`, which exists, cannot hold a run (it is left as it is)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return f"it is a symlink to {os.readlink(path)}, which does not exist"
+    except OSError as error:  # e.g. ELOOP
+        return error.strerror or str(error)
+    return f"it is a {kind_of(found.st_mode)}, not a folder"
+
+
 def _is_run_file_name(name: str) -> bool:
     return name in (BEST_WEIGHTS, LATEST_WEIGHTS, TRAINING_STATE, METRICS, END_RECORD) or bool(
         STEP_WEIGHTS.fullmatch(name)
