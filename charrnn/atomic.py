@@ -32,7 +32,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -274,11 +274,20 @@ def _where_to_write(path: Path) -> tuple[Path, os.stat_result | None, bool]:
     return Path(os.path.realpath(path)), found, True
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, inputs: Sequence[tuple[Path | str, str]] = ()) -> None:
     """Raise the one-line `CharrnnError` that `write_output(path, ...)` would meet before writing
     (a folder, a refused special file, a missing folder, a file we may not write), so a command
-    can refuse before its work rather than after it."""
+    can refuse before its work rather than after it.
+
+    `inputs` are (path, what it is) of the files the command reads: an output that is one of
+    them (by another name or through a link, too) is refused, so a slip of the keyboard never
+    writes a page over the model or the text it came from.
+    """
     _plan(Path(path), stream_special=True)
+    for source, what in inputs:
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(source).st_mode) and os.path.samefile(path, source):
+                raise CharrnnError(f"cannot write {path}: it is {what}; choose another file")
 
 
 def _plan(path: Path, stream_special: bool) -> tuple[Path, os.stat_result | None, bool]:

@@ -317,3 +317,61 @@ def test_a_run_directory_given_as_a_symlink_to_a_folder_trains_there(pattern_cor
     assert result.exit_code == 0, result.stderr
     assert out.is_symlink() and (folder / "latest.safetensors").is_file()
     assert _no_temp_files(folder)
+
+
+# -- outputs that are the command's own inputs ---------------------------------------------------
+
+
+def test_html_dash_writes_the_page_to_stdout_and_an_empty_name_is_refused(trained_run, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(PATTERN, encoding="utf-8")
+    result = run_cli("explain", str(trained_run), str(text), "--html", "-", "--top", "1")
+    assert result.exit_code == 0, result.stderr
+    assert _is_the_answer("explain", result.stdout.encode())
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    empty = run_cli("explain", str(trained_run), str(text), "--html", "")
+    assert empty.exit_code == 2
+    assert error_lines(empty.stderr) == ["Error: --html needs a file name (- writes the page to stdout)"]
+
+
+@pytest.mark.parametrize("target", ["text", "text through a link", "model", "other checkpoint", "state"])
+def test_explain_never_writes_its_page_over_what_it_reads_or_the_runs_checkpoints(
+    trained_run, tmp_path, target
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    text = tmp_path / "text.txt"
+    text.write_text(PATTERN, encoding="utf-8")
+    model = run / "best.safetensors"
+    output, what = {
+        "text": (text, "the text being explained"),
+        "text through a link": (tmp_path / "page.html", "the text being explained"),
+        "model": (model, "the model's weights"),
+        "other checkpoint": (run / "latest.safetensors", "a checkpoint beside the model"),
+        "state": (run / "state.pt", "a checkpoint beside the model"),
+    }[target]
+    if target == "text through a link":
+        output.symlink_to(text)
+    before = {path: path.read_bytes() for path in (text, *run.iterdir()) if path.is_file()}
+    result = run_cli("explain", str(model), str(text), "--html", str(output))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [f"Error: cannot write {output}: it is {what}; choose another file"]
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_plot_never_writes_over_the_metrics_it_reads(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    metrics = (run / "metrics.jsonl").read_bytes()
+    image = tmp_path / "curves.png"
+    image.symlink_to(run / "metrics.jsonl")
+    result = run_cli("plot", str(run), "-o", str(image))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr)[-1] == (
+        f"Error: cannot write {image}: it is the metrics of a run being plotted; choose another file"
+    )
+    assert (run / "metrics.jsonl").read_bytes() == metrics

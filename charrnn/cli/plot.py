@@ -70,6 +70,7 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     if not curves:
         raise CharrnnError("nothing to plot: no run has an evaluation in its metrics.jsonl yet")
     unique_names(curves)
+    check_output(Path(output), [(run.path, "the metrics of a run being plotted") for run in curves])
     data = draw_curves(curves, x_axis, image)
     write_output(Path(output), data)
     evaluations = sum(len(run.records) for run in curves)
