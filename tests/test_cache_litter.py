@@ -282,3 +282,27 @@ def test_a_run_directory_sweep_takes_the_runs_own_temp_files_whoever_wrote_them(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_cache_folder_that_is_a_file_is_named_as_such(trained_run, pattern_corpus, tmp_path, monkeypatch):
+    import charrnn.inspect.eval_text as eval_text
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file")
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(not_a_folder))
+    monkeypatch.setattr(eval_text, "SPILL_BYTES", 64)
+    result = run_cli("eval", str(trained_run), str(pattern_corpus))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        f"Error: cannot write temporary tokens in {not_a_folder}: it is not a folder "
+        "(choose another folder with CHARRNN_CACHE_DIR)"
+    ]
+    from charrnn.errors import CharrnnError
+
+    with pytest.raises(CharrnnError) as raised:
+        _streamed(pattern_corpus, cache_dir=not_a_folder)  # (the command line's click says so first)
+    assert str(raised.value) == (
+        f"cannot create the token cache folder {not_a_folder}: it is not a folder "
+        "(choose another with --cache-dir or CHARRNN_CACHE_DIR)"
+    )
+    assert not_a_folder.read_text() == "a file"

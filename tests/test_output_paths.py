@@ -375,3 +375,20 @@ def test_plot_never_writes_over_the_metrics_it_reads(trained_run, tmp_path):
         f"Error: cannot write {image}: it is the metrics of a run being plotted; choose another file"
     )
     assert (run / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_a_full_disk_keeps_the_previous_output_and_leaves_no_temp_file(trained_run, tmp_path, monkeypatch):
+    output = tmp_path / "curves.png"
+    output.write_bytes(b"the previous chart")
+
+    def disk_full(descriptor, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", disk_full)
+    result = run_cli("plot", str(trained_run), "-o", str(output))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        f"Error: disk full while writing {output}: any previous file there is unchanged; free some space"
+    ]
+    assert output.read_bytes() == b"the previous chart"
+    assert _no_temp_files(tmp_path)

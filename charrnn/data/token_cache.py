@@ -93,8 +93,9 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        reason = "it is not a folder" if isinstance(error, FileExistsError) else error.strerror
         raise CharrnnError(
-            f"cannot create the token cache folder {folder}: {error.strerror or error} "
+            f"cannot create the token cache folder {folder}: {reason or error} "
             "(choose another with --cache-dir or CHARRNN_CACHE_DIR)"
         ) from None
 

@@ -124,8 +124,10 @@ class _TokenSink:
                 # The file outlives this call: it collects every later chunk until close().
                 self.file = os.fdopen(descriptor, "wb")
             except OSError as error:
+                reason = "it is not a folder" if isinstance(error, FileExistsError) else error.strerror
                 raise CorpusError(
-                    f"cannot write temporary tokens in {self.folder}: {error.strerror or error}"
+                    f"cannot write temporary tokens in {self.folder}: {reason or error} "
+                    "(choose another folder with CHARRNN_CACHE_DIR)"
                 ) from None
             for part in self.parts:
                 self.file.write(part.tobytes())
