@@ -17,6 +17,7 @@ from faults import deny_writes_under
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from charrnn.atomic import is_temp_file
 from charrnn.config import ModelConfig
 from charrnn.model import CharRNN
 from charrnn.store.checkpoint import FORMAT_VERSION, expected_tensor_shapes
@@ -294,7 +295,7 @@ def test_disk_full_while_saving_is_one_line_and_changes_nothing(pattern_corpus, 
     assert "Traceback" not in result.stderr
     for name in ("latest.safetensors", "best.safetensors", "state.pt"):
         assert (out / name).read_bytes() == before[name], name
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in out.iterdir() if is_temp_file(p)]
 
 
 def test_unwritable_output_directory_fails_before_training(pattern_corpus, tmp_path):

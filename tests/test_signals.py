@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_MODEL_OPTIONS, error_lines, run_cli
 
-from charrnn.atomic import TEST_PAUSE_ENV
+from charrnn.atomic import TEST_PAUSE_ENV, is_temp_file, temp_name
 from charrnn.cli.signals import StopRequest
 from charrnn.store.checkpoint import load_training_state, load_weights
 from charrnn.store.run_dir import RunDir
@@ -115,7 +115,7 @@ def test_the_handlers_are_installed_only_inside_the_block():
 
 
 def _temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    return [p for p in folder.iterdir() if is_temp_file(p)]
 
 
 @pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -240,7 +240,7 @@ def test_second_training_into_the_same_run_dir_stops_at_once(pattern_corpus, tmp
     _train_first_checkpoint(pattern_corpus, out)
     holder = RunDir(out)
     holder.lock()  # as a live training would
-    live_temp = out / ".latest.safetensors.tmp-99999"
+    live_temp = out / temp_name("latest.safetensors")
     live_temp.write_bytes(b"the live training is writing this")
     try:
         for args in (

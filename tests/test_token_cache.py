@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 from charrnn import events
+from charrnn.atomic import is_temp_file
 from charrnn.data.in_memory import prepare_corpus, read_corpus
 from charrnn.data.token_cache import (
     cached_token_file,
@@ -176,7 +177,7 @@ def test_damaged_cache_entry_is_encoded_again(tmp_path):
     assert np.array_equal(np.fromfile(entry.path, dtype=np.uint8), expected)
     sidecar = json.loads(entry.sidecar.read_text())
     assert sidecar["fingerprint"] == scan.fingerprint and sidecar["num_tokens"] == len(expected)
-    assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in cache.iterdir() if is_temp_file(p)]
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -262,7 +263,7 @@ def test_training_from_stdin_goes_through_the_cache_and_cleans_up(tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b""
     assert len(list(cache.glob("stdin-*.tokens"))) == 1
-    assert not list(cache.glob(".stdin-*"))  # the spooled copy is gone
+    assert not [p for p in cache.iterdir() if is_temp_file(p)]  # the spooled copy is gone
     assert (tmp_path / "run" / "best.safetensors").is_file()
 
 

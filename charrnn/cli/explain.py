@@ -12,7 +12,7 @@ import click
 
 from charrnn.cli.group import cli
 from charrnn.cli.output import write_stream
-from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.errors import UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
@@ -106,7 +106,7 @@ def _stdout_text(*renderables) -> str:
     type=click.Path(dir_okay=False),
     default=None,
     help="Write one self-contained HTML page (hover: top-5 predictions; a selector switches "
-    "between surprise and the units found).",
+    "between surprise and the units found); - writes it to stdout.",
 )
 @click.option(
     "--max-chars",
@@ -147,8 +147,15 @@ def explain(
     model_arg, source = _split_arguments(arguments)
     if show and not find_units:
         raise UsageProblem("--show goes with --find-units")
+    if html_path == "":
+        raise UsageProblem("--html needs a file name (- writes the page to stdout)")
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
+    from charrnn.atomic import check_output
+
+    html_file = Path(html_path) if html_path and html_path != "-" else None  # "-": stdout
+    if html_file is not None:  # before the work: a folder, a missing folder, the text itself
+        check_output(html_file, [(source, "the text being explained")] if source != "-" else [])
     text, total_chars = _read_text(source, max_chars)
     from charrnn.cli.console import stderr_console
 
@@ -169,6 +176,15 @@ def explain(
 
     torch.set_num_threads(threads)
     loaded = load_for_analysis(model_arg)
+    if html_file is not None:  # nor over the model, or another checkpoint of its run
+        saved = [*loaded.path.parent.glob("*.safetensors"), *loaded.path.parent.glob("*.pt")]
+        check_output(
+            html_file,
+            [
+                (path, "the model's weights" if path == loaded.path else "a checkpoint beside the model")
+                for path in saved
+            ],
+        )
     config = loaded.model_config
     chosen = parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit else None
     loaded.tokenizer.check_encodable(text, "text")
@@ -178,15 +194,15 @@ def explain(
     found = found_units_data(results)
 
     if html_path:
-        from charrnn.atomic import atomic_write_bytes
+        from charrnn.atomic import write_output
         from charrnn.cli.explain_html import render_page
 
         data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
         page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
-        try:
-            atomic_write_bytes(Path(html_path), page.encode("utf-8"))
-        except OSError as error:
-            raise CharrnnError(f"cannot write {html_path}: {error.strerror or error}") from None
+        if html_file is None:
+            write_stream([page])
+            return
+        write_output(html_file, page.encode("utf-8"))
         notes.print(
             f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
             f"(surprise and {len(views) - 1} units)",

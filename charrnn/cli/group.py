@@ -5,9 +5,13 @@ Each command lives in its own module of this package and registers itself on `cl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 
@@ -48,12 +52,37 @@ def out_of_memory_message(error: BaseException) -> str:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwound like Ctrl-C, so every command deletes its temporary files on the way out."""
+
+
+def _raise_terminated(signal_number: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    # Only where SIGTERM would otherwise kill at once (its default): a host program's own handler
+    # is kept. `train` installs its own (save, then stop) while it trains.
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class CharrnnGroup(click.Group):
     """A group whose every failure is one `Error: ...` line on stderr: exit 2 for usage, 1 otherwise."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_unwinds():
+                result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as error:
             click.echo(error.ctx.get_help())
             sys.exit(0)
@@ -69,6 +98,9 @@ class CharrnnGroup(click.Group):
         except (click.Abort, KeyboardInterrupt):
             click.echo("Error: interrupted", err=True)
             sys.exit(EXIT_SIGINT)
+        except Terminated:
+            click.echo("Error: terminated", err=True)
+            sys.exit(EXIT_SIGTERM)
         except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not is_out_of_memory(error):
                 raise

@@ -11,11 +11,11 @@ import io
 import os
 import select
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from charrnn.data.reader import Utf8Decoder, read_failure
-from charrnn.errors import CorpusError, UsageProblem
+from charrnn.errors import CharrnnError, CorpusError, UsageProblem
 
 READ_BYTES = 1 << 16
 
@@ -37,15 +37,26 @@ def _decode_line(decoder: Utf8Decoder, raw: bytes) -> str:
     return line[:-1] if line.endswith("\r") else line  # a file with Windows line ends
 
 
-def read_line_batches(stream: BinaryIO, batch_size: int, what: str) -> Iterator[list[str]]:
+def read_line_batches(
+    stream: BinaryIO,
+    batch_size: int,
+    what: str,
+    check: Callable[[str, int], None] | None = None,
+) -> Iterator[list[str]]:
     """Lists of up to `batch_size` lines of `stream` (without their line ends), in order.
 
-    `what` names the stream in messages (the file, or "standard input").
+    `what` names the stream in messages (the file, or "standard input"). `check(line, number)`
+    (numbers from 1) raises a `CharrnnError` for a line that cannot be completed. A bad line
+    (not UTF-8, or refused by `check`) ends the batch before it: that batch is yielded whole,
+    and the error is raised only when the next batch is asked for, so the completions of every
+    line before the bad one are written first.
     """
     descriptor = _file_descriptor(stream)
     decoder = Utf8Decoder(what)
     lines: deque[bytes] = deque()  # each with its line end: the decoder counts every byte
-    tail = b""
+    # The start of a line still without its end, in pieces: joined once, when the end comes
+    # (joining at every read would copy a long line once per read).
+    tail: list[bytes] = []
     ended = False
 
     def read_more(wait: bool) -> bool:
@@ -63,21 +74,39 @@ def read_line_batches(stream: BinaryIO, batch_size: int, what: str) -> Iterator[
         if not chunk:
             ended = True
             if tail:
-                lines.append(tail)
-                tail = b""
+                lines.append(b"".join(tail))
+                tail = []
             return True
-        parts = (tail + chunk).split(b"\n")
-        tail = parts.pop()
-        lines.extend(part + b"\n" for part in parts)
+        if b"\n" not in chunk:
+            tail.append(chunk)
+            return True
+        parts = chunk.split(b"\n")
+        tail.append(parts[0])
+        lines.append(b"".join(tail) + b"\n")
+        lines.extend(part + b"\n" for part in parts[1:-1])
+        tail = [parts[-1]] if parts[-1] else []
         return True
 
+    number = 0
     while True:
         batch: list[str] = []
+        bad_line: CharrnnError | None = None
         while len(batch) < batch_size:
             if lines:
-                batch.append(_decode_line(decoder, lines.popleft()))
+                number += 1
+                try:
+                    line = _decode_line(decoder, lines.popleft())
+                    if check is not None:
+                        check(line, number)
+                except CharrnnError as error:
+                    bad_line = error
+                    break
+                batch.append(line)
             elif ended or not read_more(wait=not batch) or (batch and not lines and not ended):
                 break
+        if batch:
+            yield batch
+        if bad_line is not None:
+            raise bad_line
         if not batch:
             return
-        yield batch

@@ -41,12 +41,13 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
       charrnn plot runs/tinyshakespeare
       charrnn plot runs/lstm runs/gru runs/bpe -o compare.svg --x time
     """
-    from charrnn.atomic import atomic_write_bytes
+    from charrnn.atomic import check_output, write_output
     from charrnn.cli.console import stderr_console
     from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
 
     require_matplotlib()
     image = image_format(Path(output))
+    check_output(Path(output))  # before the work: a folder or a missing folder is refused now
     notes = stderr_console()
     curves = []
     for run in runs:
@@ -69,11 +70,9 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     if not curves:
         raise CharrnnError("nothing to plot: no run has an evaluation in its metrics.jsonl yet")
     unique_names(curves)
+    check_output(Path(output), [(run.path, "the metrics of a run being plotted") for run in curves])
     data = draw_curves(curves, x_axis, image)
-    try:
-        atomic_write_bytes(Path(output), data)
-    except OSError as error:
-        raise CharrnnError(f"cannot write {output}: {error.strerror or error}") from None
+    write_output(Path(output), data)
     evaluations = sum(len(run.records) for run in curves)
     notes.print(
         f"wrote {output}: {len(curves)} run{'s' if len(curves) > 1 else ''}, {evaluations} evaluations",

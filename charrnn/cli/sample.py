@@ -244,7 +244,9 @@ def _output(
             except CorpusError as error:
                 raise UsageProblem(str(error)) from None  # --input is a command-line value: exit 2
             open_files.callback(source.close, stream)
-            batches = read_line_batches(stream, config.batch_size, source.name)
+            batches = read_line_batches(
+                stream, config.batch_size, source.name, _line_check(loaded.tokenizer, source.name)
+            )
         records = generate_records(loaded.model, loaded.tokenizer, config, prime_batches=batches)
         for number, record in enumerate(records):
             if output_format == "jsonl":
@@ -253,3 +255,22 @@ def _output(
                 yield record.prime + record.text + config.separator
             else:
                 yield (config.separator if number else "") + record.prime + record.text
+
+
+def _line_check(tokenizer, what: str):
+    """The check of each `--each-line` line: characters the model never saw end the run there,
+    as they would in a --prime (exit 1), once the lines before it are written."""
+    from charrnn.data.tokenizers import describe_char
+    from charrnn.errors import TokenizerError
+
+    def check(line: str, number: int) -> None:
+        missing = tokenizer.unencodable(line)
+        if missing:
+            shown = ", ".join(describe_char(char) for char in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise TokenizerError(
+                f"line {number} of {what} has characters the model never saw in training: {shown}{more} "
+                "(the lines before it are completed; this one and those after it are not)"
+            )
+
+    return check

@@ -17,9 +17,10 @@ resident memory does not grow with the corpus (beyond the page cache). The split
 and tokeniser fitting are `corpus_encoding.prepare_tokens`, shared with the small
 in-memory path (`data.prepare_corpus`).
 
-The cache folder also holds standard input while it is read (`spool_stream`).
-Files left there by a killed process (a half-written token file, a spooled
-stdin) are removed by the next run, once their writer is known to be gone.
+The cache folder also holds standard input while it is read (`spool_stream`) and the
+temporary files of evaluations and half-written entries, all named by `atomic.temp_name`.
+Those left by a killed process are removed by the next run that uses the folder
+(`remove_stale_files`), once their owner is known to be gone.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ import json
 import mmap
 import os
 import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -40,12 +39,11 @@ from typing import BinaryIO, TextIO
 import numpy as np
 
 from charrnn.atomic import (
-    TEMP_MARKER,
     DiskFullError,
     atomic_write_bytes,
-    is_temp_file,
+    create_temp_file,
     remove_quietly,
-    temp_path_for,
+    remove_stale_temp_files,
 )
 
 # Re-exported: the train command reads corpora through this module.
@@ -79,7 +77,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = 1
-SPOOL_PREFIX = ".stdin-"
+SPOOL_LABEL = "stdin.txt"
 
 
 def default_cache_dir() -> Path:
@@ -95,8 +93,9 @@ def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        reason = "it is not a folder" if isinstance(error, FileExistsError) else error.strerror
         raise CharrnnError(
-            f"cannot create the token cache folder {folder}: {error.strerror or error} "
+            f"cannot create the token cache folder {folder}: {reason or error} "
             "(choose another with --cache-dir or CHARRNN_CACHE_DIR)"
         ) from None
 
@@ -104,24 +103,18 @@ def _make_folder(folder: Path) -> None:
 # -- standard input ----------------------------------------------------------------------------
 
 
-def _host_tag() -> str:
-    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
-
-
 def spool_stream(stream: BinaryIO, folder: Path) -> Path:
     """Copy a byte stream (stdin) to a temporary file in `folder`, a chunk at a time; return its path.
 
     Spooling lets stdin take the same streaming path as a file; the caller deletes the
-    file. Its name carries this machine and process (`.stdin-HOST-PID-*.txt`), so that
-    when the process is killed, the next run on this machine can tell it is litter. An
-    error or an interruption (Ctrl-C) during the copy deletes it at once.
+    file. It is named as every charrnn temp file is (`atomic.temp_name`: this machine and
+    process), so that when the process is killed, the next run here knows it is litter. An
+    error or an interruption (Ctrl-C, SIGTERM) during the copy deletes it at once.
     """
     _make_folder(folder)
     remove_stale_files(folder)
     try:
-        handle, name = tempfile.mkstemp(
-            prefix=f"{SPOOL_PREFIX}{_host_tag()}-{os.getpid()}-", suffix=".txt", dir=folder
-        )
+        handle, path = create_temp_file(folder, SPOOL_LABEL)
     except OSError as error:
         raise CorpusError(
             f"cannot store standard input in {folder}: {error.strerror or error} "
@@ -131,76 +124,22 @@ def spool_stream(stream: BinaryIO, folder: Path) -> Path:
         with os.fdopen(handle, "wb") as out:
             shutil.copyfileobj(stream, out, CHUNK_BYTES)
     except OSError as error:
-        Path(name).unlink(missing_ok=True)
+        remove_quietly(path)
         raise CorpusError(f"cannot store standard input in {folder}: {error.strerror or error}") from None
     except BaseException:
-        Path(name).unlink(missing_ok=True)  # Ctrl-C while copying: leave no litter
+        remove_quietly(path)  # Ctrl-C while copying: leave no litter
         raise
-    return Path(name)
-
-
-# -- litter of killed processes ----------------------------------------------------------------
-
-
-def _process_is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # e.g. EPERM: it exists, owned by someone else
-    return False
-
-
-def _spool_is_stale(name: str) -> bool:
-    # .stdin-HOST-PID-XXXX.txt: stale when HOST is this machine and PID is no longer running.
-    # (Another machine sharing the folder may still be reading its own spool.)
-    parts = name[len(SPOOL_PREFIX) :].rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != _host_tag() or not parts[1].isdigit():
-        return False
-    return _process_is_gone(int(parts[1]))
-
-
-def _entry_lock_of_temp(folder: Path, name: str) -> Path | None:
-    # .NAME-KEY.tokens.tmp-PID and .NAME-KEY.json.tmp-PID belong to entry NAME-KEY, locked by NAME-KEY.lock.
-    target = Path(name[1:].split(TEMP_MARKER)[0])
-    if target.suffix not in (".tokens", ".json"):
-        return None
-    return folder / f"{target.stem}.lock"
+    return path
 
 
 def remove_stale_files(folder: Path) -> None:
     """Delete what killed processes left in the cache folder, never what a live one is writing.
 
-    A temp token file or sidecar belongs to a cache entry: it is stale when that entry's
-    lock is free (its writer held the lock while writing). A spooled stdin is stale when
-    the process named in it is gone. Best effort: a folder we cannot list or change is left alone.
+    The one sweep of `atomic.remove_stale_temp_files`: a temp file (a half-written token
+    file or sidecar, a spooled stdin, an evaluation's spilled tokens) is stale when the
+    process named in it is gone. Best effort: a folder we cannot list or change is left alone.
     """
-    try:
-        names = [entry.name for entry in os.scandir(folder)]
-    except OSError:
-        return
-    temps_by_lock: dict[Path, list[Path]] = {}
-    for name in names:
-        if name.startswith(SPOOL_PREFIX) and name.endswith(".txt"):
-            if _spool_is_stale(name):
-                remove_quietly(folder / name)
-        elif is_temp_file(Path(name)):
-            lock = _entry_lock_of_temp(folder, name)
-            if lock is not None:
-                temps_by_lock.setdefault(lock, []).append(folder / name)
-    for lock, temps in temps_by_lock.items():
-        held = _CacheLock(lock)
-        try:
-            if not held.try_acquire():
-                continue  # a live process is encoding this entry
-        except CharrnnError:
-            continue
-        try:
-            for temp in temps:
-                remove_quietly(temp)
-        finally:
-            held.release()
+    remove_stale_temp_files(folder)
 
 
 # -- the token file ----------------------------------------------------------------------------
@@ -280,10 +219,11 @@ def _encode_to_file(
         if on_progress is not None:
             on_progress(CorpusProgress(phase="encoding", done_bytes=min(done, total), total_bytes=total))
 
-    temp = temp_path_for(path)
+    temp: Path | None = None
     num_tokens = 0
     try:
-        with open(temp, "wb") as out:
+        handle, temp = create_temp_file(path.parent, path.name, 0o666)
+        with os.fdopen(handle, "wb") as out:
             # The iterator checks the corpus against the scan when it ends: rename only after that.
             for ids in encode_corpus(scan, tokenizer, advance):
                 out.write(ids.tobytes())
@@ -292,10 +232,12 @@ def _encode_to_file(
             os.fsync(out.fileno())
         os.replace(temp, path)
     except OSError as error:
-        remove_quietly(temp)
+        if temp is not None:
+            remove_quietly(temp)
         raise _cache_write_error(path, error) from None
     except BaseException:
-        remove_quietly(temp)
+        if temp is not None:
+            remove_quietly(temp)
         raise
     info = {
         "format": CACHE_FORMAT,
@@ -365,10 +307,6 @@ class _CacheLock:
                 f"cannot lock the token cache entry {self.path}: {error.strerror or error}"
             ) from None
         return True
-
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free now; False when another process holds it."""
-        return self._lock(blocking=False)
 
     def release(self) -> None:
         """Let go of the lock (closing the file releases the flock)."""

@@ -10,6 +10,7 @@ in memory whole.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import IO
 import numpy as np
 import torch
 
+from charrnn.atomic import create_temp_file, remove_quietly, remove_stale_temp_files
 from charrnn.data.encoding import count_chars, cut_at_lines
 from charrnn.data.tokenizers import UNKNOWN_ID, CharTokenizer, Tokenizer, describe_char, token_dtype
 from charrnn.errors import CorpusError, TokenizerError
@@ -93,14 +95,21 @@ class UnknownCharacters(TokenizerError):
 
 
 class _TokenSink:
-    """Collects encoded chunks: in memory while small, then in a temporary file (deleted on close)."""
+    """Collects encoded chunks: in memory while small, then in a temporary file (deleted on close).
+
+    The file is named as every charrnn temp file is (`atomic.temp_name`), so when the process
+    is killed before `close` (SIGKILL, a power cut), the next command that uses the folder
+    removes it; the folder is swept of such leftovers when the sink is made.
+    """
 
     def __init__(self, dtype: np.dtype, folder: Path | None) -> None:
         self.dtype = dtype
-        self.folder = folder
+        self.folder = folder or Path(tempfile.gettempdir())
         self.parts: list[np.ndarray] = []
         self.num_tokens = 0
         self.file: IO[bytes] | None = None
+        self.path: Path | None = None
+        remove_stale_temp_files(self.folder)
 
     def add(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids).astype(self.dtype, copy=False)
@@ -109,16 +118,16 @@ class _TokenSink:
             self.parts.append(ids)
             return
         if self.file is None:
-            folder = self.folder or Path(tempfile.gettempdir())
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                self.folder.mkdir(parents=True, exist_ok=True)
+                descriptor, self.path = create_temp_file(self.folder, "eval.tokens")
                 # The file outlives this call: it collects every later chunk until close().
-                self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115
-                    prefix=".eval-", suffix=".tokens", dir=folder
-                )
+                self.file = os.fdopen(descriptor, "wb")
             except OSError as error:
+                reason = "it is not a folder" if isinstance(error, FileExistsError) else error.strerror
                 raise CorpusError(
-                    f"cannot write temporary tokens in {folder}: {error.strerror or error}"
+                    f"cannot write temporary tokens in {self.folder}: {reason or error} "
+                    "(choose another folder with CHARRNN_CACHE_DIR)"
                 ) from None
             for part in self.parts:
                 self.file.write(part.tobytes())
@@ -130,16 +139,21 @@ class _TokenSink:
 
     def tokens(self) -> np.ndarray:
         """Every token so far (a read-only memory map once spilled)."""
-        if self.file is None:
+        if self.file is None or self.path is None:
             return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=self.dtype)
         self.file.flush()
         if self.num_tokens == 0:
             return np.zeros(0, dtype=self.dtype)
-        return np.memmap(self.file.name, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
 
     def close(self) -> None:
+        """Delete the temporary file, if there is one."""
         if self.file is not None:
             self.file.close()
+            self.file = None
+        if self.path is not None:
+            remove_quietly(self.path)
+            self.path = None
 
 
 class _CharEncoder:

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from charrnn.atomic import TEMP_MARKER, atomic_write_bytes, is_temp_file
+from charrnn.atomic import (
+    atomic_write_bytes,
+    create_temp_file,
+    kind_of,
+    remove_quietly,
+    remove_stale_temp_files,
+)
 from charrnn.errors import CheckpointError, RunDirError
 from charrnn.events import StopReason
 from charrnn.store.metrics_log import (
@@ -113,10 +119,14 @@ class RunDir:
         """Create the folder and prove it is writable, before any training starts."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            # Named like a temp file, so that if we are killed right here the next run removes it.
-            probe = self.path / f".write-probe{TEMP_MARKER}{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink(missing_ok=True)  # a lock holder cleaning temp files may have beaten us
+            # A temp file, so that if we are killed right here the next run removes it.
+            descriptor, probe = create_temp_file(self.path, "write-probe")
+            os.close(descriptor)
+            remove_quietly(probe)
+        except FileExistsError:
+            raise RunDirError(
+                f"cannot use {self.path} as the run directory: {_not_a_folder(self.path)}"
+            ) from None
         except OSError as error:
             raise RunDirError(
                 f"cannot write to run directory {self.path}: {error.strerror or error}"
@@ -159,11 +169,12 @@ class RunDir:
         return None
 
     def remove_stray_temp_files(self) -> None:
-        """Delete temp files that an interrupted atomic write left behind."""
-        for leftover in self.path.iterdir():
-            if is_temp_file(leftover):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        """Delete temp files that interrupted writes left behind (called by the lock holder).
+
+        Those of the run's own files go whoever made them (only the lock holder writes them);
+        any other charrnn temp file goes once its process is gone.
+        """
+        remove_stale_temp_files(self.path, is_owned=_is_run_file_name)
 
     def unlock(self) -> None:
         """Release the lock (closing the file releases the flock)."""
@@ -287,6 +298,23 @@ def resolve_weights(given: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> P
 
 # A process that only looks (`is_locked`) holds a shared lock for microseconds: a lock
 # still refused after this long belongs to a training.
+def _not_a_folder(path: Path) -> str:
+    """Why `path`, which exists, cannot hold a run (it is left as it is)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return f"it is a symlink to {os.readlink(path)}, which does not exist"
+    except OSError as error:  # e.g. ELOOP
+        return error.strerror or str(error)
+    return f"it is a {kind_of(found.st_mode)}, not a folder"
+
+
+def _is_run_file_name(name: str) -> bool:
+    return name in (BEST_WEIGHTS, LATEST_WEIGHTS, TRAINING_STATE, METRICS, END_RECORD) or bool(
+        STEP_WEIGHTS.fullmatch(name)
+    )
+
+
 LOCK_PATIENCE_SECONDS = 0.2
 
 
