@@ -136,6 +136,14 @@ class TrainConfig(_JsonDataclass):
     # little less text, and in the few passes over a small corpus that a short run makes,
     # updates matter more than batch size. Fewer than 8 streams did worse.
     batch_size: int = 8
+    # The text is cut into batch_size x stream_groups streams and a step trains one group of them,
+    # the groups in turns, each with its own carried state (data/windows.py). With one group, the
+    # last 1/batch_size of the training text was read only at the end of every pass, and on
+    # tinyshakespeare (where that part opens the play the validation split continues) the
+    # validation loss fell and rose again with every pass; 8 groups spread every group over the
+    # whole text, gave a smooth curve and a better loss through the first pass
+    # (docs/experiments/2026-12-04-validation-over-a-pass.md). 1 is the layout before groups.
+    stream_groups: int = 8
     lr: float = 5e-3  # peak learning rate of AdamW
     # AdamW's decoupled decay. 0.1 beat 0 with every seed tried (docs/experiments/2026-11-29-weight-decay.md):
     # in the few passes over a small corpus that a short run makes, the model starts
@@ -170,6 +178,9 @@ class TrainConfig(_JsonDataclass):
         """Check every field; return self so calls can chain."""
         _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be >= 1, got {self.seq_len}")
         _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be >= 1, got {self.batch_size}")
+        _require(
+            1 <= self.stream_groups <= 1_000_000, f"--stream-groups must be >= 1, got {self.stream_groups}"
+        )
         _finite("--lr", self.lr)
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _finite("--weight-decay", self.weight_decay)

@@ -50,6 +50,7 @@ class TrainingStarted:
     max_steps: int | None
     budget_seconds: float | None
     processes: int = 1  # torchrun workers; batch_size is per process
+    stream_groups: int = 1  # groups of batch_size streams trained in turns
     parent: dict | None = None  # the model a fine-tuning run started from: name, weights_sha256
 
 

@@ -154,7 +154,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_process_
     ]
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["batch_size"] == 4
-    assert state["hidden"][0].shape[1] == 8  # both ranks' streams are saved
+    assert state["stream_groups"] == 8
+    assert state["hidden"][0].shape[1] == 8 * 8  # both ranks' streams of every group are saved
 
     single = tmp_path / "single"
     alone = run_charrnn_process(

@@ -37,7 +37,10 @@ def test_model_learns_repeated_pattern_and_greedy_sampling_reproduces_it(trained
 def test_hidden_state_is_carried_between_windows_and_detached(tmp_path):
     corpus = prepare_corpus(Corpus(PATTERN * 100, "p", "p"), "char", 0.1)
     model_config = ModelConfig(hidden_size=16, embedding_size=8, num_layers=1, dropout=0.0)
-    train_config = TrainConfig(seq_len=16, batch_size=4, max_steps=3, eval_every=100, threads=1)
+    # One stream group, so each window continues the one before (test_stream_groups: several).
+    train_config = TrainConfig(
+        seq_len=16, batch_size=4, stream_groups=1, max_steps=3, eval_every=100, threads=1
+    )
     run_dir = RunDir(tmp_path / "run")
     run_dir.prepare()
     trainer = Trainer(corpus, model_config, train_config, run_dir)

@@ -92,7 +92,9 @@ def test_resume_restores_optimizer_rng_and_carried_state(tmp_path):
     _train(tmp_path / "run", max_steps=30, stop_after=5)
     state = load_training_state(tmp_path / "run/state.pt")
     assert state["step"] == 5
-    assert len(state["hidden"]) == 2 and state["hidden"][0].shape == (2, 4, 24)  # LSTM (h, c)
+    # LSTM (h, c), each with the 8 stream groups of 4 streams side by side
+    assert len(state["hidden"]) == 2 and state["hidden"][0].shape == (2, 8 * 4, 24)
+    assert state["stream_groups"] == 8
     assert state["optimizer"]["state"], "AdamW moments must be saved"
     assert state["torch_rng"].dtype == torch.uint8
     assert json.loads(state["train_config"])["max_steps"] == 30

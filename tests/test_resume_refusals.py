@@ -58,6 +58,7 @@ OTHER_VALUES = {
     "--eval-tokens": "1000",
     "--seq-len": "16",
     "--batch-size": "4",
+    "--stream-groups": "2",
     "--seed": "7",
 }
 

@@ -206,6 +206,7 @@ def test_run_state_of_an_older_file_gets_the_defaults_that_reproduce_it():
     record = RunState.from_dict(old, "state.pt")
     assert record.counters.last_eval_step == 7 and record.counters.skipped_steps == 0
     assert record.shift_passes is False and record.lr_anchor is None and record.world_size == 1
+    assert record.stream_groups == 1  # before stream groups: one group
     with pytest.raises(CheckpointError, match="state.pt is corrupted"):
         RunState.from_dict({**old, "interval": {"bogus": 1}}, "state.pt")
 

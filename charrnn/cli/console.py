@@ -186,6 +186,7 @@ class TrainingDisplay:
             f"{event.train_tokens:,} train / {event.val_tokens:,} val {unit}, "
             f"batch {event.batch_size} x {event.seq_len}"
             + (f" x {event.processes} processes" if event.processes > 1 else "")
+            + (f", {event.stream_groups} stream groups" if event.stream_groups > 1 else "")
             + f", {event.device} {event.precision} "
             f"{event.threads} threads, {budget}"
             + (f", resuming at step {event.start_step}" if event.start_step else ""),

@@ -107,6 +107,14 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Contiguous streams trained side by side.",
 )
 @click.option(
+    "--stream-groups",
+    type=int,
+    default=_TRAIN_DEFAULTS.stream_groups,
+    show_default=True,
+    help="Cut the text into --batch-size x this many streams; steps train the groups in turns, "
+    "each carrying its own state, so every part of the text is read all through a pass (1: one group).",
+)
+@click.option(
     "--lr",
     type=float,
     default=_TRAIN_DEFAULTS.lr,

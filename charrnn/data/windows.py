@@ -1,16 +1,26 @@
 """The windows training and evaluation read from a token array.
 
-`BatchStream`: B contiguous streams cut into windows of `seq_len` tokens, window i of
-every stream following window i-1 of that stream, which is what lets training carry
-the hidden state across windows. `EvaluationWindows`: every token predicted once.
+`BatchStream`: contiguous streams cut into windows of `seq_len` tokens, window i of every
+stream following window i-1 of that stream, which is what lets training carry the hidden
+state across windows. `EvaluationWindows`: every token predicted once.
 
-Every pass over the text after the first is shifted by a random offset. `BatchStream`
-cuts the same windows on every pass: the same tokens always sit at the start of a window,
-where the carried state is freshest, and the same token pairs are never split across a
-truncation. `ShiftedPasses` moves every stream's start by an offset drawn from (seed, pass
-number) for each pass after the first, so the cuts fall elsewhere each time. The offset is a
-pure function of the seed and the step, which keeps resuming exact without saving anything
-more than whether the shift is on.
+Stream groups. The text is cut into `batch_size * stream_groups` streams (per process), and a
+step trains one group of `batch_size` of them: step i trains group i % stream_groups, on that
+group's next window. Group g holds streams g, g + G, g + 2G, ..., spread over the whole text, so
+at every point of a pass the model is reading every part of the text. With one group (the layout
+before groups existed) each stream holds a contiguous 1/B of the text, read in order over the
+pass: the last part of the training text is then only ever read at the end of a pass, and the
+validation loss rose and fell with each pass as that part (next to the validation split) came
+round (docs/experiments/2026-12-04-validation-over-a-pass.md). Each group carries its own hidden
+state; the trainer keeps one per group.
+
+Every pass over the text after the first is shifted by a random offset. `BatchStream` cuts the
+same windows on every pass: the same tokens always sit at the start of a window, where the
+carried state is freshest, and the same token pairs are never split across a truncation.
+`ShiftedPasses` moves every stream's start by an offset drawn from (seed, pass number) for each
+pass after the first, so the cuts fall elsewhere each time. The offset is a pure function of the
+seed and the step, which keeps resuming exact without saving anything more than whether the
+shift is on.
 """
 
 from __future__ import annotations
@@ -23,8 +33,11 @@ import numpy as np
 from charrnn.errors import CorpusError
 
 
-def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int, world_size: int = 1) -> int:
-    """The largest batch (per process) <= `batch_size` that gives every stream one whole window.
+def fit_stream_layout(
+    num_tokens: int, batch_size: int, stream_groups: int, seq_len: int, world_size: int = 1
+) -> tuple[int, int]:
+    """The largest (batch per process, stream groups) within the asked ones that gives every
+    stream one whole window: the groups are lowered first, then the batch.
 
     Raises `CorpusError` when even one stream per process is shorter than a window.
     """
@@ -35,44 +48,75 @@ def fit_batch_size(num_tokens: int, batch_size: int, seq_len: int, world_size: i
             f"{f' x {world_size} processes' if world_size > 1 else ''}): "
             "use a longer corpus or a smaller --seq-len"
         )
-    return min(batch_size, (num_tokens - 1) // (seq_len * world_size))
+    streams_per_process = (num_tokens - 1) // (seq_len * world_size)
+    if streams_per_process >= batch_size:
+        return batch_size, min(stream_groups, streams_per_process // batch_size)
+    return streams_per_process, 1
 
 
 class BatchStream:
-    """Truncated-BPTT windows over B contiguous streams of a token array.
+    """Truncated-BPTT windows over `batch_size * stream_groups` contiguous streams of a token array.
 
-    The array is cut into `batch_size * world_size` equal streams; this
-    process (rank) owns `batch_size` consecutive ones. `window(i)` returns
-    inputs and next-token targets of shape (batch_size, seq_len) for window
-    `i % windows_per_epoch`. The array may be a NumPy memmap: only the
-    rows a window needs are read.
+    The array is cut into `batch_size * stream_groups * world_size` equal streams. Step `index`
+    trains group `index % stream_groups` (see `group_of`); of each group's streams, this process
+    (rank) owns `batch_size` consecutive ones, so the ranks' windows side by side are the
+    one-process windows. `window(i)` returns inputs and next-token targets of shape
+    (batch_size, seq_len). The array may be a NumPy memmap: only the rows a window needs are read.
     """
 
     def __init__(
-        self, tokens: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        stream_groups: int = 1,
     ) -> None:
-        total_streams = batch_size * world_size
+        total_streams = batch_size * stream_groups * world_size
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.stream_groups = stream_groups
         self.stream_len = (len(tokens) - 1) // total_streams
-        self.windows_per_epoch = self.stream_len // seq_len
-        if self.windows_per_epoch < 1:
+        self.windows_per_stream = self.stream_len // seq_len
+        if self.windows_per_stream < 1:
             raise CorpusError(
                 f"{len(tokens)} tokens cannot make {total_streams} streams of one {seq_len}-token window each"
             )
-        first_stream = rank * batch_size
-        starts = np.arange(first_stream, first_stream + batch_size) * self.stream_len
-        self._offsets = starts[:, None] + np.arange(seq_len + 1)[None, :]
+        # Steps in a pass: every group reads each of its windows once.
+        self.windows_per_epoch = self.windows_per_stream * stream_groups
+        # Group g's streams, in the order of the global batch: g, g + G, g + 2G, ...; this rank's
+        # block of them is the one at rank * batch_size.
+        global_batch = np.arange(rank * batch_size, (rank + 1) * batch_size)
+        self._offsets = [
+            ((global_batch * stream_groups + group) * self.stream_len)[:, None]
+            + np.arange(seq_len + 1)[None, :]
+            for group in range(stream_groups)
+        ]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """The pass that step `index` belongs to, and the step's number within that pass."""
+        return index // self.windows_per_epoch, index % self.windows_per_epoch
+
+    def offset(self, pass_number: int) -> int:
+        """How many tokens later than in pass 0 every stream starts in this pass (0: never shifted)."""
+        return 0
+
+    def group_of(self, index: int) -> int:
+        """The stream group step `index` trains (each group carries its own hidden state)."""
+        return self.locate(index)[1] % self.stream_groups
 
     def starts_epoch(self, index: int) -> bool:
-        """True when window `index` is the first of a pass, where streams restart (reset state)."""
-        return index % self.windows_per_epoch == 0
+        """True when step `index` reads its group's first window of a pass (reset that group's state)."""
+        return self.locate(index)[1] < self.stream_groups
 
     def window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and targets (int64, shape (batch_size, seq_len)) of window `index`."""
-        position = (index % self.windows_per_epoch) * self.seq_len
-        chunk = self.tokens[self._offsets + position].astype(np.int64)
+        """Inputs and targets (int64, shape (batch_size, seq_len)) of step `index`."""
+        pass_number, within = self.locate(index)
+        group, window_of_stream = within % self.stream_groups, within // self.stream_groups
+        position = self.offset(pass_number) + window_of_stream * self.seq_len
+        chunk = self.tokens[self._offsets[group] + position].astype(np.int64)
         return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -152,7 +196,7 @@ class ShiftedPasses(BatchStream):
     """`BatchStream` windows; pass 0 as before, later passes start every stream `offset(pass)` tokens later.
 
     To make room for an offset of up to a window, passes after the first are one
-    window shorter (when a stream holds more than one window).
+    window per stream shorter (when a stream holds more than one window).
     """
 
     def __init__(
@@ -163,16 +207,19 @@ class ShiftedPasses(BatchStream):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        stream_groups: int = 1,
     ) -> None:
-        super().__init__(tokens, batch_size, seq_len, rank, world_size)
+        super().__init__(tokens, batch_size, seq_len, rank, world_size, stream_groups)
         self.seed = seed
+        later_windows_per_stream = max(1, self.windows_per_stream - 1)
+        # Steps in the first pass and in each later one.
         self.first_pass_windows = self.windows_per_epoch
-        self.later_pass_windows = max(1, self.windows_per_epoch - 1)
+        self.later_pass_windows = later_windows_per_stream * stream_groups
         # Offsets 0..max_offset keep the last stream's last window inside the array.
-        self.max_offset = self.stream_len - self.later_pass_windows * seq_len
+        self.max_offset = self.stream_len - later_windows_per_stream * seq_len
 
     def locate(self, index: int) -> tuple[int, int]:
-        """The pass that step `index` belongs to, and the window's number within that pass."""
+        """The pass that step `index` belongs to, and the step's number within that pass."""
         if index < self.first_pass_windows:
             return 0, index
         later = index - self.first_pass_windows
@@ -184,14 +231,3 @@ class ShiftedPasses(BatchStream):
             return 0
         generator = np.random.default_rng([self.seed, pass_number])
         return int(generator.integers(0, self.max_offset + 1))
-
-    def starts_epoch(self, index: int) -> bool:
-        """True when window `index` is the first of a pass, where streams restart (reset state)."""
-        return self.locate(index)[1] == 0
-
-    def window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Inputs and targets (int64, shape (batch_size, seq_len)) of window `index`."""
-        pass_number, within = self.locate(index)
-        position = self.offset(pass_number) + within * self.seq_len
-        chunk = self.tokens[self._offsets + position].astype(np.int64)
-        return chunk[:, :-1], chunk[:, 1:]

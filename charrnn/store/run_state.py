@@ -90,7 +90,10 @@ class RunState:
     corpus_source: str  # absolute path, or "-" for stdin
     model: dict  # state_dict, CPU tensors
     optimizer: dict
-    hidden: list  # the carried state, every rank's streams side by side
+    # The carried state: each part (an LSTM's h and c, or one tensor) holds every group's streams
+    # side by side, group after group, each group every rank's streams side by side (see
+    # `hidden_for_saving`); with one group, the layout of states saved before groups existed.
+    hidden: list
     torch_rng: torch.Tensor
     batch_size: int | None = None  # streams per process
     torch_rng_by_rank: torch.Tensor | None = None
@@ -103,6 +106,9 @@ class RunState:
     # Passes after the first start at a random offset (windows.ShiftedPasses); off in states
     # written before it existed, so they continue over the same windows.
     shift_passes: bool = False
+    # Stream groups trained in turns, each with its own carried state (windows.BatchStream), as
+    # fitted to the corpus; states written before groups existed had one.
+    stream_groups: int = 1
     # The model a fine-tuning run started from (`--init-from`): its name and weights hash.
     parent: dict | None = None
 
@@ -140,6 +146,7 @@ class RunState:
             record.elapsed = float(record.elapsed)
             record.world_size = int(record.world_size)
             record.shift_passes = bool(record.shift_passes)
+            record.stream_groups = int(record.stream_groups)
         except (KeyError, ValueError, TypeError) as error:
             raise CheckpointError(f"{path} is corrupted ({str(error).splitlines()[0][:200]})") from None
         return record
@@ -170,7 +177,10 @@ def parse_saved_state(state: dict[str, Any], path: Path) -> SavedState:
     """The typed reading of a loaded state dict; anything unreadable is a `CheckpointError`."""
     record = RunState.from_dict(state, path)
     try:
-        train_config = TrainConfig.from_dict(json.loads(record.train_config)).validate()
+        # Settings saved before stream groups existed trained one group: the config default is not theirs.
+        train_config = TrainConfig.from_dict(
+            {"stream_groups": 1, **json.loads(record.train_config)}
+        ).validate()
         model_config = ModelConfig.from_dict(json.loads(record.model_config)).validate()
         tokenizer = tokenizer_from_dict(json.loads(record.tokenizer))
     except (ValueError, TypeError, CharrnnError) as error:
@@ -204,17 +214,44 @@ def required_fields() -> dict[str, tuple[type, ...]]:
 # -- the parts of the state that live in torch, not in the counters --------------------------------
 
 
-def hidden_for_saving(hidden: Any, world: World) -> list[torch.Tensor]:
-    """The carried state as CPU tensors, every rank's streams side by side (all ranks must call it)."""
-    parts = [] if hidden is None else list(hidden if isinstance(hidden, tuple) else (hidden,))
-    return [world.gather_along(part.detach().cpu().clone(), 1) for part in parts]
+def hidden_for_saving(groups: list[Any], world: World) -> list[torch.Tensor]:
+    """The carried states of every stream group as CPU tensors, in the layout of `RunState.hidden`
+    (all ranks must call it: it gathers the ranks' streams).
+
+    A group with no state yet (None: it has not started, or a non-finite step dropped it) is saved
+    as zeros, the state it will start from; no state at all is saved as an empty list.
+    """
+    present = [_parts(state) for state in groups if state is not None]
+    if not present:
+        return []
+    blank = [torch.zeros_like(part) for part in present[0]]
+    saved = []
+    for index in range(len(blank)):
+        by_group = [
+            world.gather_along((blank if state is None else _parts(state))[index].detach().cpu().clone(), 1)
+            for state in groups
+        ]
+        saved.append(torch.cat(by_group, 1))
+    return saved
 
 
-def hidden_from_saved(parts: list[torch.Tensor], world: World, batch_size: int, device: torch.device) -> Any:
-    """This rank's streams of a saved carried state (an LSTM's (h, c), or one tensor), on `device`."""
-    first = world.rank * batch_size
-    own = [part[:, first : first + batch_size].to(device) for part in parts]
-    return (tuple(own) if len(own) == 2 else own[0]) if own else None
+def hidden_from_saved(
+    parts: list[torch.Tensor], world: World, batch_size: int, device: torch.device, stream_groups: int = 1
+) -> list[Any]:
+    """This rank's carried state of each stream group (an LSTM's (h, c), or one tensor, or None)."""
+    if not parts:
+        return [None] * stream_groups
+    group_width = batch_size * world.world_size
+    states = []
+    for group in range(stream_groups):
+        first = group * group_width + world.rank * batch_size
+        own = [part[:, first : first + batch_size].to(device) for part in parts]
+        states.append(tuple(own) if len(own) == 2 else own[0])
+    return states
+
+
+def _parts(state: Any) -> list[torch.Tensor]:
+    return list(state if isinstance(state, tuple) else (state,))
 
 
 class GeneratorStates(TypedDict):

@@ -24,7 +24,7 @@ from charrnn import events
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.encoding import PreparedCorpus
 from charrnn.data.in_memory import token_counts
-from charrnn.data.windows import BatchStream, ShiftedPasses, fit_batch_size
+from charrnn.data.windows import BatchStream, ShiftedPasses, fit_stream_layout
 from charrnn.distributed import World, wrap_model
 from charrnn.errors import CharrnnError, CheckpointError
 from charrnn.events import StopReason
@@ -89,8 +89,17 @@ class Trainer:
         evaluation-spacing and step-time decision reads: tests give a fake one to make them exact."""
         self.time_source = time_source or time.perf_counter
         saved = resume_state.record if resume_state is not None else None
-        # A resumed run keeps its windows (states older than the shift continue unshifted).
-        config = replace(train_config, shift_passes=saved.shift_passes) if saved else train_config
+        # A resumed run keeps its windows (states older than the shift continue unshifted, and
+        # states older than stream groups with one group).
+        config = (
+            replace(
+                train_config,
+                shift_passes=resume_state.record.shift_passes,
+                stream_groups=resume_state.train_config.stream_groups,
+            )
+            if resume_state is not None
+            else train_config
+        )
         self.train_config = config = config.validate()
         self.model_config = replace(model_config, vocab_size=corpus.tokenizer.vocab_size).validate()
         self.corpus, self.run_dir, self.world = corpus, run_dir, world
@@ -111,9 +120,20 @@ class Trainer:
         if world.is_distributed:
             torch.manual_seed(config.seed + world.rank)  # each rank its own dropout masks
         self.optimizer = build_optimizer(self.model, config, self.device)
-        self.batch_size = fit_batch_size(
-            len(corpus.train_tokens), config.batch_size, config.seq_len, world.world_size
+        self.batch_size, self.stream_groups = fit_stream_layout(
+            len(corpus.train_tokens),
+            config.batch_size,
+            config.stream_groups,
+            config.seq_len,
+            world.world_size,
         )
+        if self.stream_groups < config.stream_groups:
+            on_event(
+                events.Notice(
+                    f"the corpus is small: --stream-groups lowered from {config.stream_groups} to "
+                    f"{self.stream_groups} so every stream holds a whole window"
+                )
+            )
         if self.batch_size < config.batch_size:
             on_event(
                 events.Notice(
@@ -123,9 +143,9 @@ class Trainer:
             )
         window_args = (corpus.train_tokens, self.batch_size, config.seq_len, world.rank, world.world_size)
         self.stream = (
-            ShiftedPasses(*window_args, seed=config.seed)
+            ShiftedPasses(*window_args, seed=config.seed, stream_groups=self.stream_groups)
             if config.shift_passes
-            else BatchStream(*window_args)
+            else BatchStream(*window_args, stream_groups=self.stream_groups)
         )
         self.chars_per_token = corpus.train_chars / max(1, len(corpus.train_tokens))
         self.eval_tokens, self.eval_chars = evaluation_split(corpus, config.eval_tokens)
@@ -134,7 +154,8 @@ class Trainer:
         )
         self.checkpointer = Checkpointer(run_dir, corpus, world, config.keep)
         self.counters = Counters()
-        self.hidden: State | None = None
+        # The carried state of each stream group (None until the group's first window).
+        self.hidden: list[State | None] = [None] * self.stream_groups
         self.clock = TrainingClock(world, time_source=self.time_source)
         self.schedule = Schedule(config)
         if resume_state is not None:
@@ -165,6 +186,7 @@ class Trainer:
                 val_tokens=len(self.corpus.val_tokens),
                 eval_tokens=len(self.eval_tokens),
                 batch_size=self.batch_size,
+                stream_groups=self.stream_groups,
                 seq_len=config.seq_len,
                 device=str(self.device),
                 precision=self.precision,
@@ -235,8 +257,10 @@ class Trainer:
         """One truncated-BPTT step: next window, forward from the carried state, loss, backward,
         clip, step."""
         config, step = self.train_config, self.counters.step
-        if self.stream.starts_epoch(step) or self.hidden is None:
-            self.hidden = self.model.initial_state(self.batch_size, self.device)  # a pass starts cold
+        stream_group = self.stream.group_of(step)
+        carried = self.hidden[stream_group]
+        if self.stream.starts_epoch(step) or carried is None:
+            carried = self.model.initial_state(self.batch_size, self.device)  # a pass starts cold
         inputs, targets = (
             torch.from_numpy(array).to(self.device, non_blocking=True) for array in self.stream.window(step)
         )
@@ -245,7 +269,7 @@ class Trainer:
             group["lr"] = self.learning_rate
         self.optimizer.zero_grad(set_to_none=True)  # before the loss, which builds the head's gradients
         with autocast(self.precision, self.device):
-            features, hidden = self.train_model(inputs, self.hidden, features_only=True)
+            features, hidden = self.train_model(inputs, carried, features_only=True)
             loss = head_cross_entropy(features, self.model.head, targets)
         loss.backward()
         max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -253,9 +277,9 @@ class Trainer:
         loss_value = loss.item()
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             self.optimizer.step()
-            self.hidden = detach_state(hidden)  # truncated BPTT: carry the state, cut the graph
+            self.hidden[stream_group] = detach_state(hidden)  # truncated BPTT: carry the state, cut the graph
         else:
-            self.hidden = None  # a poisoned state would poison every later window
+            self.hidden[stream_group] = None  # a poisoned state would poison every later window
         self._count_step(loss_value, grad_norm)
         return loss_value, grad_norm
 
@@ -360,6 +384,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             hidden=hidden_for_saving(self.hidden, self.world),
             batch_size=self.batch_size,
+            stream_groups=self.stream_groups,
             world_size=self.world.world_size,
             lr_anchor=self.schedule.anchor.to_dict(),
             shift_passes=self.train_config.shift_passes,
@@ -370,11 +395,13 @@ class Trainer:
     def _restore(self, resume_state: SavedState) -> None:
         """Continue from a saved record: weights, optimiser, carried state, generators, counters, schedule."""
         saved = resume_state.record
-        check_streams(saved.batch_size, self.batch_size)
+        check_streams(saved.batch_size, self.batch_size, saved.stream_groups, self.stream_groups)
         try:
             self.model.load_state_dict(saved.model)
             self.optimizer.load_state_dict(saved.optimizer)
-            self.hidden = hidden_from_saved(saved.hidden, self.world, self.batch_size, self.device)
+            self.hidden = hidden_from_saved(
+                saved.hidden, self.world, self.batch_size, self.device, self.stream_groups
+            )
             restore_generators(saved, self.world, self.device)
             anchor = LearningRateAnchor.saved(saved.lr_anchor, resume_state.train_config)
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, CharrnnError) as error:

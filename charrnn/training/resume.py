@@ -19,7 +19,16 @@ from charrnn.store.run_state import SavedState
 
 # Train options that cannot change on resume: they fix the split, the tokens, the data
 # windows or the random streams, so a different value would not continue the same run.
-FIXED_ON_RESUME = ("val_fraction", "eval_tokens", "tokenizer", "vocab_size", "seq_len", "batch_size", "seed")
+FIXED_ON_RESUME = (
+    "val_fraction",
+    "eval_tokens",
+    "tokenizer",
+    "vocab_size",
+    "seq_len",
+    "batch_size",
+    "stream_groups",
+    "seed",
+)
 
 
 def resumed_configs(
@@ -69,12 +78,19 @@ def resumed_configs(
     return saved.model_config, train_config
 
 
-def check_streams(saved_batch_size: int | None, batch_size: int) -> None:
+def check_streams(
+    saved_batch_size: int | None, batch_size: int, saved_stream_groups: int = 1, stream_groups: int = 1
+) -> None:
     """Refuse to resume when the corpus now fits another number of streams than the run trained."""
     if saved_batch_size is not None and saved_batch_size != batch_size:
         raise RunDirError(
             f"cannot resume: the run trained {saved_batch_size} streams side by side, "
             f"this one would train {batch_size} (keep --batch-size and --seq-len)"
+        )
+    if saved_stream_groups != stream_groups:
+        raise RunDirError(
+            f"cannot resume: the run trained {saved_stream_groups} stream groups, "
+            f"this one would train {stream_groups} (keep --stream-groups, --batch-size and --seq-len)"
         )
 
 
