@@ -1,0 +1,321 @@
+"""The sizing study: which model and regularisation give the best validation loss for a corpus and a budget.
+
+Every run is a real `charrnn train` in a subprocess; every result is appended to
+benchmarks/results/sizing.jsonl (one JSON object a line, never rewritten), so the study grows
+across sessions and machines. docs/experiments/ writes it up.
+
+    # 1. What a step of each shape costs, relative to the default 2 x 384 (timed in turn, medians):
+    python benchmarks/sizing_study.py costs --shapes 2x256,2x384,2x512,3x512,2x768
+    # 2. How many steps a minute the default shape makes here (`charrnn train`, idle machine, 2 threads):
+    python benchmarks/sizing_study.py speed CORPUS
+    # 3. Runs of a budget, as steps (so two can share the machine, one thread each):
+    python benchmarks/sizing_study.py run CORPUS --minutes 15 --jobs 2 \
+        "--dropout 0.2" "--hidden-size 512 --dropout 0.25"
+    # 4. The table of everything measured so far:
+    python benchmarks/sizing_study.py table
+
+A budget of M minutes runs as `--max-steps` = M x (steps a minute of the default shape on an
+idle machine) / (the shape's step cost relative to the default shape). The loss after N steps
+does not depend on how busy the machine is, so runs can go two at a time on one thread each,
+and the result is the one a timed run of M minutes gives where the machine makes that many steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "sizing.jsonl"
+SPEED_PROBE_SECONDS = 60
+DEFAULT_SHAPE = "2x384"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu's), which the figures depend on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def corpus_identity(corpus: Path) -> dict:
+    """Name, size and SHA-256 of a corpus file."""
+    digest = hashlib.sha256()
+    with corpus.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"corpus": corpus.stem, "corpus_bytes": corpus.stat().st_size, "corpus_sha256": digest.hexdigest()}
+
+
+def commit() -> str:
+    """The charrnn commit the runs are made with."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def append(record: dict) -> None:
+    """Add one result to the results file (one line, appended: earlier results are never rewritten)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_results() -> list[dict]:
+    """Every result so far."""
+    if not RESULTS.exists():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def train(corpus: Path, options: list[str], out: Path, threads: int | None) -> list[dict]:
+    """Run `charrnn train` and return its metrics records."""
+    command = [sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(out), *options]
+    if threads:
+        command += ["--threads", str(threads)]
+    env = {**os.environ, "CHARRNN_CACHE_DIR": str(out.parent / "cache")}
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def shape_options(shape: str) -> list[str]:
+    """`2x384` -> --num-layers 2 --hidden-size 384."""
+    layers, hidden = shape.lower().split("x")
+    return ["--num-layers", layers, "--hidden-size", hidden]
+
+
+def measure_speed(args: argparse.Namespace) -> None:
+    """`charrnn train CORPUS --max-time 60s` with the defaults: its steps a minute, evaluation included."""
+    identity = corpus_identity(args.corpus)
+    with tempfile.TemporaryDirectory() as folder:
+        records = train(args.corpus, ["--max-time", f"{SPEED_PROBE_SECONDS}s"], Path(folder) / "run", None)
+    last = records[-1]
+    record = {
+        "kind": "speed",
+        "shape": DEFAULT_SHAPE,
+        "steps_per_minute": round(last["step"] / last["elapsed"] * 60, 1),
+        "chars_per_second": last["chars_per_second"],
+        "cpu": cpu_name(),
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        **identity,
+    }
+    append(record)
+    print(json.dumps(record), flush=True)
+
+
+def measure_costs(args: argparse.Namespace) -> None:
+    """Time one training step of each shape in turn, several rounds; record each median over the default's."""
+    import torch
+
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.model import CharRNN
+    from charrnn.training.loop import build_optimizer
+
+    torch.set_num_threads(args.threads)
+    shapes = args.shapes.split(",")
+    if DEFAULT_SHAPE not in shapes:
+        shapes.append(DEFAULT_SHAPE)
+    vocab, batch, seq_len = 65, 8, 128
+    inputs = torch.randint(0, vocab, (batch, seq_len))
+    targets = torch.randint(0, vocab, (batch, seq_len))
+    built = {}
+    for shape in shapes:
+        layers, hidden = (int(part) for part in shape.split("x"))
+        model = CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, vocab_size=vocab))
+        built[shape] = (model, build_optimizer(model, TrainConfig(), torch.device("cpu")))
+
+    def step(model, optimizer) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits, _ = model(inputs, model.initial_state(batch))
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    seconds: dict[str, list[float]] = {shape: [] for shape in shapes}
+    for _ in range(args.rounds):  # in turn, so the machine's drift touches every shape alike
+        for shape in shapes:
+            step(*built[shape])
+            started = time.perf_counter()
+            for _ in range(3):
+                step(*built[shape])
+            seconds[shape].append((time.perf_counter() - started) / 3)
+    reference = statistics.median(seconds[DEFAULT_SHAPE])
+    for shape in shapes:
+        record = {
+            "kind": "step-cost",
+            "shape": shape,
+            "relative_cost": round(statistics.median(seconds[shape]) / reference, 3),
+            "parameters": sum(p.numel() for p in built[shape][0].parameters()),
+            "threads": args.threads,
+            "precision": args.precision,
+            "cpu": cpu_name(),
+            "commit": commit(),
+            "date": datetime.date.today().isoformat(),
+        }
+        append(record)
+        print(json.dumps(record), flush=True)
+
+
+def parameters(shape: str, vocab_size: int = 65, embedding_size: int = 64) -> int:
+    """Weights of an LSTM of this shape (layers x hidden) with charrnn's embedding and output layer."""
+    layers, hidden = (int(part) for part in shape.split("x"))
+    recurrent = sum(
+        4 * hidden * ((embedding_size if layer == 0 else hidden) + hidden + 2) for layer in range(layers)
+    )
+    return vocab_size * embedding_size + recurrent + hidden * vocab_size + vocab_size
+
+
+def latest(kind: str, shape: str) -> dict | None:
+    """The latest record of a kind for a shape on this CPU, else on any CPU."""
+    records = [r for r in read_results() if r["kind"] == kind and r["shape"] == shape]
+    here = [r for r in records if r["cpu"] == cpu_name()]
+    chosen = here or records
+    return chosen[-1] if chosen else None
+
+
+def steps_for(minutes: float, shape: str, reference_steps_per_minute: float | None) -> tuple[int, dict]:
+    """The steps an M-minute run of a shape makes, and where the figures came from."""
+    speed = latest("speed", DEFAULT_SHAPE)
+    per_minute = reference_steps_per_minute or (speed["steps_per_minute"] if speed else None)
+    if per_minute is None:
+        raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
+    measured = None if shape == DEFAULT_SHAPE else latest("step-cost", shape)
+    if shape == DEFAULT_SHAPE:
+        cost, cost_source = 1.0, "default shape"
+    elif measured is not None:
+        cost, cost_source = measured["relative_cost"], f"step-cost record of {measured['date']}"
+    else:
+        # No timing yet: a step's work grows with the weights it multiplies (measured costs have
+        # run 0.9-1.15 times this ratio), so the parameter ratio stands in until `costs` has run.
+        cost, cost_source = parameters(shape) / parameters(DEFAULT_SHAPE), "parameter ratio"
+    source = {
+        "default_steps_per_minute": per_minute,
+        "relative_cost": round(cost, 3),
+        "cost_source": cost_source,
+    }
+    return max(1, round(minutes * per_minute / cost)), source
+
+
+def option_value(options: list[str], name: str, default: str) -> str:
+    return options[options.index(name) + 1] if name in options else default
+
+
+def run_setting(args: argparse.Namespace, setting: str, seed: int, folder: Path, identity: dict) -> dict:
+    options = shlex.split(setting)
+    shape = f"{option_value(options, '--num-layers', '2')}x{option_value(options, '--hidden-size', '384')}"
+    batch_size = int(option_value(options, "--batch-size", "8"))
+    steps, source = steps_for(args.minutes, shape, args.steps_per_minute)
+    out = folder / f"run-{abs(hash((setting, seed)))}"
+    budget = ["--max-steps", str(steps), "--seed", str(seed), "--eval-tokens", "0"]
+    budget += ["--eval-every", str(max(1, steps // args.evaluations))]
+    records = train(args.corpus, [*options, *budget], out, threads=1 if args.jobs > 1 else None)
+    best = min(records, key=lambda r: r["val_loss"])
+    tokens_seen = steps * batch_size * int(option_value(options, "--seq-len", "128"))
+    record = {
+        "kind": "run",
+        "options": setting,
+        "shape": shape,
+        "batch_size": batch_size,
+        "minutes": args.minutes,
+        "steps": steps,
+        "tokens_seen": tokens_seen,
+        "seed": seed,
+        "best_val_loss": best["val_loss"],
+        "best_val_bpc": best["val_bpc"],
+        "best_step": best["step"],
+        "final_val_loss": records[-1]["val_loss"],
+        "curve": [[r["step"], round(r["val_loss"], 4)] for r in records],
+        "cpu": cpu_name(),
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        **source,
+        **identity,
+    }
+    append(record)
+    return record
+
+
+def run(args: argparse.Namespace) -> None:
+    identity = corpus_identity(args.corpus)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
+        jobs = [
+            pool.submit(run_setting, args, setting, seed, Path(folder), identity)
+            for seed in seeds
+            for setting in args.settings
+        ]
+        for job in jobs:
+            record = job.result()
+            print(
+                f"{record['corpus']} {record['minutes']} min  {record['options'] or '(defaults)'}  "
+                f"seed {record['seed']}: best {record['best_val_loss']:.4f} at step {record['best_step']} "
+                f"of {record['steps']}",
+                flush=True,
+            )
+
+
+def table(args: argparse.Namespace) -> None:
+    runs = [r for r in read_results() if r["kind"] == "run"]
+    groups: dict[tuple, list[dict]] = {}
+    for record in runs:
+        groups.setdefault((record["corpus"], record["minutes"], record["options"]), []).append(record)
+    print("| corpus | minutes | options | median best val loss | seeds | steps |")
+    print("|---|---|---|---|---|---|")
+    for (corpus, minutes, options), records in sorted(groups.items()):
+        losses = [r["best_val_loss"] for r in records]
+        print(
+            f"| {corpus} | {minutes:g} | `{options or '(defaults)'}` | {statistics.median(losses):.4f} "
+            f"| {len(records)} | {records[-1]['steps']} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    speed = commands.add_parser("speed", help="steps a minute of the defaults (idle machine, all cores)")
+    speed.add_argument("corpus", type=Path)
+    costs = commands.add_parser("costs", help="each shape's step cost relative to the default shape")
+    costs.add_argument("--shapes", default="2x256,2x384,2x512,3x512,2x768")
+    costs.add_argument("--threads", type=int, default=1)
+    costs.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    costs.add_argument("--rounds", type=int, default=5)
+    runs = commands.add_parser("run", help="train each setting for a budget, record the best val loss")
+    runs.add_argument("corpus", type=Path)
+    runs.add_argument("settings", nargs="+", help="train options of each setting, quoted ('' = defaults)")
+    runs.add_argument("--minutes", type=float, required=True)
+    runs.add_argument("--seeds", default="1")
+    runs.add_argument("--jobs", type=int, default=2)
+    runs.add_argument("--evaluations", type=int, default=20, help="evaluations per run (default 20)")
+    runs.add_argument(
+        "--steps-per-minute",
+        type=float,
+        default=None,
+        help="steps a minute of the default shape (default: the latest `speed` record)",
+    )
+    commands.add_parser("table", help="print every result so far")
+    args = parser.parse_args()
+    {"speed": measure_speed, "costs": measure_costs, "run": run, "table": table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
