@@ -93,7 +93,8 @@ def test_top_predictions_are_the_models_probabilities():
     expected = torch.topk(probs[position - 1], 5)
     shown = analysis.predictions[position]
     assert [label for label, _ in shown] == [tokenizer.chars[int(i)] for i in expected.indices]
-    assert [prob for _, prob in shown] == pytest.approx(expected.values.tolist(), abs=1e-9)
+    # Kept to the 5 decimals the answer shows.
+    assert [prob for _, prob in shown] == pytest.approx(expected.values.tolist(), abs=5.1e-6)
     assert analysis.predictions[0] == []
 
 

@@ -11,7 +11,9 @@ window's worth however long the text is. Per segment, only what the answer shows
 
 - always: where the segment ends in the text and its surprise (two 8-byte numbers);
 - with `top_predictions`: the model's top tokens and their probabilities before it (the HTML
-  page's hover and `--json`; about 50 bytes for the default 5);
+  page's hover and `--json`; 25 bytes for the default 5 with a small vocabulary: the ids in
+  the vocabulary's smallest integer type, the probabilities to the 5 decimals the answer
+  shows, as float32);
 - for each unit asked for (`units`, or later `track_units`): its activation after it (4 bytes).
 
 What needs every unit, the unit finder, is an *observer*: it is shown each window's states and
@@ -374,7 +376,7 @@ def analyse_text(
     ends = np.empty(capacity, np.int64)
     bits = np.empty(capacity, np.float64)
     top_ids = np.zeros((capacity, count_top), token_dtype(config.vocab_size)) if count_top else None
-    top_probs = np.zeros((capacity, count_top), np.float64) if count_top else None
+    top_probs = np.zeros((capacity, count_top), np.float32) if count_top else None
     values = {unit: np.empty(capacity, np.float32) for unit in units}
     cells = bool(observers) or any(unit.part == "cell" for unit in units)
     layers = config.num_layers if (units or observers) else None
@@ -407,9 +409,11 @@ def analyse_text(
                     # A segment's predictions are the ones made after the segment before it.
                     if pending is not None:
                         top_ids[count], top_probs[count] = pending
+                    # To the 5 decimals shown: float32 holds those exactly enough to print them back.
+                    shown = np.round(probs.numpy(), 5)
                     top_ids[count + 1 : span.stop] = ids[:-1].numpy()
-                    top_probs[count + 1 : span.stop] = probs[:-1].numpy()
-                    pending = (ids[-1].numpy(), probs[-1].numpy())
+                    top_probs[count + 1 : span.stop] = shown[:-1]
+                    pending = (ids[-1].numpy(), shown[-1])
                 for unit in units:
                     values[unit][span] = window.states[(unit.layer, unit.part)][window.ends, unit.index]
                 if observers:
