@@ -95,6 +95,41 @@ def test_each_line_reads_a_long_line_a_window_at_a_time(trained_run, longest_rea
     assert max(longest_read) <= READ_WINDOW
 
 
+class _CountedChunk(bytes):
+    """A chunk read from a stream that counts the bytes copied when bytes are added before it
+    (`bytes + chunk` makes a new copy of both; a bytearray grows in place)."""
+
+    copied = 0
+
+    def __radd__(self, other):
+        if isinstance(other, bytes):
+            _CountedChunk.copied += len(other)
+        return NotImplemented  # then the addition goes on as usual
+
+
+class _ChunkStream:
+    """A stream that gives a long line in small chunks (no file descriptor: read() is called)."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data, self.chunk, self.position = data, chunk, 0
+
+    def read(self, size: int) -> bytes:
+        piece = self.data[self.position : self.position + min(size, self.chunk)]
+        self.position += len(piece)
+        return _CountedChunk(piece)
+
+
+def test_each_line_reads_a_long_line_without_copying_it_at_every_read():
+    from charrnn.cli.line_input import read_line_batches
+
+    line = b"x" * 200_000
+    _CountedChunk.copied = 0
+    batches = read_line_batches(_ChunkStream(line + b"\nshort\n" + line, 1000), 8, "input")
+    assert [text for batch in batches for text in batch] == [line.decode(), "short", line.decode()]
+    # Adding each chunk to the line read so far copied it every time: 400 reads, 40 MB copied.
+    assert _CountedChunk.copied <= 2 * len(line)
+
+
 def test_the_api_reads_a_long_prime_a_window_at_a_time(trained_run, longest_read):
     model = load(trained_run, device="cpu")
     text = model.generate_text(prime=LONG_PRIME, length=30, seed=2)
