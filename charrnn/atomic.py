@@ -32,7 +32,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -184,8 +184,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda out: out.write(data))
 
 
-def write_output(path: Path, data: bytes) -> None:
+def write_output(path: Path, data: bytes | Iterable[bytes]) -> None:
     """Write a file the user named (`plot -o`, `explain --html`), whatever stands at `path`.
+
+    `data` is the bytes, or pieces of them written one after the other (a page too big to
+    hold whole).
 
     A new or regular file is written atomically (its permissions kept); a symlink is followed
     and its target written, the link kept; a FIFO or a character device is written to directly,
@@ -194,7 +197,8 @@ def write_output(path: Path, data: bytes) -> None:
     """
     path = Path(path)
     try:
-        _write(path, lambda out: out.write(data), stream_special=True)
+        pieces = [data] if isinstance(data, bytes) else data
+        _write(path, lambda out: out.writelines(pieces), stream_special=True)
     except DiskFullError:
         raise CharrnnError(
             f"disk full while writing {path}: any previous file there is unchanged; free some space"

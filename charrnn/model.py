@@ -6,12 +6,20 @@ pair of tensors (LSTM), each of shape (num_layers, batch, hidden_size).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
 from charrnn.config import ModelConfig
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+# Tokens per forward call when a long text is read through the model (a prime, a line, a file):
+# what one call holds (embeddings, every layer's outputs and gates) is this many tokens' worth,
+# however long the text.
+READ_WINDOW = 256
 
 _RECURRENT_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -96,3 +104,49 @@ def detach_state(state: State) -> State:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def token_windows(pieces: Iterable[np.ndarray | Sequence[int]], size: int) -> Iterator[np.ndarray]:
+    """The ids of `pieces` (arrays of ids, in order) re-cut into windows of exactly `size` ids
+    (the last may be shorter), so where a text was cut to be encoded never changes the windows."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for piece in pieces:
+        ids = np.asarray(piece, dtype=np.int64)
+        start = 0
+        while start < len(ids):
+            taken = ids[start : start + size - count]
+            pending.append(taken)
+            count += len(taken)
+            start += len(taken)
+            if count == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, count = [], 0
+    if count:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+def read_tokens(
+    model: CharRNN,
+    pieces: Iterable[np.ndarray | Sequence[int]],
+    state: State | None = None,
+    window: int = READ_WINDOW,
+) -> tuple[torch.Tensor, State]:
+    """Read token ids (`pieces`, in order) through `model`, `window` tokens per call, carrying the state.
+
+    Returns the logits after the last token, (1, vocab), and the state after it. Only the
+    state and the last window's outputs are kept, so memory does not depend on how many ids
+    there are. The result is the one a single call on all the ids gives: the recurrent layers
+    compute the same numbers in windows, and the output layer runs on the last `window`
+    positions (on all of them for a text shorter than that), since a matrix product of one row
+    can round differently from the same row in a taller one.
+    """
+    device = model.head.weight.device
+    tail: torch.Tensor | None = None  # the top layer's last `window` outputs, (1, <= window, hidden)
+    with torch.inference_mode():
+        for ids in token_windows(pieces, window):
+            features, state = model.features(torch.from_numpy(ids).to(device).unsqueeze(0), state)
+            tail = features if tail is None else torch.cat([tail, features], dim=1)[:, -window:]
+        if tail is None or state is None:
+            raise ValueError("read_tokens needs at least one token")
+        return model.head(tail)[:, -1, :], state

@@ -4,8 +4,9 @@ the HTML page."""
 from __future__ import annotations
 
 import io
-import json
+import itertools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -56,6 +57,12 @@ def _stdout_console():
 
 def _stdout_text(*renderables) -> str:
     """Render for stdout: colours on a terminal (or with FORCE_COLOR), plain text in a pipe."""
+    return "".join(_stdout_pieces((renderable, "\n") for renderable in renderables))
+
+
+def _stdout_pieces(renderables) -> Iterator[str]:
+    """Render (renderable, end) pairs for stdout one at a time, each as soon as it is asked for
+    (a long text is rendered a piece at a time, never whole)."""
     from rich.console import Console
 
     terminal = _stdout_console()
@@ -70,9 +77,20 @@ def _stdout_text(*renderables) -> str:
         markup=False,
         soft_wrap=True,
     )
-    for renderable in renderables:
-        console.print(renderable)
-    return buffer.getvalue()
+    for renderable, end in renderables:
+        console.print(renderable, end=end)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+
+
+def _coloured_text(analysis, view, colours: bool) -> Iterator[tuple[object, str]]:
+    """The text coloured by `view`, a piece at a time, then its line end (for `_stdout_pieces`)."""
+    from charrnn.cli.explain_view import render_pieces
+
+    for piece in render_pieces(analysis, view, colours):
+        yield piece, ""
+    yield "", "\n"
 
 
 @cli.command()
@@ -170,9 +188,15 @@ def explain(
 
     import torch
 
-    from charrnn.cli.explain_view import explanation_data, found_units_data, legend, render_text, views_for
-    from charrnn.inspect.activations import analyse_text, load_for_analysis, parse_unit
-    from charrnn.inspect.unit_finder import find_units as run_finder
+    from charrnn.cli.explain_view import explanation_json, found_units_data, legend, views_for
+    from charrnn.inspect.activations import (
+        TOP_PREDICTIONS,
+        analyse_text,
+        load_for_analysis,
+        parse_unit,
+        track_units,
+    )
+    from charrnn.inspect.unit_finder import UnitFinder
 
     torch.set_num_threads(threads)
     loaded = load_for_analysis(model_arg)
@@ -188,21 +212,34 @@ def explain(
     config = loaded.model_config
     chosen = parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit else None
     loaded.tokenizer.check_encodable(text, "text")
-    analysis = analyse_text(loaded.model, loaded.tokenizer, text)
-    results = run_finder(analysis, top) if (find_units or html_path) else []
-    views = views_for(analysis, chosen, results if (html_path or show) else [])
+    # Only what the answer shows is kept per character: the predictions for the page and JSON,
+    # the chosen unit's values, and the found units' values for the page and --show (read again).
+    finding = find_units or html_path
+    finder = UnitFinder(config.model, config.num_layers, config.hidden_size) if finding else None
+    analysis = analyse_text(
+        loaded.model,
+        loaded.tokenizer,
+        text,
+        top_predictions=TOP_PREDICTIONS if (html_path or as_json) else 0,
+        units=[chosen] if chosen else [],
+        observers=[finder] if finder else [],
+    )
+    results = finder.results(top) if finder else []
+    shown_found = results if (html_path or show) else []
+    track_units(loaded.model, loaded.tokenizer, analysis, [m.unit for r in shown_found for m in r.matches])
+    views = views_for(analysis, chosen, shown_found)
     found = found_units_data(results)
 
     if html_path:
         from charrnn.atomic import write_output
-        from charrnn.cli.explain_html import render_page
+        from charrnn.cli.explain_html import page_pieces
 
-        data = explanation_data(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
-        page = render_page(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
+        data = explanation_json(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
+        page = page_pieces(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
         if html_file is None:
-            write_stream([page])
+            write_stream(page)
             return
-        write_output(html_file, page.encode("utf-8"))
+        write_output(html_file, (piece.encode("utf-8") for piece in page))
         notes.print(
             f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
             f"(surprise and {len(views) - 1} units)",
@@ -212,14 +249,16 @@ def explain(
         return
     if as_json:
         shown = views if not find_units else views[: 1 + (chosen is not None)]
-        data = explanation_data(analysis, shown, str(loaded.path), loaded.tokenizer.kind, found)
-        write_stream([json.dumps(data, ensure_ascii=False) + "\n"])
+        data = explanation_json(analysis, shown, str(loaded.path), loaded.tokenizer.kind, found)
+        write_stream(itertools.chain(data, ["\n"]))
         return
     colours = _stdout_console().color_system is not None
     if find_units:
         write_stream([_stdout_text(_units_table(results))])
         for view in views[1 + (chosen is not None) :] if show else []:
-            write_stream([_stdout_text(legend(view), render_text(analysis, view, colours), "")])
+            write_stream(
+                _stdout_pieces([(legend(view), "\n"), *_coloured_text(analysis, view, colours), ("", "\n")])
+            )
         if not show and any(result.matches for result in results):
             best = next(result.matches[0].unit for result in results if result.matches)
             notes.print(
@@ -235,7 +274,7 @@ def explain(
         markup=False,
         highlight=False,
     )
-    write_stream([_stdout_text(render_text(analysis, view, colours))])
+    write_stream(_stdout_pieces(_coloured_text(analysis, view, colours)))
 
 
 def _units_table(results):

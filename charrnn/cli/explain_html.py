@@ -1,7 +1,7 @@
 """The self-contained HTML page of `charrnn explain --html`: text coloured by surprise or a unit.
 
 One file, with its CSS, script and data inline: it opens from disk, offline, in any
-browser. The data is the JSON of `explain_view.explanation_data`, in a
+browser. The data is the JSON of `explain_view.explanation_json`, in a
 `<script type="application/json" id="explain-data">` element (tests read it back).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 PAGE = """<!DOCTYPE html>
@@ -150,15 +151,24 @@ paint();
 """
 
 
-def embed_json(data: dict[str, Any]) -> str:
-    """JSON that is safe inside a <script> element: no '<', '>' or '&' can end it early."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+def embed_json(text: str) -> str:
+    """JSON text made safe inside a <script> element: no '<', '>' or '&' can end it early
+    (each is escaped alone, so pieces of JSON can be escaped one by one)."""
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
+def page_pieces(json_pieces: Iterable[str], title: str) -> Iterator[str]:
+    """The page, a piece at a time, around JSON text given a piece at a time (`explanation_json`)."""
+    before, after = PAGE.replace("__TITLE__", html.escape(title)).split("__DATA__")
+    yield before
+    for piece in json_pieces:
+        yield embed_json(piece)
+    yield after
+
+
 def render_page(data: dict[str, Any], title: str) -> str:
-    """The whole page for `explanation_data` output, as one string."""
-    return PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", embed_json(data))
+    """The whole page for data shaped like `explanation_json`'s, as one string."""
+    return "".join(page_pieces([json.dumps(data, ensure_ascii=False, allow_nan=False)], title))
 
 
 def read_embedded_data(page: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ a tanh bounds to -1..1, so a saturated unit looks saturated).
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,10 @@ RED = (224, 64, 48)
 BLUE = (64, 112, 232)
 UNPREDICTED = (210, 210, 210)  # the first segment: nothing came before it to predict it
 NEWLINE_MARK = "\u21b5"  # shown before a line break, so its colour is visible
+# Segments rendered, or turned into JSON, at a time: the answer is written as it is made, so a
+# long text's answer never sits in memory whole (as Rich objects, say, at a few hundred bytes a
+# character).
+SEGMENTS_PER_PIECE = 4096
 
 
 @dataclass
@@ -88,16 +94,24 @@ def visible(text: str, mark_newlines: bool = True) -> str:
     return "".join(shown)
 
 
-def render_text(analysis: TextAnalysis, view: ColourView, mark_newlines: bool = True):
-    """The text as a Rich `Text`, each segment's background coloured (black letters, readable on it).
+def render_text(
+    analysis: TextAnalysis,
+    view: ColourView,
+    mark_newlines: bool = True,
+    start: int = 0,
+    stop: int | None = None,
+):
+    """The text (segments `start` to `stop`) as a Rich `Text`, each segment's background coloured
+    (black letters, readable on it).
 
     `mark_newlines` shows a coloured mark where a line ends (the newline's own colour);
     leave it off for plain text, which should read as the original.
     """
     from rich.text import Text
 
+    stop = len(analysis.segment_ends) if stop is None else stop
     rendered = Text()
-    for segment, value in zip(analysis.segments, view.values.tolist()):
+    for segment, value in zip(analysis.segments[start:stop], view.values[start:stop].tolist()):
         red, green, blue = colour(view, value)
         shown = visible(segment, mark_newlines)
         if shown.endswith("\n"):
@@ -130,37 +144,64 @@ def _rounded(value: float, digits: int = 4) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
-def explanation_data(
+def render_pieces(analysis: TextAnalysis, view: ColourView, mark_newlines: bool = True) -> Iterator:
+    """`render_text` of the whole text, as Rich `Text`s of a few thousand segments each, in order."""
+    for start in range(0, len(analysis.segment_ends), SEGMENTS_PER_PIECE):
+        yield render_text(analysis, view, mark_newlines, start, start + SEGMENTS_PER_PIECE)
+
+
+def explanation_json(
     analysis: TextAnalysis,
     views: list[ColourView],
     model_path: str,
     tokenizer_kind: str,
     found: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Everything the views show, as JSON-safe data (what `--json` prints and the HTML page embeds)."""
-    segments = [
-        {"text": text, "bits": _rounded(bits), "top": [[label, _rounded(prob, 5)] for label, prob in top]}
-        for text, bits, top in zip(analysis.segments, analysis.bits.tolist(), analysis.predictions)
-    ]
-    return {
+) -> Iterator[str]:
+    """Everything the views show, as JSON text (what `--json` prints and the HTML page embeds),
+    made a few thousand segments at a time: the pieces joined are `json.dumps` of
+
+        {"model", "model_kind", "tokenizer", "characters", "bits_per_char",
+         "segments": [{"text", "bits", "top": [[label, probability], ...]}, ...],
+         "views": [{"key", "label", "kind", "scale", "values": [one per segment]}, ...],
+         "units_found": [...]}
+    """
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    head = {
         "model": model_path,
         "model_kind": analysis.model_kind,
         "tokenizer": tokenizer_kind,
         "characters": len(analysis.text),
         "bits_per_char": _rounded(analysis.bits_per_char),
-        "segments": segments,
-        "views": [
-            {
-                "key": view.key,
-                "label": view.label,
-                "kind": view.kind,
-                "scale": _rounded(view.scale),
-                "values": [_rounded(value) for value in view.values.tolist()],
-            }
-            for view in views
-        ],
-        "units_found": found or [],
     }
+    yield dumps(head)[:-1] + ', "segments": ['
+    count = len(analysis.segment_ends)
+    tops = analysis.predictions if analysis.top_ids is not None else None
+    for start in range(0, count, SEGMENTS_PER_PIECE):
+        stop = min(count, start + SEGMENTS_PER_PIECE)
+        segments = zip(
+            analysis.segments[start:stop],
+            analysis.bits[start:stop].tolist(),
+            tops[start:stop] if tops is not None else [[]] * (stop - start),
+        )
+        records = (
+            dumps(
+                {"text": text, "bits": _rounded(bits), "top": [[label, _rounded(p, 5)] for label, p in top]}
+            )
+            for text, bits, top in segments
+        )
+        yield (", " if start else "") + ", ".join(records)
+    yield '], "views": ['
+    for number, view in enumerate(views):
+        described = {"key": view.key, "label": view.label, "kind": view.kind, "scale": _rounded(view.scale)}
+        yield (", " if number else "") + dumps(described)[:-1] + ', "values": ['
+        for start in range(0, count, SEGMENTS_PER_PIECE):
+            values = [_rounded(value) for value in view.values[start : start + SEGMENTS_PER_PIECE].tolist()]
+            yield (", " if start else "") + dumps(values)[1:-1]
+        yield "]}"
+    yield '], "units_found": ' + dumps(found or []) + "}"
 
 
 def found_units_data(results) -> list[dict[str, Any]]:

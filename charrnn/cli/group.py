@@ -41,15 +41,27 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def out_of_memory_message(error: BaseException) -> str:
-    """One line for an allocation failure: what failed (short) and what to change."""
+# What each command can change when it runs out of memory, in its own options. Text of any length
+# is read in bounded memory (a window of tokens at a time); what remains is named here.
+OUT_OF_MEMORY_ADVICE = {
+    "train": "to train, try a smaller --hidden-size, --num-layers, --batch-size or --seq-len",
+    "sample": "to sample, try a smaller --num-samples or --batch-size (the samples or lines written "
+    "side by side), or a shorter --prime",
+    "eval": "eval reads any text in bounded memory, so the model itself does not fit: try --device cpu",
+    "score": "score holds one line at a time, whole: split very long lines (e.g. with fold), "
+    "or try --device cpu",
+    "explain": "explain keeps a few numbers per character of the text: try a smaller --max-chars "
+    "(without --html or --json it keeps fewest)",
+}
+
+
+def out_of_memory_message(error: BaseException, command: str | None = None) -> str:
+    """One line for an allocation failure: what failed (short) and what to change in `command`'s options."""
     lines = str(error).strip().splitlines()
     # The CPU allocator's message starts with an assertion location that says nothing to a user.
     detail = re.sub(r"^\[enforce fail[^\]]*\]\s*(err == 0\.\s*)?", "", lines[0])[:160] if lines else ""
-    return (
-        f"out of memory{f' ({detail})' if detail else ''}: to train, try a smaller "
-        "--hidden-size, --num-layers, --batch-size or --seq-len"
-    )
+    advice = OUT_OF_MEMORY_ADVICE.get(command or "")
+    return f"out of memory{f' ({detail})' if detail else ''}" + (f": {advice}" if advice else "")
 
 
 class Terminated(BaseException):
@@ -78,6 +90,15 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 class CharrnnGroup(click.Group):
     """A group whose every failure is one `Error: ...` line on stderr: exit 2 for usage, 1 otherwise."""
+
+    def invoke(self, ctx: click.Context):
+        # Here the command that ran out of memory is known, so its error can name its own options.
+        try:
+            return super().invoke(ctx)
+        except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(error):
+                raise
+            raise CharrnnError(out_of_memory_message(error, ctx.invoked_subcommand)) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:

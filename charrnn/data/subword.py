@@ -250,6 +250,11 @@ class SentencePieceTokenizer(Tokenizer):
                     ids.extend(self._encode_part(part))
         return np.asarray(ids, dtype=self._dtype)
 
+    def encode_pieces(self, text: str) -> Iterator[np.ndarray]:
+        # `encode` cuts a long text into these spans itself: encoding them one by one is the same.
+        for start, end in _chunks(text, ENCODE_CHUNK_CHARS):
+            yield self.encode(text[start:end])
+
     def _encode_part(self, part: str) -> list[int]:
         if self._space_id is None:
             return self._processor.encode(part)

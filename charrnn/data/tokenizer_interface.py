@@ -15,12 +15,15 @@ from __future__ import annotations
 import codecs
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from charrnn.errors import TokenizerError
+
+# A long text is encoded, or checked, this many characters at a time (see `encode_pieces`).
+PIECE_CHARS = 1 << 16
 
 
 def describe_char(char: str) -> str:
@@ -106,9 +109,25 @@ class Tokenizer(ABC):
         """Distinct characters of `text` this tokeniser cannot encode (none for most kinds)."""
         return []
 
+    def encode_pieces(self, text: str) -> Iterator[np.ndarray]:
+        """The ids of `encode(text)`, a piece of the text at a time: a long text (a prime, a line)
+        is read through a model without all its ids, or a copy of it, existing at once.
+
+        Cutting between any two characters gives the same ids for one id per character or
+        byte; a subword kind cuts where its own `encode` does.
+        """
+        for start in range(0, len(text), PIECE_CHARS):
+            yield self.encode(text[start : start + PIECE_CHARS])
+
     def check_encodable(self, text: str, what: str = "text") -> None:
-        """Raise one clear `TokenizerError` naming the characters that cannot be encoded."""
-        missing = self.unencodable(text)
+        """Raise one clear `TokenizerError` naming the characters that cannot be encoded.
+
+        The text is looked at a piece at a time, so a long one is checked in bounded memory.
+        """
+        found: set[str] = set()
+        for start in range(0, len(text), PIECE_CHARS):
+            found.update(self.unencodable(text[start : start + PIECE_CHARS]))
+        missing = sorted(found)  # in code point order, as `unencodable` names them
         if missing:
             shown = ", ".join(describe_char(c) for c in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""

@@ -5,6 +5,10 @@ generator and seed, so a sample is the same whatever company it keeps: the
 record of any sample (`SampleRecord.seed`) reproduces it alone. A sample ends
 at a stop string or at its length; finished samples leave the batch, so they
 do not slow down the others. The time step itself is `RecurrentStepper`.
+
+A prime is read through the model a window of tokens at a time (`model.read_tokens`), keeping
+only the recurrent state: a prime of a megabyte, or an `--each-line` line of ten, costs the
+memory of its text, not of the model's work on every one of its characters.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 
 from charrnn.config import SampleConfig
@@ -25,7 +30,7 @@ from charrnn.generate.blas_threads import blas_threads_restored
 from charrnn.generate.stepper import RecurrentStepper
 from charrnn.generate.stop_strings import StopMatcher
 from charrnn.generate.token_choice import TokenChooser, UniformStream, filtered_logits, log2_probabilities
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN, State, read_tokens
 
 __all__ = [
     "RecurrentStepper",
@@ -127,7 +132,10 @@ class _Sample:
     def __init__(self, index: int, prime: str, seed: int, tokenizer: Tokenizer, config: SampleConfig) -> None:
         self.index, self.prime, self.seed = index, prime, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.prime_ids, self.echo = _start_tokens(tokenizer, prime, self.generator)
+        self.start_ids, self.echo = _start_tokens(tokenizer, prime, self.generator)
+        # Samples with the same start share its reading: the prime itself, or the start ids
+        # when there is none (a newline, or a random first token).
+        self.start_key: tuple = (prime,) if self.start_ids is None else tuple(self.start_ids.tolist())
         self.uniforms = UniformStream(self.generator)  # the draws that pick its tokens
         self.decoder = tokenizer.stream_decoder()
         self.matcher = StopMatcher(config.stop, config.keep_stop)
@@ -136,6 +144,12 @@ class _Sample:
         self.parts: list[str] = [] if self.echo == prime else [self.echo]
         self.stop: str | None = None
         self.stop_reason: str | None = None
+
+    def start_pieces(self, tokenizer: Tokenizer) -> Iterable[np.ndarray]:
+        """The ids the model reads before writing, a piece at a time."""
+        if self.start_ids is not None:
+            return [self.start_ids]
+        return tokenizer.encode_pieces(self.prime)
 
     def record(self) -> SampleRecord:
         text = "".join(self.parts)
@@ -153,16 +167,17 @@ class _Sample:
 
 def _start_tokens(
     tokenizer: Tokenizer, prime: str | None, generator: torch.Generator
-) -> tuple[list[int], str]:
-    """The ids that warm the model up, and the text echoed for them."""
+) -> tuple[np.ndarray | None, str]:
+    """The ids that warm the model up (None: the prime's, encoded a piece at a time when it is
+    read), and the text echoed for them."""
     if prime:
         tokenizer.check_encodable(prime, "prime text")
-        return [int(i) for i in tokenizer.encode(prime)], prime
+        return None, prime
     # No prime: start as if at the beginning of a line, which is how most text begins.
     if not tokenizer.unencodable("\n"):
-        return [int(i) for i in tokenizer.encode("\n")], ""
+        return np.asarray(tokenizer.encode("\n"), dtype=np.int64), ""
     first = int(torch.randint(tokenizer.vocab_size, (1,), generator=generator))
-    return [first], tokenizer.decode([first])
+    return np.array([first], dtype=np.int64), tokenizer.decode([first])
 
 
 def _concatenate_states(states: list[State]) -> State:
@@ -178,6 +193,7 @@ def _concatenate_states(states: list[State]) -> State:
 
 def _run_batch(
     model: CharRNN,
+    tokenizer: Tokenizer,
     stepper: RecurrentStepper,
     samples: list[_Sample],
     config: SampleConfig,
@@ -190,14 +206,13 @@ def _run_batch(
     when a sample ends. Each distinct prime is run once at batch 1, so a sample's start does not depend on
     the other samples of the batch.
     """
-    warmed: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}
+    warmed: dict[tuple, tuple[torch.Tensor, State]] = {}
     for sample in samples:
-        key = tuple(sample.prime_ids)
-        if key not in warmed:
-            logits, state = model(torch.tensor([sample.prime_ids], dtype=torch.long))
-            warmed[key] = (logits[:, -1, :].float(), state)
-    logits = torch.cat([warmed[tuple(sample.prime_ids)][0] for sample in samples]).numpy()
-    stepper.load_state(_concatenate_states([warmed[tuple(sample.prime_ids)][1] for sample in samples]))
+        if sample.start_key not in warmed:
+            last_logits, state = read_tokens(model, sample.start_pieces(tokenizer))
+            warmed[sample.start_key] = (last_logits.float(), state)
+    logits = torch.cat([warmed[sample.start_key][0] for sample in samples]).numpy()
+    stepper.load_state(_concatenate_states([warmed[sample.start_key][1] for sample in samples]))
     if banned:
         logits[:, banned] = float("-inf")
     for position, sample in enumerate(samples):
@@ -285,7 +300,9 @@ def _events(
                 if stepper is None:  # laid out once for every batch of the run (tens of milliseconds)
                     stepper = RecurrentStepper(model)
                     stepper.ban_tokens(banned)
-                for kind, position, value in _run_batch(model, stepper, samples, config, banned, score):
+                for kind, position, value in _run_batch(
+                    model, tokenizer, stepper, samples, config, banned, score
+                ):
                     yield kind, first_index + position, value
                 first_index += len(samples)
     finally:

@@ -9,7 +9,9 @@ where names end scores better than one cut short.
 
 Lines are read in blocks, sorted by length within a block, and run as padded batches
 (padding goes after a line's end, where it cannot change the line's own predictions),
-then given back in input order.
+then given back in input order. A long line is scored alone, encoded a piece at a time and read
+a window of tokens at a time (as `--carry-state` reads every line): besides its own text, which
+the answer repeats, it costs no more memory than a short one.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn.data.tokenizer_interface import PIECE_CHARS
 from charrnn.data.tokenizers import UNKNOWN_ID, CharTokenizer, Tokenizer
 from charrnn.errors import TokenizerError
 from charrnn.loss import MAX_CHUNK_LOGITS
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN, State, token_windows
 
 BLOCK_LINES = 512  # lines read before they are scored (and written) together
 BLOCK_CHARS = 1 << 20  # ... or fewer, when they are long
 BATCH_TOKENS = 1 << 15  # rows x padded length of one batch
 MAX_BATCH_ROWS = 256
 WINDOW = 256  # time steps per forward call: bounds the logits held at once
+# A line at least this long is scored alone, a piece at a time (in a batch it would be alone anyway).
+LONG_LINE_CHARS = BATCH_TOKENS
 IGNORE = -1
 
 
@@ -110,29 +115,105 @@ class LineScorer:
         return ids[known], int(len(ids) - known.sum())
 
     def _score_block(self, block: list[str]) -> list[LineScore]:
-        encoded = [self._encode(line) for line in block]
-        # Characters scored: the line's and its newline, less those left out by skip_unknown.
-        scores = [
-            LineScore(
-                line=line,
-                total_bits=math.inf,
-                unknown_chars=unknown,
-                chars=len(line) + 1 - (unknown if self.skip_unknown else 0),
-            )
-            for line, (ids, unknown) in zip(block, encoded)
-        ]
-        todo = [index for index, (_, unknown) in enumerate(encoded) if unknown == 0 or self.skip_unknown]
-        todo.sort(key=lambda index: len(encoded[index][0]), reverse=True)
+        scores = [self._blank_score(line, 0) for line in block]
+        encoded: dict[int, np.ndarray] = {}
+        for index, line in enumerate(block):
+            if len(line) >= LONG_LINE_CHARS:
+                scores[index] = self._score_alone(line)
+                continue
+            encoded[index], scores[index].unknown_chars = self._encode(line)
+            scores[index].chars = self._chars_scored(line, scores[index].unknown_chars)
+        todo = [index for index in encoded if scores[index].unknown_chars == 0 or self.skip_unknown]
+        todo.sort(key=lambda index: len(encoded[index]), reverse=True)
         start = 0
         while start < len(todo):
-            longest = max(1, len(encoded[todo[start]][0]))
+            longest = max(1, len(encoded[todo[start]]))
             rows = max(1, min(MAX_BATCH_ROWS, BATCH_TOKENS // longest, len(todo) - start))
             batch = todo[start : start + rows]
-            bits = self._score_batch([encoded[index][0] for index in batch])
+            bits = self._score_batch([encoded[index] for index in batch])
             for index, value in zip(batch, bits):
                 scores[index].total_bits = value
             start += rows
         return scores
+
+    def _blank_score(self, line: str, unknown: int) -> LineScore:
+        """The score of a line before it is read (infinite: not scored)."""
+        return LineScore(
+            line=line, total_bits=math.inf, unknown_chars=unknown, chars=self._chars_scored(line, unknown)
+        )
+
+    def _chars_scored(self, line: str, unknown: int) -> int:
+        # The line's characters and its newline, less those left out by skip_unknown.
+        return len(line) + 1 - (unknown if self.skip_unknown else 0)
+
+    # -- a line a piece at a time ---------------------------------------------------------------
+
+    def _count_unknown(self, line: str) -> int:
+        """Characters of `line` the model never saw, counted a piece at a time."""
+        if not isinstance(self.tokenizer, CharTokenizer):
+            return 0
+        return sum(
+            int((self.tokenizer.ids_or_unknown(line[start : start + PIECE_CHARS]) == UNKNOWN_ID).sum())
+            for start in range(0, len(line), PIECE_CHARS)
+        )
+
+    def _line_pieces(self, line: str) -> Iterator[np.ndarray]:
+        """The ids of the line and its newline (unknown characters left out), a piece at a time."""
+        if not isinstance(self.tokenizer, CharTokenizer):
+            yield from self.tokenizer.encode_pieces(line + "\n")
+            return
+        for start in range(0, len(line), PIECE_CHARS):
+            ids = self.tokenizer.ids_or_unknown(line[start : start + PIECE_CHARS])
+            yield ids[ids != UNKNOWN_ID]
+        yield self.tokenizer.ids_or_unknown("\n")
+
+    def _score_alone(self, line: str) -> LineScore:
+        """A long line's score, read after the primed newline a window at a time."""
+        score = self._blank_score(line, self._count_unknown(line))
+        if score.unknown_chars and not self.skip_unknown:
+            return score
+        nats, _, _ = self._read_pieces(
+            self._line_pieces(line), self._expanded_prime_state(1), self.prime_last
+        )
+        score.total_bits = nats / math.log(2)
+        return score
+
+    def _window(self, rows: int) -> int:
+        # rows x window x vocabulary logits at once: fewer steps for a big vocabulary.
+        return max(1, min(WINDOW, MAX_CHUNK_LOGITS // (rows * self.model.config.vocab_size)))
+
+    def _read_pieces(
+        self, pieces: Iterable[np.ndarray], state: State | None, previous: int
+    ) -> tuple[float, State | None, int]:
+        """Nats of the ids of `pieces` read one stream after token `previous` from `state`, a window
+        at a time (the windows of a one-row batch, so a line scores the same either way); also the
+        state after them and their last id."""
+        total = torch.zeros(1, dtype=torch.float64, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for targets in token_windows(pieces, self._window(1)):
+                    inputs = np.concatenate([[previous], targets[:-1]])
+                    previous = int(targets[-1])
+                    logits, state = self.model(torch.from_numpy(inputs).to(self.device).unsqueeze(0), state)
+                    nats = F.cross_entropy(
+                        logits.float().reshape(-1, logits.shape[-1]),
+                        torch.from_numpy(targets).to(self.device),
+                        reduction="none",
+                    )
+                    total += nats.view(1, -1).sum(dim=1).double()
+        finally:
+            self.model.train(was_training)
+        return float(total), state, previous
+
+    def _expanded_prime_state(self, rows: int) -> State | None:
+        """The primed state, once per row of a batch."""
+        if self.prime_state is None:
+            return None
+        if isinstance(self.prime_state, tuple):
+            return tuple(part.expand(-1, rows, -1).contiguous() for part in self.prime_state)  # type: ignore[return-value]
+        return self.prime_state.expand(-1, rows, -1).contiguous()
 
     def _score_batch(self, sequences: list[np.ndarray]) -> list[float]:
         """Total bits of each id sequence, each read after the primed newline."""
@@ -145,20 +226,13 @@ class LineScorer:
             inputs[row, 1 : len(ids)] = ids[:-1]
         inputs_t = torch.from_numpy(inputs).to(self.device)
         targets_t = torch.from_numpy(targets).to(self.device)
-        state = None
-        if self.prime_state is not None:
-            state = (
-                tuple(part.expand(-1, rows, -1).contiguous() for part in self.prime_state)
-                if isinstance(self.prime_state, tuple)
-                else self.prime_state.expand(-1, rows, -1).contiguous()
-            )
+        state = self._expanded_prime_state(rows)
         totals = torch.zeros(rows, dtype=torch.float64, device=self.device)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                # rows x window x vocabulary logits at once: fewer steps for a big vocabulary.
-                window = max(1, min(WINDOW, MAX_CHUNK_LOGITS // (rows * self.model.config.vocab_size)))
+                window = self._window(rows)
                 for begin in range(0, length, window):
                     logits, state = self.model(inputs_t[:, begin : begin + window], state)
                     nats = F.cross_entropy(
@@ -174,25 +248,15 @@ class LineScorer:
 
     def _score_carrying_state(self, lines: Iterable[str]) -> Iterator[LineScore]:
         state, previous = self.prime_state, self.prime_last
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for line in lines:
+        for line in lines:
+            pieces: Iterable[np.ndarray]
+            if len(line) >= LONG_LINE_CHARS:
+                score = self._blank_score(line, self._count_unknown(line))
+                pieces = self._line_pieces(line)
+            else:
                 ids, unknown = self._encode(line)
-                score = LineScore(
-                    line=line,
-                    total_bits=math.inf,
-                    unknown_chars=unknown,
-                    chars=len(line) + 1 - (unknown if self.skip_unknown else 0),
-                )
-                if unknown == 0 or self.skip_unknown:
-                    inputs = torch.from_numpy(np.concatenate([[previous], ids[:-1]]).astype(np.int64))
-                    targets = torch.from_numpy(ids.astype(np.int64))
-                    with torch.inference_mode():
-                        logits, state = self.model(inputs[None].to(self.device), state)
-                        nats = F.cross_entropy(logits[0].float(), targets.to(self.device), reduction="sum")
-                    score.total_bits = float(nats) / math.log(2)
-                    previous = int(ids[-1])
-                yield score
-        finally:
-            self.model.train(was_training)
+                score, pieces = self._blank_score(line, unknown), [ids]
+            if score.unknown_chars == 0 or self.skip_unknown:
+                nats, state, previous = self._read_pieces(pieces, state, previous)
+                score.total_bits = nats / math.log(2)
+            yield score
