@@ -22,6 +22,39 @@ from charrnn.config import SampleConfig
 UNIFORM_BLOCK = 256
 
 
+def tempered_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`logits` over `temperature`, float32; a row whose quotient overflows is computed as `TokenChooser` does.
+
+    The torch counterpart of `TokenChooser`'s arithmetic (see `_temper_overflowed_rows`).
+    """
+    scaled = logits / temperature
+    overflowed = ~torch.isfinite(scaled.max(dim=1).values)
+    if bool(overflowed.any()):
+        rows = logits[overflowed].double()
+        scaled[overflowed] = ((rows - rows.max(dim=1, keepdim=True).values) / temperature).float()
+    return scaled
+
+
+def _temper_overflowed_rows(logits: np.ndarray, work: np.ndarray, temperature: float) -> None:
+    """Redo, in float64 and with the row's largest logit subtracted first, each row of `work`
+    (`logits` over `temperature` in float32) whose largest value is not finite.
+
+    A tiny temperature (1e-40) overflows float32: the largest quotient becomes inf (or nan when
+    the temperature itself rounds to 0 in float32), and inf - inf is nan, which sampled the last
+    token ("zzzz"). Subtracting the row's largest logit first leaves it at 0 and every other logit
+    at or below 0, so nothing can overflow upwards; a quotient that overflows downwards is -inf,
+    probability 0, which is the limit. So a tiny temperature writes what `--greedy` writes (the
+    largest logit wins), as its limit should. Only such rows are redone, each from its own logits,
+    so a row picks the same token alone or in a batch; ordinary temperatures keep their float32
+    arithmetic (and the texts their seeds wrote).
+    """
+    overflowed = np.flatnonzero(~np.isfinite(work.max(axis=1)))
+    for row in overflowed:
+        values = logits[row].astype(np.float64)
+        with np.errstate(over="ignore"):  # -inf here is the limit: probability 0
+            work[row] = (values - values.max()) / temperature
+
+
 def filtered_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
     """`logits` (already over the temperature) with every token outside top-k and top-p set to -inf."""
     if config.top_k is not None and config.top_k < logits.shape[1]:
@@ -41,8 +74,11 @@ def filtered_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
             if bool((top_probs.sum(dim=1) >= config.top_p).all()):
                 break
             candidates = candidates * 8 if candidates * 8 <= vocab_size // 4 else vocab_size
-        # Drop a token when the tokens ranked above it already reach top_p (the first one always stays).
+        # Drop a token when the tokens ranked above it already reach top_p. The first one always
+        # stays: a top_p below float32's smallest number (1e-46) rounds to 0 in the comparison,
+        # which kept nothing, and the -inf row then sampled the last token.
         keep_top = (top_probs.cumsum(dim=1) - top_probs) < config.top_p
+        keep_top[:, 0] = True
         keep = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep_top)
         logits = logits.masked_fill(~keep, float("-inf"))
     return logits
@@ -89,7 +125,13 @@ class TokenChooser:
             self._work = np.empty(logits.shape, np.float32)
         work, source = self._work, logits
         if self.temperature is not None:
-            np.divide(logits, self.temperature, out=work)
+            if self.temperature < 1:
+                # Only a temperature below 1 can overflow float32; the rows it did are redone.
+                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                    np.divide(logits, self.temperature, out=work)
+                _temper_overflowed_rows(logits, work, self.temperature)
+            else:
+                np.divide(logits, self.temperature, out=work)
             source = work
         if self.filtered:
             work[...] = filtered_logits(torch.from_numpy(np.array(source)), self.config).numpy()

@@ -1,0 +1,75 @@
+"""Options at their extremes: a tiny temperature or top-p is greedy sampling, too many threads is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import error_lines, run_cli
+
+from charrnn.config import SampleConfig
+from charrnn.generate.sampler import choose_next_tokens
+from charrnn.generate.token_choice import TokenChooser, UniformStream
+
+# Any RuntimeWarning (numpy's overflow in divide, invalid value in subtract) fails these tests.
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def sample(trained_run, *options: str) -> str:
+    result = run_cli("sample", str(trained_run), "--length", "150", "--prime", "the", *options)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--temperature", "1e-37"),
+        ("--temperature", "1e-40"),  # float32 overflows: x / 1e-40 is inf
+        ("--temperature", "1e-46"),  # rounds to 0 in float32
+        ("--temperature", "5e-324"),  # the smallest positive float64
+        ("--top-p", "1e-30"),
+        ("--top-p", "1e-46"),  # rounds to 0 in float32
+        ("--top-p", "5e-324"),
+        ("--temperature", "1e-40", "--top-p", "0.9"),
+        ("--temperature", "1e-40", "--top-k", "3"),
+    ],
+)
+def test_a_tiny_temperature_or_top_p_writes_what_greedy_writes(trained_run, options):
+    """The limit of a tiny temperature (or nucleus) is the most likely token every time."""
+    greedy = sample(trained_run, "--greedy")
+    assert "quick brown fox" in greedy  # the model has learnt its sentence: greedy is not trivial
+    for seed in ("1", "2"):
+        assert sample(trained_run, *options, "--seed", seed) == greedy
+
+
+def test_a_tiny_temperature_is_greedy_for_every_sample_of_a_batch(trained_run):
+    greedy = sample(trained_run, "--greedy", "--num-samples", "3", "--separator", "|")
+    assert sample(trained_run, "--temperature", "1e-40", "--num-samples", "3", "--separator", "|") == greedy
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-46, 1e-300])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_the_chooser_takes_the_largest_logit_at_a_tiny_temperature(temperature, batch):
+    logits = (torch.randn(50, batch, 65, generator=torch.Generator().manual_seed(3)) * 4).numpy()
+    logits[:, :, 7] = -np.inf  # a banned token, as the sampler bans silent ids
+    logits[::2] -= 1000.0  # rows that are all far below 0 (x / T overflows to -inf everywhere)
+    chooser = TokenChooser(SampleConfig(temperature=temperature))
+    streams = [UniformStream(torch.Generator().manual_seed(row)) for row in range(batch)]
+    config = SampleConfig(temperature=temperature)
+    for step in logits:
+        assert chooser.choose(step, streams).tolist() == step.argmax(axis=1).tolist()
+        reference = choose_next_tokens(torch.from_numpy(step), config, torch.Generator().manual_seed(1))
+        assert reference.tolist() == step.argmax(axis=1).tolist()
+
+
+def test_a_tiny_top_p_keeps_the_top_token_only():
+    logits = (torch.randn(50, 3, 65, generator=torch.Generator().manual_seed(5)) * 2).numpy()
+    config = SampleConfig(top_p=1e-46)
+    chooser = TokenChooser(config)
+    streams = [UniformStream(torch.Generator().manual_seed(row)) for row in range(3)]
+    for step in logits:
+        assert chooser.choose(step, streams).tolist() == step.argmax(axis=1).tolist()
+        reference = choose_next_tokens(torch.from_numpy(step), config, torch.Generator().manual_seed(1))
+        assert reference.tolist() == step.argmax(axis=1).tolist()
