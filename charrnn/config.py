@@ -200,7 +200,7 @@ class TrainConfig(_JsonDataclass):
         _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads is not None:
-            _require(1 <= self.threads <= 1024, f"--threads must be >= 1, got {self.threads}")
+            _require(1 <= self.threads <= 1024, f"--threads must be 1..1024, got {self.threads}")
         _require(
             self.precision in PRECISIONS,
             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",

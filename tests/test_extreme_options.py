@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_charrnn_process, run_cli
 
+from charrnn import hardware
 from charrnn.config import SampleConfig
+from charrnn.errors import UsageProblem
 from charrnn.generate.sampler import choose_next_tokens
 from charrnn.generate.token_choice import TokenChooser, UniformStream
 
@@ -73,3 +79,64 @@ def test_a_tiny_top_p_keeps_the_top_token_only():
         assert chooser.choose(step, streams).tolist() == step.argmax(axis=1).tolist()
         reference = choose_next_tokens(torch.from_numpy(step), config, torch.Generator().manual_seed(1))
         assert reference.tolist() == step.argmax(axis=1).tolist()
+
+
+THREAD_COMMANDS = {
+    "sample": ["sample", "{run}", "-n", "5"],
+    "eval": ["eval", "{run}", "{text}"],
+    "score": ["score", "{run}", "{text}"],
+    "explain": ["explain", "{run}", "{text}"],
+    "train": [
+        "train",
+        "{text}",
+        "--out",
+        "{out}",
+        "--max-steps",
+        "2",
+        "--hidden-size",
+        "8",
+        "--num-layers",
+        "1",
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(THREAD_COMMANDS))
+@pytest.mark.parametrize("threads", ["100000", "30000"])
+def test_too_many_threads_is_one_error_line_for_every_command(trained_run, tmp_path, command, threads):
+    """100000 threads used to end in a segmentation fault, 30000 in libgomp's "Thread creation failed"."""
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox\n" * 20)
+    arguments = [
+        part.format(run=trained_run, text=text, out=tmp_path / "out") for part in THREAD_COMMANDS[command]
+    ]
+    result = run_charrnn_process(*arguments, "--threads", threads, timeout=120)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert result.stdout == b""
+    [line] = error_lines(stderr)
+    assert line.startswith("Error: --threads must be 1..") and line.endswith(f"got {threads}")
+    assert not (tmp_path / "out").exists()  # refused before a run directory was made
+
+
+def test_the_thread_bound_follows_the_machine(monkeypatch):
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 2)
+    assert hardware.max_threads() == 2 * hardware.THREADS_PER_CPU
+    assert hardware.check_threads(8) == 8
+    for refused in (0, -1, 9, 10**30, True):
+        with pytest.raises(UsageProblem, match=r"--threads must be 1\.\.8 on this machine"):
+            hardware.check_threads(refused)
+
+
+def test_a_huge_omp_num_threads_is_refused_too(trained_run, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox\n" * 20)
+    result = subprocess.run(
+        [sys.executable, "-m", "charrnn", "eval", str(trained_run), str(text)],
+        env={**os.environ, "OMP_NUM_THREADS": "100000"},
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = error_lines(result.stderr.decode())
+    assert line.startswith("Error: OMP_NUM_THREADS must be 1..") and line.endswith("got 100000")

@@ -161,13 +161,12 @@ def explain(
             highlight=False,
         )
 
-    import torch
-
     from charrnn.cli.explain_view import explanation_data, found_units_data, legend, render_text, views_for
+    from charrnn.hardware import configure_threads
     from charrnn.inspect.activations import analyse_text, load_for_analysis, parse_unit
     from charrnn.inspect.unit_finder import find_units as run_finder
 
-    torch.set_num_threads(threads)
+    configure_threads(threads)
     loaded = load_for_analysis(model_arg)
     config = loaded.model_config
     chosen = parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit else None

@@ -186,17 +186,14 @@ def sample(
         keep_stop=keep_stop,
         batch_size=batch_size,
     ).validate()
-    if threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
-
-    import torch
 
     from charrnn.generate.sampler import check_stops, draw_seed
+    from charrnn.hardware import configure_threads
     from charrnn.store.bundled import is_bundled
     from charrnn.store.checkpoint import load_weights
     from charrnn.store.run_dir import resolve_weights
 
-    torch.set_num_threads(threads)
+    configure_threads(threads)
     weights = resolve_weights(checkpoint)
     loaded = load_weights(weights)
     check_stops(loaded.tokenizer, config.stop)

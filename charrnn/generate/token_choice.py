@@ -23,7 +23,7 @@ UNIFORM_BLOCK = 256
 
 
 def tempered_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`logits` over `temperature`, float32; a row whose quotient overflows is computed as `TokenChooser` does.
+    """`logits` over `temperature`, float32, with overflowed rows redone as `TokenChooser` does.
 
     The torch counterpart of `TokenChooser`'s arithmetic (see `_temper_overflowed_rows`).
     """

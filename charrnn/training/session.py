@@ -151,6 +151,10 @@ class TrainingSession:
         corpus, out, resume, given = request.corpus, request.out, request.resume, request.given
         fresh_model = ModelConfig(**request.model_options).validate()
         fresh_train = TrainConfig(**request.train_options).validate()
+        if fresh_train.threads is not None:
+            from charrnn.hardware import check_threads
+
+            check_threads(fresh_train.threads)  # this machine's bound, before a run directory is made
 
         from charrnn.data.token_cache import prepare_streamed_corpus
 
