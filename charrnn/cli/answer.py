@@ -27,18 +27,41 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
 
 
 def stdout_console():
-    """A Rich console on stdout (plain text when stdout is not a terminal)."""
+    """A Rich console on stdout (plain text when stdout is not a terminal).
+
+    Without markup or emoji codes: its tables show names read from files, where `[/x]` would
+    stop the command and `:thumbs_up:` would turn into a picture. Pass such text through
+    `shown` too.
+    """
     from rich.console import Console
 
     return Console(
-        file=sys.stdout, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160
+        file=sys.stdout,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=False,
+        width=None if sys.stdout.isatty() else 160,
     )
 
 
+def json_text(value: Any) -> str:
+    """`value` as indented JSON whose every character shows as itself on a terminal.
+
+    JSON escapes the C0 control characters itself; the others a terminal acts on (C1 controls
+    such as CSI, bidirectional overrides, line separators) are escaped here too (`\\u202e`),
+    which is the same JSON value.
+    """
+    text = json.dumps(value, ensure_ascii=False, indent=2)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in " \n" else json.dumps(char)[1:-1] for char in text)
+
+
 def print_json(value: Any) -> None:
-    """One JSON document on stdout."""
+    """One JSON document on stdout (`json_text`)."""
     with closed_pipe_ends_quietly():
-        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+        click.echo(json_text(value))
 
 
 def looks_like_model(argument: str) -> bool:

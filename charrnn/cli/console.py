@@ -19,6 +19,20 @@ from charrnn import events
 PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 
+def shown(text: object) -> str:
+    """Text from a file (a checkpoint's metadata, a path, a run's name) made safe to print.
+
+    Every character a terminal would act on instead of showing (ESC and the other control
+    characters, bidirectional overrides, line separators; whatever `str.isprintable` refuses
+    but the space) is written as its Python escape, e.g. \\x1b: a corpus name holding
+    `ESC ] 0 ;` must not retitle the terminal, nor a name hide what follows it.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
+
+
 def discard_further_output(stream) -> None:
     """Point a stream whose reader has gone at /dev/null, so later writes (and the interpreter's
     final flush) neither fail nor complain."""
@@ -168,7 +182,8 @@ class TrainingDisplay:
         elif isinstance(event, events.EvaluationDone):
             self._on_evaluation(event)
         elif isinstance(event, events.Notice):
-            self.console.print(f"[yellow]note:[/] {event.message}" if self.live else f"note: {event.message}")
+            message = shown(event.message)  # it may name files and the characters in them
+            self.console.print(f"[yellow]note:[/] {_escape(message)}" if self.live else f"note: {message}")
 
     def _on_start(self, event: events.TrainingStarted) -> None:
         self._started = event
@@ -192,11 +207,11 @@ class TrainingDisplay:
             markup=False,
             highlight=False,
         )
-        self.console.print(f"run directory: {event.run_dir}", markup=False)
+        self.console.print(f"run directory: {shown(event.run_dir)}", markup=False)
         if event.parent is not None:
             self.console.print(
-                f"started from {event.parent.get('name')} (weights sha256 "
-                f"{str(event.parent.get('weights_sha256'))[:12]})",
+                f"started from {shown(event.parent.get('name'))} (weights sha256 "
+                f"{shown(str(event.parent.get('weights_sha256'))[:12])})",
                 markup=False,
                 highlight=False,
             )
