@@ -31,7 +31,7 @@ def stdout_console():
 
     Without markup or emoji codes: its tables show names read from files, where `[/x]` would
     stop the command and `:thumbs_up:` would turn into a picture. Pass such text through
-    `shown` too.
+    `terminal_safe` too.
     """
     from rich.console import Console
 

@@ -19,7 +19,7 @@ from charrnn import events
 PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 
-def shown(text: object) -> str:
+def terminal_safe(text: object) -> str:
     """Text from a file (a checkpoint's metadata, a path, a run's name) made safe to print.
 
     Every character a terminal would act on instead of showing (ESC and the other control
@@ -182,7 +182,7 @@ class TrainingDisplay:
         elif isinstance(event, events.EvaluationDone):
             self._on_evaluation(event)
         elif isinstance(event, events.Notice):
-            message = shown(event.message)  # it may name files and the characters in them
+            message = terminal_safe(event.message)  # it may name files and the characters in them
             self.console.print(f"[yellow]note:[/] {_escape(message)}" if self.live else f"note: {message}")
 
     def _on_start(self, event: events.TrainingStarted) -> None:
@@ -207,11 +207,11 @@ class TrainingDisplay:
             markup=False,
             highlight=False,
         )
-        self.console.print(f"run directory: {shown(event.run_dir)}", markup=False)
+        self.console.print(f"run directory: {terminal_safe(event.run_dir)}", markup=False)
         if event.parent is not None:
             self.console.print(
-                f"started from {shown(event.parent.get('name'))} (weights sha256 "
-                f"{shown(str(event.parent.get('weights_sha256'))[:12])})",
+                f"started from {terminal_safe(event.parent.get('name'))} (weights sha256 "
+                f"{terminal_safe(str(event.parent.get('weights_sha256'))[:12])})",
                 markup=False,
                 highlight=False,
             )

@@ -150,7 +150,7 @@ def explain(
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
     text, total_chars = _read_text(source, max_chars)
-    from charrnn.cli.console import shown, stderr_console
+    from charrnn.cli.console import stderr_console, terminal_safe
 
     notes = stderr_console()
     if len(text) < total_chars:
@@ -206,7 +206,8 @@ def explain(
         if not show and any(result.matches for result in results):
             best = next(result.matches[0].unit for result in results if result.matches)
             notes.print(
-                f"show one with --unit, e.g. charrnn explain {shown(' '.join(arguments))} --unit {best}",
+                f"show one with --unit, e.g. charrnn explain "
+                f"{terminal_safe(' '.join(arguments))} --unit {best}",
                 markup=False,
                 highlight=False,
             )

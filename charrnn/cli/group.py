@@ -12,7 +12,7 @@ import sys
 import click
 
 from charrnn import __version__
-from charrnn.cli.console import shown
+from charrnn.cli.console import terminal_safe
 from charrnn.errors import CharrnnError, UsageProblem
 
 EXIT_SIGINT = 130
@@ -21,7 +21,7 @@ EXIT_SIGTERM = 143
 
 def _error_line(message: str) -> str:
     # One line, and safe to print: an error may quote a path or a name read from a file.
-    return "Error: " + shown(" ".join(str(message).split()))
+    return "Error: " + terminal_safe(" ".join(str(message).split()))
 
 
 # How PyTorch's allocators say they failed: CUDA raises torch.OutOfMemoryError ("CUDA out of

@@ -13,7 +13,7 @@ from charrnn.cli.answer import (
     print_json,
     stdout_console,
 )
-from charrnn.cli.console import shown
+from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
 
 
@@ -94,6 +94,6 @@ def _print(summary: dict[str, Any]) -> None:
         for entry in summary["files"]:
             rows.append(("", f"{entry['name']}  {human_bytes(entry['bytes'])}"))
     for label, value in rows:
-        table.add_row(label, shown(value))  # the checkpoint's metadata and the run's file names
+        table.add_row(label, terminal_safe(value))  # the checkpoint's metadata and the run's file names
     with closed_pipe_ends_quietly():
         stdout_console().print(table)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from charrnn.cli.console import shown
+from charrnn.cli.console import terminal_safe
 from charrnn.errors import CharrnnError, UsageProblem
 from charrnn.store.metrics_log import read_metrics_file
 
@@ -124,9 +124,9 @@ def require_matplotlib():
 
 
 def chart_text(text: str) -> str:
-    """A run's name as matplotlib should draw it: what `shown` makes of it, with `$` taken
+    """A run's name as matplotlib should draw it: what `terminal_safe` makes of it, with `$` taken
     literally (a name such as `a$\\frac$b` is not TeX to parse, which failed)."""
-    return shown(text).replace("$", r"\$")
+    return terminal_safe(text).replace("$", r"\$")
 
 
 def draw_curves(runs: list[RunCurves], x_axis: str = "steps", image: str = "png") -> bytes:

@@ -42,7 +42,7 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
       charrnn plot runs/lstm runs/gru runs/bpe -o compare.svg --x time
     """
     from charrnn.atomic import atomic_write_bytes
-    from charrnn.cli.console import shown, stderr_console
+    from charrnn.cli.console import stderr_console, terminal_safe
     from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
 
     require_matplotlib()
@@ -55,14 +55,14 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
             listed = ", ".join(str(number) for number in read.damaged_lines[:5])
             more = ", ..." if len(read.damaged_lines) > 5 else ""
             notes.print(
-                f"note: {shown(read.path)}: skipped {len(read.damaged_lines)} damaged line"
+                f"note: {terminal_safe(read.path)}: skipped {len(read.damaged_lines)} damaged line"
                 f"{'s' if len(read.damaged_lines) > 1 else ''} (line {listed}{more})",
                 markup=False,
                 highlight=False,
             )
         if not read.records:
             notes.print(
-                f"note: {shown(run)} has no evaluations yet; left out of the chart",
+                f"note: {terminal_safe(run)} has no evaluations yet; left out of the chart",
                 markup=False,
                 highlight=False,
             )
@@ -78,7 +78,7 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
         raise CharrnnError(f"cannot write {output}: {error.strerror or error}") from None
     evaluations = sum(len(run.records) for run in curves)
     notes.print(
-        f"wrote {shown(output)}: {len(curves)} run{'s' if len(curves) > 1 else ''}, "
+        f"wrote {terminal_safe(output)}: {len(curves)} run{'s' if len(curves) > 1 else ''}, "
         f"{evaluations} evaluations",
         markup=False,
         highlight=False,

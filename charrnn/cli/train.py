@@ -306,8 +306,8 @@ def run_training(request: TrainingRequest) -> int:
         CorpusProgressDisplay,
         TrainingDisplay,
         finished_message,
-        shown,
         stderr_console,
+        terminal_safe,
     )
     from charrnn.cli.signals import EXIT_CODE_FOR_SIGNAL, StopRequest
     from charrnn.distributed import World
@@ -326,7 +326,7 @@ def run_training(request: TrainingRequest) -> int:
             training_display(event)
 
     def on_note(message: str) -> None:
-        console.print(f"note: {shown(message)}", markup=False, highlight=False)
+        console.print(f"note: {terminal_safe(message)}", markup=False, highlight=False)
 
     callbacks = SessionCallbacks(
         on_event=on_event, on_corpus_progress=corpus_display, on_note=on_note, should_stop=stop
@@ -350,7 +350,9 @@ def run_training(request: TrainingRequest) -> int:
                     if run_dir.state.exists()
                     else "nothing had been saved yet"
                 )
-                console.print(f"Error: stopped at once: {shown(saved)}", markup=False, highlight=False)
+                console.print(
+                    f"Error: stopped at once: {terminal_safe(saved)}", markup=False, highlight=False
+                )
                 return EXIT_CODE_FOR_SIGNAL[signal.SIGINT]
             finally:
                 if training_display is not None:
@@ -361,7 +363,7 @@ def run_training(request: TrainingRequest) -> int:
         return 0  # nobody is reading: the run is saved, and `--resume` continues it
     if outcome.stopped:
         console.print(
-            shown(
+            terminal_safe(
                 f"interrupted at step {outcome.step}, saved in {outcome.run_dir}; resume with: "
                 f"{resume_hint(outcome.run_dir, outcome.corpus_source, world)}"
             ),
@@ -369,7 +371,7 @@ def run_training(request: TrainingRequest) -> int:
             highlight=False,
         )
         return stop.exit_code
-    console.print(shown(finished_message(outcome.finished)), markup=False, highlight=False)
+    console.print(terminal_safe(finished_message(outcome.finished)), markup=False, highlight=False)
     return 0
 
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from charrnn.cli.answer import json_text
-from charrnn.cli.console import shown
+from charrnn.cli.console import terminal_safe
 
 # Characters a terminal acts on instead of showing: ESC (and an OSC title sequence ended by BEL),
 # the 8-bit CSI, a right-to-left override.
@@ -52,10 +52,10 @@ def assert_nothing_acts(text: str) -> None:
         assert char not in text, repr(text)
 
 
-def test_shown_escapes_what_a_terminal_would_act_on():
-    assert shown("plain text, é 中 [b] :x:") == "plain text, é 中 [b] :x:"
-    assert shown("\x1b]0;T\x07\x9b\u202e\u2028\udcff") == "\\x1b]0;T\\x07\\x9b\\u202e\\u2028\\udcff"
-    assert shown("tab\tand\nnewline") == "tab\\tand\\nnewline"
+def test_terminal_safe_escapes_what_a_terminal_would_act_on():
+    assert terminal_safe("plain text, é 中 [b] :x:") == "plain text, é 中 [b] :x:"
+    assert terminal_safe("\x1b]0;T\x07\x9b\u202e\u2028\udcff") == "\\x1b]0;T\\x07\\x9b\\u202e\\u2028\\udcff"
+    assert terminal_safe("tab\tand\nnewline") == "tab\\tand\\nnewline"
 
 
 def test_json_answers_escape_the_same_characters_and_keep_their_values():
