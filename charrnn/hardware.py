@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from charrnn.config import DEVICES
 from charrnn.errors import UsageProblem
 
 # More threads than the machine has CPUs never make torch faster (they take turns on the same
@@ -80,6 +81,8 @@ def configure_threads(threads: int | None, processes_on_this_machine: int = 1) -
 
 def resolve_device(name: str) -> torch.device:
     """Turn --device auto|cpu|cuda|mps into a device this machine has."""
+    if name not in DEVICES:
+        raise UsageProblem(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
