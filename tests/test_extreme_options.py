@@ -140,3 +140,16 @@ def test_a_huge_omp_num_threads_is_refused_too(trained_run, tmp_path):
     assert result.returncode == 2, result.stderr
     [line] = error_lines(result.stderr.decode())
     assert line.startswith("Error: OMP_NUM_THREADS must be 1..") and line.endswith("got 100000")
+
+
+@pytest.mark.parametrize("command", ["explain", "eval", "score"])
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_an_empty_text_exits_1_for_every_command_that_reads_one(trained_run, tmp_path, command, source):
+    """explain exited 2 (a usage error) where eval and score exit 1 (an input fault)."""
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    result = run_cli(command, str(trained_run), str(empty) if source == "file" else "-", input="")
+    assert result.exit_code == 1, result.stderr
+    [line] = error_lines(result.stderr)
+    assert line.startswith("Error: ") and "is empty" in line
+    assert ("empty.txt" if source == "file" else "standard input") in line

@@ -12,7 +12,7 @@ import click
 
 from charrnn.cli.group import cli
 from charrnn.cli.output import write_stream
-from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.errors import CharrnnError, CorpusError, UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
@@ -150,6 +150,10 @@ def explain(
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
     text, total_chars = _read_text(source, max_chars)
+    if not total_chars:  # an input fault, exit 1, as for eval, score and info
+        raise CorpusError(
+            f"{'standard input' if source == '-' else source} is empty: there is nothing to explain"
+        )
     from charrnn.cli.console import stderr_console, terminal_safe
 
     notes = stderr_console()
