@@ -153,3 +153,11 @@ def test_an_empty_text_exits_1_for_every_command_that_reads_one(trained_run, tmp
     [line] = error_lines(result.stderr)
     assert line.startswith("Error: ") and "is empty" in line
     assert ("empty.txt" if source == "file" else "standard input") in line
+
+
+@pytest.mark.parametrize("temperature", ["1e38", "1e308"])
+def test_a_huge_temperature_samples_evenly_without_warnings(trained_run, temperature):
+    """1e308 warned of an overflow when NumPy cast it to float32; its limit is the uniform choice."""
+    text = sample(trained_run, "--temperature", temperature, "--seed", "3", "--length", "3000")[3:]
+    counts = {char: text.count(char) for char in set(text)}
+    assert len(counts) >= 25 and max(counts.values()) < 3 * min(counts.values())  # 28 chars, ~107 each

@@ -111,7 +111,11 @@ class TokenChooser:
 
     def __init__(self, config: SampleConfig) -> None:
         self.greedy = config.greedy or config.top_k == 1
-        self.temperature = None if config.temperature == 1.0 else config.temperature
+        # A temperature beyond float32's range (1e308) would overflow when NumPy casts it for the
+        # division; float32's largest number divides every logit down to the same exp() of 1.0 as
+        # any larger temperature: the uniform choice that is the limit of a huge temperature.
+        temperature = min(config.temperature, float(np.finfo(np.float32).max))
+        self.temperature = None if temperature == 1.0 else temperature
         self.filtered = (config.top_k is not None) or (config.top_p is not None and config.top_p < 1.0)
         self.config = config
         self._work = np.empty((0, 0), np.float32)
