@@ -161,3 +161,42 @@ def test_a_huge_temperature_samples_evenly_without_warnings(trained_run, tempera
     text = sample(trained_run, "--temperature", temperature, "--seed", "3", "--length", "3000")[3:]
     counts = {char: text.count(char) for char in set(text)}
     assert len(counts) >= 25 and max(counts.values()) < 3 * min(counts.values())  # 28 chars, ~107 each
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["sample", ""], 'the model is an empty name ("")'),
+        (["info", ""], 'the model is an empty name ("")'),
+        (["eval", "{run}", ""], 'the file is an empty name ("")'),
+        (["score", "{run}", ""], 'the file is an empty name ("")'),
+        (["explain", "{run}", ""], 'the text file is an empty name ("")'),
+        (["runs", ""], 'DIR is an empty name ("")'),
+        (["plot", "", "-o", "p.png"], 'a run is an empty name ("")'),
+        (["train", ""], 'CORPUS is an empty name ("")'),
+        (["train", "{text}", "--out", ""], '--out is an empty name ("")'),
+        (["train", "{text}", "--cache-dir", ""], '--cache-dir is an empty name ("")'),
+        (["train", "{text}", "--init-from", ""], 'the model is an empty name ("")'),
+    ],
+    ids=lambda value: "-".join(part or '""' for part in value) if isinstance(value, list) else "",
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(trained_run, in_tmp, arguments, message):
+    """Path("") is ".": `train ""` trained on every .txt file of the current folder, `--out ""` would
+    have made it the run directory, and `eval run ""` said ". is a directory"."""
+    (in_tmp / "text.txt").write_text("the quick brown fox jumps over the lazy dog.\n" * 50)
+    (in_tmp / "metrics.jsonl").write_text('{"step": 1, "val_bpc": 2.0}\n')
+    result = run_cli(*(part.format(run=trained_run, text="text.txt") for part in arguments))
+    assert result.exit_code == 2, result.stderr
+    [line] = error_lines(result.stderr)
+    assert line.startswith(f"Error: {message}")
+    assert sorted(path.name for path in in_tmp.iterdir()) == ["metrics.jsonl", "text.txt"]  # nothing written
+
+
+def test_an_empty_unit_is_refused_not_ignored(trained_run, tmp_path):
+    """explain --unit "" coloured by surprise as if no unit had been given."""
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox\n")
+    result = run_cli("explain", str(trained_run), str(text), "--unit", "")
+    assert result.exit_code == 2
+    [line] = error_lines(result.stderr)
+    assert line.startswith("Error: --unit must look like LAYER:INDEX") and line.endswith("got ''")

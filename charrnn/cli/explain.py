@@ -173,7 +173,9 @@ def explain(
     configure_threads(threads)
     loaded = load_for_analysis(model_arg)
     config = loaded.model_config
-    chosen = parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit else None
+    chosen = (
+        parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit is not None else None
+    )
     loaded.tokenizer.check_encodable(text, "text")
     analysis = analyse_text(loaded.model, loaded.tokenizer, text)
     results = run_finder(analysis, top) if (find_units or html_path) else []

@@ -55,6 +55,8 @@ def _number(value: Any) -> float:
 
 def metrics_file(run: str) -> Path:
     """The metrics file of a run: RUN/metrics.jsonl, or RUN itself when it names a file."""
+    if run == "":  # Path("") is the current folder, which the user did not name
+        raise UsageProblem('a run is an empty name (""): give a run directory or its metrics.jsonl')
     path = Path(run)
     if path.is_dir():
         return path / "metrics.jsonl"

@@ -29,6 +29,8 @@ def runs_command(folder: str | None, as_json: bool) -> None:
     from charrnn.store.run_dir import DEFAULT_RUNS_ROOT
     from charrnn.store.run_summaries import list_runs
 
+    if folder == "":  # Path("") is the current folder, which the user did not name
+        raise click.UsageError('DIR is an empty name (""): give a folder of runs, or none for runs/')
     rows = list_runs(DEFAULT_RUNS_ROOT if folder is None else Path(folder))
     if as_json:
         print_json([row.to_dict() for row in rows])
