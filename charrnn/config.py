@@ -197,8 +197,8 @@ class TrainConfig(_JsonDataclass):
         for name in ("max_steps", "eval_every", "threads", "vocab_size", "early_stop"):
             _integer(f"--{name.replace('_', '-')}", getattr(self, name), optional=True)
         _flag("--shift-passes", self.shift_passes)
-        _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be >= 1, got {self.seq_len}")
-        _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be >= 1, got {self.batch_size}")
+        _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be 1..1000000, got {self.seq_len}")
+        _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be 1..1000000, got {self.batch_size}")
         _finite("--lr", self.lr)
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _finite("--weight-decay", self.weight_decay)

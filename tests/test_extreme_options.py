@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import error_lines, run_charrnn_process, run_cli
+from conftest import TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 from charrnn import hardware
 from charrnn.config import SampleConfig
@@ -200,3 +200,41 @@ def test_an_empty_unit_is_refused_not_ignored(trained_run, tmp_path):
     assert result.exit_code == 2
     [line] = error_lines(result.stderr)
     assert line.startswith("Error: --unit must look like LAYER:INDEX") and line.endswith("got ''")
+
+
+def test_weights_that_overflow_are_refused_before_they_are_evaluated(tmp_path):
+    """--lr 1e308 overflowed the weights at the first step: the preview sampled them (NumPy's
+    "invalid value" warning) and metrics.jsonl got a record of nulls before the save refused them."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 50)
+    out = tmp_path / "run"
+    result = run_cli(
+        "train",
+        str(corpus),
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--eval-every",
+        "1",
+        "--lr",
+        "1e308",
+        *TINY_MODEL_OPTIONS,
+    )
+    assert result.exit_code == 1
+    assert "Warning" not in result.stderr
+    assert error_lines(result.stderr)[-1] == (
+        f"Error: the weights became non-finite at step 1; nothing was saved over the last good "
+        f"checkpoint in {out}"
+    )
+    assert not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("option, bound", [("--seq-len", "1..1000000"), ("--batch-size", "1..1000000")])
+def test_a_window_size_beyond_its_bound_names_the_bound(tmp_path, option, bound):
+    """--seq-len 99999999999999999999 said "must be >= 1"."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox\n" * 50)
+    result = run_cli("train", str(corpus), "--out", str(tmp_path / "run"), option, "99999999999999999999")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [f"Error: {option} must be {bound}, got 99999999999999999999"]
