@@ -180,3 +180,27 @@ def test_plot_skips_records_with_impossible_values_and_counts_them(trained_run, 
         f"(line {first}, {first + 1}, {first + 2}, {first + 3}, {first + 4}, ...)\n"
         f"wrote {output}: 1 run, {len(good) + 1} evaluations\n"  # the null is a gap, not damage
     )
+
+
+def test_eval_json_is_strict_json_when_a_figure_is_infinite(trained_run, tmp_path):
+    """A model whose output layer is huge (finite weights) is infinitely surprised: eval --json wrote
+    `Infinity`, which is not JSON (jq refuses it); it is null, as in score --json."""
+    run = tmp_path / "huge"
+    shutil.copytree(trained_run, run)
+    weights = run / "best.safetensors"
+    with safe_open(str(weights), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(weights))
+    tensors = {name: tensor * 1e37 if name.startswith("head") else tensor for name, tensor in tensors.items()}
+    save_file(tensors, str(weights), metadata=metadata)
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox\n" * 5)
+    result = run_cli("eval", str(run), str(text), "--json")
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert answer["total"]["bits_per_char"] is None and answer["files"][0]["loss"] is None
+    assert answer["total"]["chars"] == 99  # every character after the first
+    assert (
+        json_text({"a": [float("inf"), float("nan"), 1.5]})
+        == '{\n  "a": [\n    null,\n    null,\n    1.5\n  ]\n}'
+    )
