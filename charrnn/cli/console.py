@@ -150,10 +150,13 @@ def sparkline(values: list[float], width: int = SPARKLINE_WIDTH) -> str:
     if not shown:
         return ""
     low, high = min(shown), max(shown)
-    if high - low < 1e-12:
+    # In halves: the span of a resumed run's damaged values (-1e308 to 1e308) overflowed to inf,
+    # and inf / inf is nan, which round() refused.
+    span = high / 2 - low / 2
+    if span < 5e-13:
         return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2] * len(shown)
     top = len(SPARK_BLOCKS) - 1
-    return "".join(SPARK_BLOCKS[round((value - low) / (high - low) * top)] for value in shown)
+    return "".join(SPARK_BLOCKS[round((value / 2 - low / 2) / span * top)] for value in shown)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -262,7 +265,9 @@ class TrainingDisplay:
         except CharrnnError:
             records = []
         self._val_bpc_history = [
-            record["val_bpc"] for record in records if isinstance(record.get("val_bpc"), (int, float))
+            record["val_bpc"]
+            for record in records
+            if isinstance(record.get("val_bpc"), (int, float)) and not isinstance(record["val_bpc"], bool)
         ]
         return self._val_bpc_history
 
