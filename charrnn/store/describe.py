@@ -30,7 +30,8 @@ def read_header(path: Path) -> dict[str, str]:
             start = handle.read(8)
             if len(start) == 8:
                 (length,) = struct.unpack("<Q", start)
-                start += handle.read(min(length, MAX_HEADER_BYTES + 1))
+                if length <= MAX_HEADER_BYTES:  # a longer one is refused below, without reading it
+                    start += handle.read(length)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except IsADirectoryError:
