@@ -109,6 +109,8 @@ class _JsonDataclass:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        if not isinstance(values, dict):  # a damaged file's
+            raise ConfigError(f"{cls.__name__} is stored as an object, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
