@@ -238,3 +238,41 @@ def test_a_window_size_beyond_its_bound_names_the_bound(tmp_path, option, bound)
     result = run_cli("train", str(corpus), "--out", str(tmp_path / "run"), option, "99999999999999999999")
     assert result.exit_code == 2
     assert error_lines(result.stderr) == [f"Error: {option} must be {bound}, got 99999999999999999999"]
+
+
+@pytest.fixture
+def overflowing_run(trained_run, tmp_path):
+    """A run whose output layer holds finite weights too large for float32 arithmetic (3.4e38)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "overflowing"
+    run.mkdir()
+    source = trained_run / "best.safetensors"
+    with safe_open(str(source), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(source))
+    tensors["head.weight"] = (tensors["head.weight"] * 1e39).clamp(-3.4e38, 3.4e38)
+    save_file(tensors, str(run / "best.safetensors"), metadata=metadata)
+    return run
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        ("--greedy",),
+        ("--temperature", "1e-40"),
+        ("--top-p", "0.5"),
+        ("--num-samples", "3", "--format", "jsonl"),
+    ],
+)
+def test_a_model_whose_output_overflows_is_one_error_not_garbage(overflowing_run, options):
+    """Its logits were inf and nan: sampling wrote "zzzz" (or NaN log-probabilities) with NumPy warnings."""
+    result = run_cli("sample", str(overflowing_run), "-n", "50", "--seed", "1", *options)
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        "Error: the model's next-token scores are not finite numbers: its weights are too large for "
+        "float32 arithmetic (a damaged checkpoint)"
+    ]
+    assert "zzz" not in result.stdout and "NaN" not in result.stdout

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from charrnn.config import SampleConfig
+from charrnn.errors import CheckpointError
 
 UNIFORM_BLOCK = 256
 
@@ -51,8 +52,7 @@ def _temper_overflowed_rows(logits: np.ndarray, work: np.ndarray, temperature: f
     overflowed = np.flatnonzero(~np.isfinite(work.max(axis=1)))
     for row in overflowed:
         values = logits[row].astype(np.float64)
-        with np.errstate(over="ignore"):  # -inf here is the limit: probability 0
-            work[row] = (values - values.max()) / temperature
+        work[row] = (values - values.max()) / temperature  # -inf: probability 0, the limit
 
 
 def filtered_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -122,20 +122,31 @@ class TokenChooser:
         self._one_token = np.zeros(1, np.int64)  # reused: the caller reads it before the next choice
 
     def choose(self, logits: np.ndarray, streams: Sequence[UniformStream]) -> np.ndarray:
-        """One token id per row of `logits` (batch, vocab); row r draws from `streams[r]`."""
+        """One token id per row of `logits` (batch, vocab); row r draws from `streams[r]`.
+
+        Logits that are not finite (a model whose weights overflow float32) are one
+        `CheckpointError`, not a token: they sampled the last token ("zzzz") or gave NaN log-probabilities.
+        """
         if self.greedy:
-            return logits.argmax(axis=1)
+            tokens = logits.argmax(axis=1)
+            # argmax takes a nan for the largest: the chosen values tell whether the row was sound.
+            if not np.isfinite(logits[np.arange(len(tokens)), tokens]).all():
+                raise _overflowed()
+            return tokens
+        # Overflow below is meant: a logit so far under the largest that it overflows (or a
+        # temperature so small that it does, see `_temper_overflowed_rows`) has probability 0;
+        # an inf or nan logit is caught by the totals, so NumPy's warnings would only be noise.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return self._draw(logits, streams)
+
+    def _draw(self, logits: np.ndarray, streams: Sequence[UniformStream]) -> np.ndarray:
         if self._work.shape != logits.shape:
             self._work = np.empty(logits.shape, np.float32)
         work, source = self._work, logits
         if self.temperature is not None:
-            if self.temperature < 1:
-                # Only a temperature below 1 can overflow float32; the rows it did are redone.
-                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                    np.divide(logits, self.temperature, out=work)
+            np.divide(logits, self.temperature, out=work)
+            if self.temperature < 1:  # only a temperature below 1 can overflow float32
                 _temper_overflowed_rows(logits, work, self.temperature)
-            else:
-                np.divide(logits, self.temperature, out=work)
             source = work
         if self.filtered:
             work[...] = filtered_logits(torch.from_numpy(np.array(source)), self.config).numpy()
@@ -147,16 +158,30 @@ class TokenChooser:
             np.subtract(source_row, source_row.max(), out=row)
             np.exp(row, out=row)
             row.cumsum(out=row)
+            # The largest logit contributes exp(0) = 1 and each other at most 1: a total outside
+            # 1..vocab means a logit that was inf or nan.
+            if not 1 <= row[last] < np.inf:
+                raise _overflowed()
             target = streams[0].next() * row[last]
             self._one_token[0] = min(int(row.searchsorted(target, side="right")), last)
             return self._one_token
         np.subtract(source, source.max(axis=1, keepdims=True), out=work)
         np.exp(work, out=work)
         np.cumsum(work, axis=1, out=work)
+        totals = work[:, last]
+        if not ((totals >= 1) & (totals < np.inf)).all():  # as for one row
+            raise _overflowed()
         targets = np.fromiter((stream.next() for stream in streams), np.float32, len(streams))
         np.multiply(targets, work[:, last], out=targets)
         # For a nondecreasing row, "how many entries are <= target" is searchsorted(side="right").
         return np.minimum((work <= targets[:, None]).sum(axis=1), last)
+
+
+def _overflowed() -> CheckpointError:
+    return CheckpointError(
+        "the model's next-token scores are not finite numbers: its weights are too large for "
+        "float32 arithmetic (a damaged checkpoint)"
+    )
 
 
 def log2_probabilities(logits: np.ndarray, tokens: np.ndarray) -> list[float]:
