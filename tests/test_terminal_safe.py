@@ -154,7 +154,8 @@ def test_plot_draws_hostile_run_names_as_they_are(trained_run, tmp_path):
 
 IMPOSSIBLE_RECORDS = [
     {"step": -5, "val_bpc": 3.0},
-    {"step": 500, "val_loss": 1e308},
+    {"step": 500, "val_loss": 1e308},  # overflowed matplotlib's scaling
+    {"step": 500, "train_loss": 1e200, "val_loss": 1e-300},  # collapsed its layout
     {"step": 501, "train_loss": 2.0, "val_bpc": -1.0},
     {"step": 502, "elapsed": -3.0},
     {"step": 503, "chars_seen": 10**400},
@@ -176,7 +177,7 @@ def test_plot_skips_records_with_impossible_values_and_counts_them(trained_run, 
     assert result.exit_code == 0, result.stderr
     first = len(good) + 1
     assert result.stderr == (
-        f"note: {metrics}: skipped 7 damaged lines "
+        f"note: {metrics}: skipped 8 damaged lines "
         f"(line {first}, {first + 1}, {first + 2}, {first + 3}, {first + 4}, ...)\n"
         f"wrote {output}: 1 run, {len(good) + 1} evaluations\n"  # the null is a gap, not damage
     )

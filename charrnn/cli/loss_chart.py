@@ -22,11 +22,13 @@ INSTALL_HINT = 'pip install "charrnn[plot]"'
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 X_AXES = {"steps": "step", "time": "elapsed", "chars": "chars_seen"}
 # The fields the chart draws. Each is a count, a duration, a loss or bits: never below 0, and
-# never near this size (a loss is a float32 result, below 3.4e38; steps, seconds and characters
-# are far smaller), while a value such as 1e308 overflows matplotlib's scaling. A record holding
-# such a value, or one of another type, is damaged; null (or a missing field) is a gap.
+# never above this: a loss per token is a mean of float32 results (below 3.4e38), bits per
+# character at most 4 / ln 2 times that (4 bytes a character), and steps, seconds and characters
+# are far smaller. Larger values overflowed matplotlib's scaling (1e308) or collapsed its layout
+# (1e200). A record holding such a value, or one of another type, is damaged; null (or a missing
+# field) is a gap.
 DRAWN_FIELDS = ("elapsed", "chars_seen", "train_loss", "val_loss", "val_bpc")
-LARGEST_VALUE = 1e300
+LARGEST_VALUE = 1e40
 
 
 class PlottingUnavailable(CharrnnError):
