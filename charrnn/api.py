@@ -5,6 +5,7 @@ The commands `sample`, `eval`, `score` and `info` are clients of this module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,7 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.data.reader import TextSource, iter_lines, iter_text_chunks
+from charrnn.errors import UsageProblem
 from charrnn.inspect.eval_text import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
 from charrnn.inspect.scoring import LineScore, LineScorer
 from charrnn.store.checkpoint import LoadedModel, load_weights
@@ -72,15 +74,22 @@ class Model:
     def generate(self, **options: Any) -> Iterator[str]:
         """Yield text as it is written; `options` are the fields of `SampleConfig` (as `charrnn sample`).
 
-        E.g. `generate(temperature=0.8, length=200, prime="ROMEO:", seed=1)`.
+        E.g. `generate(temperature=0.8, length=200, prime="ROMEO:", seed=1)`; `length=-1` writes
+        without end (stop iterating when you have enough). An unknown option or a value out of
+        range is a `UsageProblem` (a `ConfigError`), raised here, before any text.
         """
         from charrnn.generate.sampler import generate_text
 
-        config = SampleConfig(**options).validate()
-        return generate_text(self._sampling_model(), self.tokenizer, config)
+        return generate_text(self._sampling_model(), self.tokenizer, _sample_config(options))
 
     def generate_text(self, **options: Any) -> str:
-        """The whole text `generate(**options)` writes, as one string."""
+        """The whole text `generate(**options)` writes, as one string (so `length` must end it)."""
+        config = _sample_config(options)
+        if config.length == -1:
+            raise UsageProblem(
+                "generate_text(length=-1) would never return: iterate generate(length=-1) and "
+                "stop when you have enough, or give a length"
+            )
         return "".join(self.generate(**options))
 
     def _sampling_model(self) -> CharRNN:
@@ -104,25 +113,49 @@ class Model:
         before it); a line with characters the model never saw scores infinite bits unless
         `skip_unknown` leaves those characters out.
         """
-        return LineScorer(self.module, self.tokenizer, self.device, skip_unknown).score(lines, carry_state)
+        if isinstance(lines, (str, bytes, bytearray)) or not isinstance(lines, Iterable):
+            raise UsageProblem(
+                f"score_lines takes an iterable of lines (str), not {type(lines).__name__}: "
+                "score() splits a text into lines"
+            )
+        scorer = LineScorer(self.module, self.tokenizer, self.device, skip_unknown)
+        return scorer.score(_checked_lines(lines), carry_state)
 
     def score(
         self, text: str | Iterable[str], skip_unknown: bool = False, carry_state: bool = False
     ) -> list[LineScore]:
-        """Scores of every line of `text` (a string, split at newlines, or an iterable of lines)."""
+        """Scores of every line of `text` (a string, split at newlines, or an iterable of lines).
+
+        A string's last newline ends its last line, so `"a\\nb\\n"` and `"a\\nb"` are two lines,
+        `"\\n"` is one empty line and `""` holds none: its scores are `[]` (`charrnn score` calls
+        an input without lines an error, as a filter given nothing most likely read the wrong file).
+        Bytes are refused with a `UsageProblem`: decode them first.
+        """
         lines: Iterable[str]
         if isinstance(text, str):
             split = text.split("\n")
-            lines = split[:-1] if text.endswith("\n") else split
+            lines = split[:-1] if text.endswith("\n") or not text else split
+        elif isinstance(text, (bytes, bytearray)):
+            raise UsageProblem(
+                "score takes text (a str), not bytes: decode it first, e.g. data.decode('utf-8')"
+            )
+        elif not isinstance(text, Iterable):
+            raise UsageProblem(f"score takes text (a str) or an iterable of lines, not {type(text).__name__}")
         else:
             lines = text
         return list(self.score_lines(lines, skip_unknown, carry_state))
 
-    def evaluate(self, text_or_path: PathLike, skip_unknown: bool = False) -> TextEvaluation:
+    def evaluate(self, text_or_path: str | os.PathLike[str], skip_unknown: bool = False) -> TextEvaluation:
         """Bits per character and loss per token on a text: a `str` is the text itself, a
-        `pathlib.Path` a file (read in bounded memory, any size)."""
+        `pathlib.Path` a file (read in bounded memory, any size). Anything else (bytes) is a
+        `UsageProblem`; a text too short to predict (under two tokens) is a `CorpusError`."""
         if isinstance(text_or_path, os.PathLike):
             return self.evaluate_file(text_or_path, skip_unknown)
+        if not isinstance(text_or_path, str):
+            raise UsageProblem(
+                f"evaluate takes text (a str) or a file (a pathlib.Path), not {type(text_or_path).__name__}"
+                + (": decode it first, e.g. data.decode('utf-8')" if isinstance(text_or_path, bytes) else "")
+            )
         return evaluate_chunks(
             self.module,
             self.tokenizer,
@@ -135,7 +168,7 @@ class Model:
 
     def evaluate_file(self, path: PathLike, skip_unknown: bool = False) -> TextEvaluation:
         """As `evaluate`, for a file path (or `-` for standard input)."""
-        source = TextSource.of(path)
+        source = TextSource.of(_file_path(path))
         return evaluate_chunks(
             self.module,
             self.tokenizer,
@@ -150,7 +183,33 @@ class Model:
         self, path: PathLike, skip_unknown: bool = False, carry_state: bool = False
     ) -> Iterator[LineScore]:
         """`score_lines` over the lines of a file (or `-` for standard input), read as they come."""
-        return self.score_lines(iter_lines(TextSource.of(path)), skip_unknown, carry_state)
+        return self.score_lines(iter_lines(TextSource.of(_file_path(path))), skip_unknown, carry_state)
+
+
+def _sample_config(options: dict[str, Any]) -> SampleConfig:
+    """The validated `SampleConfig` of `generate`'s keyword arguments."""
+    known = {field.name for field in dataclasses.fields(SampleConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageProblem(
+            f"unknown sampling options: {', '.join(unknown)} (they are: {', '.join(sorted(known))})"
+        )
+    return SampleConfig(**options).validate()
+
+
+def _checked_lines(lines: Iterable[str]) -> Iterator[str]:
+    """`lines`, refusing (one `UsageProblem`) an item that is not a str, as it comes."""
+    for number, line in enumerate(lines, start=1):
+        if not isinstance(line, str):
+            raise UsageProblem(f"line {number} to score is {type(line).__name__}, not text (a str)")
+        yield line
+
+
+def _file_path(path: object) -> str | os.PathLike[str]:
+    """`path` when it names a file as `open` takes it (a str or a path), else one `UsageProblem`."""
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and isinstance(os.fspath(path), str)):
+        return path
+    raise UsageProblem(f"a file is named by a str or a pathlib.Path, not {type(path).__name__}")
 
 
 def load(path: PathLike | None = None, device: str = "auto") -> Model:
@@ -199,7 +258,6 @@ def train(
     The returned model is the run's best weights (by validation loss), else its latest.
     """
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.errors import UsageProblem
     from charrnn.events import Notice
     from charrnn.training.session import SessionCallbacks, TrainingRequest, TrainingSession
 

@@ -53,9 +53,31 @@ def _require(condition: bool, message: str) -> None:
 
 def _finite(name: str, value: float) -> None:
     _require(
-        isinstance(value, (int, float)) and math.isfinite(value),
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         f"{name} must be a finite number, got {value!r}",
     )
+
+
+# The API builds these dataclasses from keyword arguments and the checkpoint from JSON, so a
+# field may hold any type: each is checked before its range, so that a wrong type is one
+# ConfigError too (a length of 2.5 or a seed of 1.5 failed deep inside with a TypeError).
+def _integer(name: str, value: object, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    _require(
+        isinstance(value, int) and not isinstance(value, bool),
+        f"{name} must be a whole number, got {value!r}",
+    )
+
+
+def _flag(name: str, value: object) -> None:
+    _require(isinstance(value, bool), f"{name} must be True or False, got {value!r}")
+
+
+def _text(name: str, value: object, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    _require(isinstance(value, str), f"{name} must be text (a str), got {value!r}")
 
 
 def parse_duration(text: str) -> float:
@@ -87,6 +109,8 @@ class _JsonDataclass:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        if not isinstance(values, dict):  # a damaged file's
+            raise ConfigError(f"{cls.__name__} is stored as an object, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -114,6 +138,8 @@ class ModelConfig(_JsonDataclass):
         _require(
             self.model in MODEL_KINDS, f"--model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}"
         )
+        for name in ("num_layers", "hidden_size", "embedding_size", "vocab_size"):
+            _integer(f"--{name.replace('_', '-')}", getattr(self, name))
         _require(1 <= self.num_layers <= 16, f"--num-layers must be 1..16, got {self.num_layers}")
         _require(1 <= self.hidden_size <= 16384, f"--hidden-size must be 1..16384, got {self.hidden_size}")
         _require(
@@ -176,10 +202,16 @@ class TrainConfig(_JsonDataclass):
 
     def validate(self) -> TrainConfig:
         """Check every field; return self so calls can chain."""
-        _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be >= 1, got {self.seq_len}")
-        _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be >= 1, got {self.batch_size}")
+        for name in ("seq_len", "batch_size", "stream_groups", "warmup_steps", "eval_tokens", "seed", "keep"):
+            _integer(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("max_steps", "eval_every", "threads", "vocab_size", "early_stop"):
+            _integer(f"--{name.replace('_', '-')}", getattr(self, name), optional=True)
+        _flag("--shift-passes", self.shift_passes)
+        _require(1 <= self.seq_len <= 1_000_000, f"--seq-len must be 1..1000000, got {self.seq_len}")
+        _require(1 <= self.batch_size <= 1_000_000, f"--batch-size must be 1..1000000, got {self.batch_size}")
         _require(
-            1 <= self.stream_groups <= 1_000_000, f"--stream-groups must be >= 1, got {self.stream_groups}"
+            1 <= self.stream_groups <= 1_000_000,
+            f"--stream-groups must be 1..1000000, got {self.stream_groups}",
         )
         _finite("--lr", self.lr)
         _require(self.lr > 0, f"--lr must be > 0, got {self.lr}")
@@ -211,7 +243,7 @@ class TrainConfig(_JsonDataclass):
         _require(0 <= self.seed < 2**63, f"--seed must be in 0..2^63-1, got {self.seed}")
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.threads is not None:
-            _require(1 <= self.threads <= 1024, f"--threads must be >= 1, got {self.threads}")
+            _require(1 <= self.threads <= 1024, f"--threads must be 1..1024, got {self.threads}")
         _require(
             self.precision in PRECISIONS,
             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
@@ -263,6 +295,14 @@ class SampleConfig(_JsonDataclass):
 
     def validate(self) -> SampleConfig:
         """Check every field; return self so calls can chain."""
+        for name in ("length", "num_samples", "batch_size"):
+            _integer(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("top_k", "seed"):
+            _integer(f"--{name.replace('_', '-')}", getattr(self, name), optional=True)
+        _flag("--greedy", self.greedy)
+        _flag("--keep-stop", self.keep_stop)
+        _text("--prime", self.prime, optional=True)
+        _text("--separator", self.separator)
         _finite("--temperature", self.temperature)
         _require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
         if self.top_k is not None:

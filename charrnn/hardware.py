@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 
+from charrnn.config import DEVICES
 from charrnn.errors import UsageProblem
+
+# More threads than the machine has CPUs never make torch faster (they take turns on the same
+# cores), and thousands of them break the process: --threads 30000 ended in libgomp's "Thread
+# creation failed" and 100000 in a segmentation fault. Four per logical CPU leaves room to
+# experiment (and for a CPU count that a container understates) and refuses the absurd.
+THREADS_PER_CPU = 4
 
 
 def physical_cores() -> int:
@@ -27,18 +34,34 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def max_threads() -> int:
+    """The most threads charrnn gives torch on this machine: `THREADS_PER_CPU` per logical CPU."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int, source: str = "--threads") -> int:
+    """`threads` when it is 1..`max_threads()`, else one `UsageProblem` naming `source`."""
+    limit = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise UsageProblem(
+            f"{source} must be 1..{limit} on this machine ({THREADS_PER_CPU} per CPU), got {threads!r}"
+        )
+    return threads
+
+
 def default_threads(processes_on_this_machine: int = 1) -> int:
     """Threads for one process: OMP_NUM_THREADS when set, else its share of the physical cores.
 
     torchrun sets OMP_NUM_THREADS=1 for its workers unless the user set it; without it,
     N processes on one machine each get cores // N, never more threads than cores in all.
+    An OMP_NUM_THREADS beyond `max_threads()` is refused as --threads would be.
     """
     try:
         from_environment = int(os.environ.get("OMP_NUM_THREADS", ""))
     except ValueError:
         from_environment = 0
     if from_environment > 0:
-        return from_environment
+        return check_threads(from_environment, "OMP_NUM_THREADS")
     return max(1, physical_cores() // max(1, processes_on_this_machine))
 
 
@@ -49,7 +72,7 @@ def configure_threads(threads: int | None, processes_on_this_machine: int = 1) -
     first, slows recurrent training badly (a 2-process run on 2 cores with 2
     threads each ran at a fraction of its speed); so inter-op work stays on one thread.
     """
-    count = threads or default_threads(processes_on_this_machine)
+    count = default_threads(processes_on_this_machine) if threads is None else check_threads(threads)
     torch.set_num_threads(count)
     with contextlib.suppress(RuntimeError):  # can only be set once per process, before any parallel work
         torch.set_num_interop_threads(1)
@@ -58,6 +81,8 @@ def configure_threads(threads: int | None, processes_on_this_machine: int = 1) -
 
 def resolve_device(name: str) -> torch.device:
     """Turn --device auto|cpu|cuda|mps into a device this machine has."""
+    if name not in DEVICES:
+        raise UsageProblem(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -72,8 +72,8 @@ def test_generate_is_what_charrnn_sample_writes(trained_run):
     )
     assert cli.stdout == text
     assert text.startswith("the ") and len(text) == 124
-    with pytest.raises(TypeError):
-        model.generate_text(no_such_option=1)
+    with pytest.raises(UsageProblem, match="unknown sampling options: no_such_option"):
+        model.generate_text(no_such_option=1)  # as train() refuses an unknown option
 
 
 def test_score_and_evaluate_agree_with_the_commands(trained_run, tmp_path):

@@ -282,7 +282,7 @@ def test_terminal_view_in_a_pipe_is_the_plain_text(planted_checkpoint):
         (("{model}", "missing.txt"), 1, "text file not found: missing.txt"),
         (("{model}", "{bad_utf8}"), 1, "is not valid UTF-8"),
         (("{model}", "{unseen}"), 1, "characters the model never saw in training: 'Z'"),
-        (("{model}", "{empty}"), 2, "the text is empty"),
+        (("{model}", "{empty}"), 1, "empty.txt is empty: there is nothing to explain"),
         (("no-such-run", "{unseen}"), 1, "checkpoint not found: no-such-run"),
     ],
 )

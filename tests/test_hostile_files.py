@@ -80,6 +80,13 @@ def _damaged_weights(kind: str, good: Path) -> bytes:
         header["head.bias"]["data_offsets"] = [0, 10**12]
         raw = json.dumps(header).encode()
         return struct.pack("<Q", len(raw)) + raw + data[8 + header_len :]
+    if kind == "tokeniser not an object":  # failed with an AttributeError (a traceback)
+        return safetensors_bytes(tensors, metadata={**metadata, "tokenizer": "[]"})
+    if kind == "model config not an object":
+        return safetensors_bytes(tensors, metadata={**metadata, "model_config": "null"})
+    if kind == "a size that is not a whole number":
+        sized = {**json.loads(metadata["model_config"]), "hidden_size": 32.0}
+        return safetensors_bytes(tensors, metadata={**metadata, "model_config": json.dumps(sized)})
     if kind == "non-finite weights":
         return safetensors_bytes(
             {**tensors, "head.bias": tensors["head.bias"] * float("nan")}, metadata=metadata
@@ -109,6 +116,18 @@ def _damaged_weights(kind: str, good: Path) -> bytes:
         ("header claims a giant model", "is corrupted (missing tensor recurrent.bias_hh_l1)"),
         ("offsets past the end", "is corrupted ("),  # then safetensors' words
         ("non-finite weights", "is corrupted (tensor head.bias has non-finite values)"),
+        (
+            "tokeniser not an object",
+            "is corrupted (bad metadata: a tokeniser is stored as an object, not list)",
+        ),
+        (
+            "model config not an object",
+            "is corrupted (bad metadata: ModelConfig is stored as an object, not NoneType)",
+        ),
+        (
+            "a size that is not a whole number",
+            "is corrupted (bad metadata: --hidden-size must be a whole number, got 32.0)",
+        ),
     ],
 )
 def test_damaged_weights_file_is_one_clear_line_and_builds_no_model(

@@ -11,6 +11,7 @@ import pytest
 from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
 
 from charrnn.api import load
+from charrnn.errors import CheckpointError
 from charrnn.model import count_parameters
 from charrnn.store.run_dir import RunDir
 
@@ -194,3 +195,25 @@ def test_stop_reasons_keep_the_strings_that_run_files_hold():
     assert StopReason("early-stop") is StopReason.EARLY_STOP
     assert str(StopReason.TIME) == "time" and json.dumps({"reason": StopReason.DONE}) == '{"reason": "done"}'
     assert [reason.finished for reason in StopReason] == [True, True, False, True]
+
+
+def test_a_header_longer_than_allowed_is_refused_without_reading_it(tmp_path):
+    """info read the 100 MB a header may hold before it refused a longer one."""
+    import struct
+    import tracemalloc
+
+    from charrnn.store.checkpoint import MAX_HEADER_BYTES
+    from charrnn.store.describe import read_header
+
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", MAX_HEADER_BYTES + 1))
+        handle.truncate(MAX_HEADER_BYTES + 100)  # sparse: zeros that take no disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="bad header length"):
+            read_header(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

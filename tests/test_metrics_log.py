@@ -75,3 +75,24 @@ def test_forgetting_nothing_leaves_the_file_alone(tmp_path):
 def test_training_appends_one_strict_json_line_per_evaluation(trained_run):
     lines = (trained_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [50, 100, 150]
+
+
+def test_reading_costs_one_line_not_the_file(tmp_path):
+    """The whole file was read into memory (and split, twice its size); a 40 MB line of junk is now
+    damaged without being held whole."""
+    import tracemalloc
+
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "wb") as handle:
+        handle.write(b'{"step": 1}\n')
+        handle.write(b'{"step": 2, "junk": "' + b"x" * (40 << 20) + b'"}\n')
+        handle.write(b'{"step": 3}\n' + b"y" * (3 << 20))  # and a long last line without a newline
+    tracemalloc.start()
+    try:
+        reading = read_metrics_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    assert [record["step"] for record in reading.records] == [1, 3]  # a line over 1 MB is no record
+    assert reading.damaged_lines == [2, 4]

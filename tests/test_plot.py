@@ -221,6 +221,8 @@ def test_sparkline():
     assert sparkline([2.0, 2.0]) == "▅▅"
     assert sparkline([1.0, float("nan"), 2.0]) == "▁█"
     assert len(sparkline([float(i) for i in range(100)], width=12)) == 12
+    # A damaged metrics.jsonl of a resumed run: the span overflowed and round(nan) failed.
+    assert sparkline([-1e308, 1e308, 1.0]) == "▁█▅"
 
 
 def test_live_display_shows_the_validation_curve(tmp_path):

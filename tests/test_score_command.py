@@ -167,7 +167,8 @@ def test_threads_below_one_is_a_usage_error_for_eval_and_score(trained_run, tmp_
     text.write_text("the quick brown fox\n", encoding="utf-8")
     result = run_cli(command, str(trained_run), str(text), "--threads", "0")
     assert result.exit_code == 2
-    assert error_lines(result.stderr) == ["Error: --threads must be >= 1, got 0"]
+    [line] = error_lines(result.stderr)
+    assert line.startswith("Error: --threads must be 1..") and line.endswith(" got 0")
 
 
 def test_one_forward_call_holds_a_bounded_number_of_logits(trained_run, monkeypatch):

@@ -374,3 +374,36 @@ def test_unreadable_input_file_is_one_line(trained_run, tmp_path, monkeypatch):
     result = run_cli("sample", str(trained_run), "--each-line", "--input", str(path))
     lines = error_lines(result.stderr)
     assert result.exit_code == 2 and lines == [f"Error: cannot read {path}: permission denied"]
+
+
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("\\n", "\n"),
+        ("\\t", "\t"),
+        ("\\\\", "\\"),
+        ("\\\\n", "\\n"),  # a backslash and an n: there was no way to ask for it
+        ("\\\\\\n", "\\\n"),
+        ("a\\\\b\\nc", "a\\b\nc"),
+        ("\\d", "\\d"),  # any other escape is itself
+        ("end\\", "end\\"),
+        ("plain", "plain"),
+    ],
+)
+def test_stop_and_separator_escapes(typed, meant):
+    from charrnn.cli.output import unescape
+
+    assert unescape(typed) == meant
+
+
+def test_a_doubled_backslash_is_one_backslash_on_the_command_line(trained_run):
+    result = run_cli(
+        "sample", str(trained_run), "-n", "3", "--num-samples", "2", "--separator", "\\\\n", "--seed", "1"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "\\n" in result.stdout and "\n" not in result.stdout
+    # The model never saw a backslash: the stop is read as a backslash and an n, and refused so.
+    refused = run_cli("sample", str(trained_run), "--stop", "\\\\n")
+    assert refused.exit_code == 2
+    [line] = error_lines(refused.stderr)
+    assert line == "Error: --stop '\\\\n' can never be written: the model never saw '\\\\' (U+005C)"

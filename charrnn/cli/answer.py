@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,18 +28,53 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
 
 
 def stdout_console():
-    """A Rich console on stdout (plain text when stdout is not a terminal)."""
+    """A Rich console on stdout (plain text when stdout is not a terminal).
+
+    Without markup or emoji codes: its tables show names read from files, where `[/x]` would
+    stop the command and `:thumbs_up:` would turn into a picture. Pass such text through
+    `terminal_safe` too.
+    """
     from rich.console import Console
 
     return Console(
-        file=sys.stdout, highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160
+        file=sys.stdout,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=False,
+        width=None if sys.stdout.isatty() else 160,
     )
 
 
+def json_text(value: Any) -> str:
+    """`value` as indented strict JSON whose every character shows as itself on a terminal.
+
+    A number that is not finite (the infinite loss of a model certain of something else) is
+    null, as in `score --json`: Python would write `Infinity`, which is not JSON and which jq
+    refuses. JSON escapes the C0 control characters itself; the others a terminal acts on (C1
+    controls such as CSI, bidirectional overrides, line separators) are escaped here too
+    (`\\u202e`), which is the same JSON value.
+    """
+    text = json.dumps(_finite_or_null(value), ensure_ascii=False, indent=2, allow_nan=False)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in " \n" else json.dumps(char)[1:-1] for char in text)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def print_json(value: Any) -> None:
-    """One JSON document on stdout."""
+    """One JSON document on stdout (`json_text`)."""
     with closed_pipe_ends_quietly():
-        click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+        click.echo(json_text(value))
 
 
 def looks_like_model(argument: str) -> bool:

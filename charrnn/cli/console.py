@@ -19,6 +19,20 @@ from charrnn import events
 PLAIN_LOG_INTERVAL_SECONDS = 10.0
 
 
+def terminal_safe(text: object) -> str:
+    """Text from a file (a checkpoint's metadata, a path, a run's name) made safe to print.
+
+    Every character a terminal would act on instead of showing (ESC and the other control
+    characters, bidirectional overrides, line separators; whatever `str.isprintable` refuses
+    but the space) is written as its Python escape, e.g. \\x1b: a corpus name holding
+    `ESC ] 0 ;` must not retitle the terminal, nor a name hide what follows it.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
+
+
 def discard_further_output(stream) -> None:
     """Point a stream whose reader has gone at /dev/null, so later writes (and the interpreter's
     final flush) neither fail nor complain."""
@@ -136,10 +150,13 @@ def sparkline(values: list[float], width: int = SPARKLINE_WIDTH) -> str:
     if not shown:
         return ""
     low, high = min(shown), max(shown)
-    if high - low < 1e-12:
+    # In halves: the span of a resumed run's damaged values (-1e308 to 1e308) overflowed to inf,
+    # and inf / inf is nan, which round() refused.
+    span = high / 2 - low / 2
+    if span < 5e-13:
         return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2] * len(shown)
     top = len(SPARK_BLOCKS) - 1
-    return "".join(SPARK_BLOCKS[round((value - low) / (high - low) * top)] for value in shown)
+    return "".join(SPARK_BLOCKS[round((value / 2 - low / 2) / span * top)] for value in shown)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -168,7 +185,8 @@ class TrainingDisplay:
         elif isinstance(event, events.EvaluationDone):
             self._on_evaluation(event)
         elif isinstance(event, events.Notice):
-            self.console.print(f"[yellow]note:[/] {event.message}" if self.live else f"note: {event.message}")
+            message = terminal_safe(event.message)  # it may name files and the characters in them
+            self.console.print(f"[yellow]note:[/] {_escape(message)}" if self.live else f"note: {message}")
 
     def _on_start(self, event: events.TrainingStarted) -> None:
         self._started = event
@@ -193,11 +211,11 @@ class TrainingDisplay:
             markup=False,
             highlight=False,
         )
-        self.console.print(f"run directory: {event.run_dir}", markup=False)
+        self.console.print(f"run directory: {terminal_safe(event.run_dir)}", markup=False)
         if event.parent is not None:
             self.console.print(
-                f"started from {event.parent.get('name')} (weights sha256 "
-                f"{str(event.parent.get('weights_sha256'))[:12]})",
+                f"started from {terminal_safe(event.parent.get('name'))} (weights sha256 "
+                f"{terminal_safe(str(event.parent.get('weights_sha256'))[:12])})",
                 markup=False,
                 highlight=False,
             )
@@ -248,7 +266,9 @@ class TrainingDisplay:
         except CharrnnError:
             records = []
         self._val_bpc_history = [
-            record["val_bpc"] for record in records if isinstance(record.get("val_bpc"), (int, float))
+            record["val_bpc"]
+            for record in records
+            if isinstance(record.get("val_bpc"), (int, float)) and not isinstance(record["val_bpc"], bool)
         ]
         return self._val_bpc_history
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from charrnn.cli.answer import closed_pipe_ends_quietly, print_json, split_model_argument, stdout_console
+from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
 from charrnn.cli.model_options import device_options, load_model, model_option
 from charrnn.errors import UsageProblem
@@ -62,7 +63,9 @@ def eval_command(
     for result in results:
         if result.skipped_chars:
             click.echo(
-                f"{result.name}: left out {result.skipped_chars} characters the model never saw", err=True
+                f"{terminal_safe(result.name)}: left out {result.skipped_chars} characters "
+                "the model never saw",
+                err=True,
             )
 
 
@@ -74,7 +77,7 @@ def _print_table(results, total) -> None:
         table.add_column(heading, justify="left" if heading == "file" else "right", overflow="fold")
     for result in results + ([total] if total is not None else []):
         table.add_row(
-            result.name,
+            terminal_safe(result.name),  # a file's name
             f"{result.bits_per_char:.4f}",
             f"{result.loss:.4f}",
             f"{result.chars:,}",

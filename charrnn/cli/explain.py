@@ -13,7 +13,7 @@ import click
 
 from charrnn.cli.group import cli
 from charrnn.cli.output import write_stream
-from charrnn.errors import UsageProblem
+from charrnn.errors import CorpusError, UsageProblem
 
 DEFAULT_MAX_CHARS = 2000
 
@@ -175,7 +175,11 @@ def explain(
     if html_file is not None:  # before the work: a folder, a missing folder, the text itself
         check_output(html_file, [(source, "the text being explained")] if source != "-" else [])
     text, total_chars = _read_text(source, max_chars)
-    from charrnn.cli.console import stderr_console
+    if not total_chars:  # an input fault, exit 1, as for eval, score and info
+        raise CorpusError(
+            f"{'standard input' if source == '-' else source} is empty: there is nothing to explain"
+        )
+    from charrnn.cli.console import stderr_console, terminal_safe
 
     notes = stderr_console()
     if len(text) < total_chars:
@@ -186,9 +190,8 @@ def explain(
             highlight=False,
         )
 
-    import torch
-
     from charrnn.cli.explain_view import explanation_json, found_units_data, legend, views_for
+    from charrnn.hardware import configure_threads
     from charrnn.inspect.activations import (
         TOP_PREDICTIONS,
         analyse_text,
@@ -198,7 +201,7 @@ def explain(
     )
     from charrnn.inspect.unit_finder import UnitFinder
 
-    torch.set_num_threads(threads)
+    configure_threads(threads)
     loaded = load_for_analysis(model_arg)
     if html_file is not None:  # nor over the model, or another checkpoint of its run
         saved = [*loaded.path.parent.glob("*.safetensors"), *loaded.path.parent.glob("*.pt")]
@@ -210,7 +213,9 @@ def explain(
             ],
         )
     config = loaded.model_config
-    chosen = parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit else None
+    chosen = (
+        parse_unit(unit, config.model, config.num_layers, config.hidden_size) if unit is not None else None
+    )
     loaded.tokenizer.check_encodable(text, "text")
     # Only what the answer shows is kept per character: the predictions for the page and JSON,
     # the chosen unit's values, and the found units' values for the page and --show (read again).
@@ -241,7 +246,7 @@ def explain(
             return
         write_output(html_file, (piece.encode("utf-8") for piece in page))
         notes.print(
-            f"wrote {html_path}: {len(analysis.text):,} characters, {len(views)} colourings "
+            f"wrote {terminal_safe(html_path)}: {len(analysis.text):,} characters, {len(views)} colourings "
             f"(surprise and {len(views) - 1} units)",
             markup=False,
             highlight=False,
@@ -262,7 +267,8 @@ def explain(
         if not show and any(result.matches for result in results):
             best = next(result.matches[0].unit for result in results if result.matches)
             notes.print(
-                f"show one with --unit, e.g. charrnn explain {' '.join(arguments)} --unit {best}",
+                f"show one with --unit, e.g. charrnn explain "
+                f"{terminal_safe(' '.join(arguments))} --unit {best}",
                 markup=False,
                 highlight=False,
             )

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import click
 
 from charrnn import __version__
+from charrnn.cli.console import terminal_safe
 from charrnn.errors import CharrnnError, UsageProblem
 
 EXIT_SIGINT = 130
@@ -23,7 +24,8 @@ EXIT_SIGTERM = 143
 
 
 def _error_line(message: str) -> str:
-    return "Error: " + " ".join(str(message).split())
+    # One line, and safe to print: an error may quote a path or a name read from a file.
+    return "Error: " + terminal_safe(" ".join(str(message).split()))
 
 
 # How PyTorch's allocators say they failed: CUDA raises torch.OutOfMemoryError ("CUDA out of

@@ -13,6 +13,7 @@ from charrnn.cli.answer import (
     print_json,
     stdout_console,
 )
+from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
 
 
@@ -68,8 +69,8 @@ def _print(summary: dict[str, Any]) -> None:
             [
                 (
                     "started from",
-                    f"{training['parent'].get('name')} (weights sha256 "
-                    f"{str(training['parent'].get('weights_sha256'))[:16]}…)",
+                    f"{_value(training['parent']['name'])} (weights sha256 "
+                    f"{_value(training['parent']['weights_sha256'])[:16]}…)",
                 )
             ]
             if training.get("parent")
@@ -93,6 +94,6 @@ def _print(summary: dict[str, Any]) -> None:
         for entry in summary["files"]:
             rows.append(("", f"{entry['name']}  {human_bytes(entry['bytes'])}"))
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, terminal_safe(value))  # the checkpoint's metadata and the run's file names
     with closed_pipe_ends_quietly():
         stdout_console().print(table)

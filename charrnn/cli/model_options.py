@@ -7,7 +7,6 @@ from collections.abc import Callable
 import click
 
 from charrnn.config import DEVICES
-from charrnn.errors import UsageProblem
 
 model_option = click.option(
     "--model",
@@ -38,12 +37,11 @@ def device_options(verb: str) -> Callable[[Callable], Callable]:
 
 
 def load_model(model_argument: str | None, device: str, threads: int | None):
-    """The `api.Model` of MODEL, after checking --threads and giving torch that many threads.
+    """The `api.Model` of MODEL, after checking --threads (`hardware.check_threads`) and giving torch
+    that many threads.
 
     torch is imported here, when a command runs, never at start-up.
     """
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
     from charrnn.api import load
     from charrnn.hardware import configure_threads
 

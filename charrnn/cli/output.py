@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 import time
 from typing import cast
 
 from charrnn.cli.console import discard_further_output
 
+# The escapes of --stop and --separator: a shell passes '\n' on as a backslash and an n.
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
 
 def unescape(text: str) -> str:
-    """Turn the two escapes users type on a command line (\\n, \\t) into the characters."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
+    """Turn the escapes users type on a command line into characters: \\n a newline, \\t a tab,
+    \\\\ one backslash (so \\\\n is a backslash and an n). Read left to right; a backslash before
+    any other character, or at the end, is itself."""
+    return _ESCAPE.sub(lambda match: ESCAPES.get(match.group(1), match.group(0)), text)
 
 
 def write_stream(chunks) -> None:

@@ -42,7 +42,7 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
       charrnn plot runs/lstm runs/gru runs/bpe -o compare.svg --x time
     """
     from charrnn.atomic import check_output, write_output
-    from charrnn.cli.console import stderr_console
+    from charrnn.cli.console import stderr_console, terminal_safe
     from charrnn.cli.loss_chart import draw_curves, image_format, read_run, require_matplotlib, unique_names
 
     require_matplotlib()
@@ -53,17 +53,19 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     for run in runs:
         read = read_run(run)
         if read.damaged_lines:
-            shown = ", ".join(str(number) for number in read.damaged_lines[:5])
+            listed = ", ".join(str(number) for number in read.damaged_lines[:5])
             more = ", ..." if len(read.damaged_lines) > 5 else ""
             notes.print(
-                f"note: {read.path}: skipped {len(read.damaged_lines)} damaged line"
-                f"{'s' if len(read.damaged_lines) > 1 else ''} (line {shown}{more})",
+                f"note: {terminal_safe(read.path)}: skipped {len(read.damaged_lines)} damaged line"
+                f"{'s' if len(read.damaged_lines) > 1 else ''} (line {listed}{more})",
                 markup=False,
                 highlight=False,
             )
         if not read.records:
             notes.print(
-                f"note: {run} has no evaluations yet; left out of the chart", markup=False, highlight=False
+                f"note: {terminal_safe(run)} has no evaluations yet; left out of the chart",
+                markup=False,
+                highlight=False,
             )
             continue
         curves.append(read)
@@ -75,7 +77,8 @@ def plot(runs: tuple[str, ...], output: str, x_axis: str) -> None:
     write_output(Path(output), data)
     evaluations = sum(len(run.records) for run in curves)
     notes.print(
-        f"wrote {output}: {len(curves)} run{'s' if len(curves) > 1 else ''}, {evaluations} evaluations",
+        f"wrote {terminal_safe(output)}: {len(curves)} run{'s' if len(curves) > 1 else ''}, "
+        f"{evaluations} evaluations",
         markup=False,
         highlight=False,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from charrnn.cli.answer import closed_pipe_ends_quietly, human_duration, print_json, stdout_console
+from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
 
 
@@ -28,12 +29,14 @@ def runs_command(folder: str | None, as_json: bool) -> None:
     from charrnn.store.run_dir import DEFAULT_RUNS_ROOT
     from charrnn.store.run_summaries import list_runs
 
+    if folder == "":  # Path("") is the current folder, which the user did not name
+        raise click.UsageError('DIR is an empty name (""): give a folder of runs, or none for runs/')
     rows = list_runs(DEFAULT_RUNS_ROOT if folder is None else Path(folder))
     if as_json:
         print_json([row.to_dict() for row in rows])
         return
     if not rows:
-        click.echo(f"no runs in {folder or DEFAULT_RUNS_ROOT}", err=True)
+        click.echo(f"no runs in {terminal_safe(folder or DEFAULT_RUNS_ROOT)}", err=True)
         return
     from rich.table import Table
 
@@ -46,9 +49,9 @@ def runs_command(folder: str | None, as_json: bool) -> None:
         )
     for row in rows:
         table.add_row(
-            row.name,
-            row.model,
-            row.tokenizer,
+            terminal_safe(row.name),  # a folder's name, and what its checkpoint says
+            terminal_safe(row.model),
+            terminal_safe(row.tokenizer),
             "-" if row.steps is None else f"{row.steps:,}",
             human_duration(row.elapsed),
             "-" if row.best_val_bpc is None else f"{row.best_val_bpc:.4f}",

@@ -83,7 +83,7 @@ def _check_combinations(
     multiple=True,
     metavar="TEXT",
     help="End a sample where its text first contains TEXT (not written); repeatable; "
-    "\\n and \\t are understood.",
+    "\\n is a newline, \\t a tab and \\\\ a backslash (\\\\n: a backslash and an n).",
 )
 @click.option("--keep-stop", is_flag=True, help="Write the stop string that ended a sample.")
 @click.option(
@@ -129,7 +129,7 @@ def _check_combinations(
     default=None,
     show_default="\\n\\n; \\n with --each-line",
     help="Written after each sample but the last (after every line with --each-line); "
-    "\\n and \\t are understood.",
+    "\\n, \\t and \\\\ are understood, as for --stop.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 def sample(
@@ -186,17 +186,14 @@ def sample(
         keep_stop=keep_stop,
         batch_size=batch_size,
     ).validate()
-    if threads < 1:
-        raise UsageProblem(f"--threads must be >= 1, got {threads}")
-
-    import torch
 
     from charrnn.generate.sampler import check_stops, draw_seed
+    from charrnn.hardware import configure_threads
     from charrnn.store.bundled import is_bundled
     from charrnn.store.checkpoint import load_weights
     from charrnn.store.run_dir import resolve_weights
 
-    torch.set_num_threads(threads)
+    configure_threads(threads)
     weights = resolve_weights(checkpoint)
     loaded = load_weights(weights)
     check_stops(loaded.tokenizer, config.stop)

@@ -310,7 +310,13 @@ def run_training(request: TrainingRequest) -> int:
 
     Under torchrun, every process runs this; only rank 0 talks.
     """
-    from charrnn.cli.console import CorpusProgressDisplay, TrainingDisplay, finished_message, stderr_console
+    from charrnn.cli.console import (
+        CorpusProgressDisplay,
+        TrainingDisplay,
+        finished_message,
+        stderr_console,
+        terminal_safe,
+    )
     from charrnn.cli.signals import EXIT_CODE_FOR_SIGNAL, StopRequest
     from charrnn.distributed import World
     from charrnn.training.session import SessionCallbacks, TrainingSession
@@ -328,7 +334,7 @@ def run_training(request: TrainingRequest) -> int:
             training_display(event)
 
     def on_note(message: str) -> None:
-        console.print(f"note: {message}", markup=False, highlight=False)
+        console.print(f"note: {terminal_safe(message)}", markup=False, highlight=False)
 
     callbacks = SessionCallbacks(
         on_event=on_event, on_corpus_progress=corpus_display, on_note=on_note, should_stop=stop
@@ -352,7 +358,9 @@ def run_training(request: TrainingRequest) -> int:
                     if run_dir.state.exists()
                     else "nothing had been saved yet"
                 )
-                console.print(f"Error: stopped at once: {saved}", markup=False, highlight=False)
+                console.print(
+                    f"Error: stopped at once: {terminal_safe(saved)}", markup=False, highlight=False
+                )
                 return EXIT_CODE_FOR_SIGNAL[signal.SIGINT]
             finally:
                 if training_display is not None:
@@ -363,13 +371,15 @@ def run_training(request: TrainingRequest) -> int:
         return 0  # nobody is reading: the run is saved, and `--resume` continues it
     if outcome.stopped:
         console.print(
-            f"interrupted at step {outcome.step}, saved in {outcome.run_dir}; resume with: "
-            f"{resume_hint(outcome.run_dir, outcome.corpus_source, world)}",
+            terminal_safe(
+                f"interrupted at step {outcome.step}, saved in {outcome.run_dir}; resume with: "
+                f"{resume_hint(outcome.run_dir, outcome.corpus_source, world)}"
+            ),
             markup=False,
             highlight=False,
         )
         return stop.exit_code
-    console.print(finished_message(outcome.finished), markup=False, highlight=False)
+    console.print(terminal_safe(finished_message(outcome.finished)), markup=False, highlight=False)
     return 0
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from charrnn.errors import CorpusError
+from charrnn.errors import CorpusError, UsageProblem
 
 READ_BYTES = 1 << 20  # bytes read per step: memory use is a small multiple of this
 STDIN = "-"
@@ -72,6 +72,8 @@ class TextSource:
         """A source for a path as the user gave it, or `-` for standard input."""
         if str(given) == STDIN:
             return cls(name=STDIN_NAME, stream=sys.stdin.buffer)
+        if str(given) == "":  # Path("") is the current folder, which the user did not name
+            raise UsageProblem(f'the {missing} is an empty name (""): give a path, or - for standard input')
         return cls(name=str(given), path=Path(given), missing=missing)
 
     def open(self) -> BinaryIO:

@@ -172,6 +172,8 @@ def _code_points(text: str) -> np.ndarray:
 
 def tokenizer_from_dict(values: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokeniser from `Tokenizer.to_dict()` output (as stored in a checkpoint)."""
+    if not isinstance(values, dict):  # a damaged file's: [] failed with an AttributeError
+        raise TokenizerError(f"a tokeniser is stored as an object, not {type(values).__name__}")
     kind = values.get("kind")
     if kind == "char":
         return CharTokenizer(values["chars"], keep_order=True)

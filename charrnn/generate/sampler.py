@@ -29,7 +29,13 @@ from charrnn.errors import UsageProblem
 from charrnn.generate.blas_threads import blas_threads_restored
 from charrnn.generate.stepper import RecurrentStepper
 from charrnn.generate.stop_strings import StopMatcher
-from charrnn.generate.token_choice import TokenChooser, UniformStream, filtered_logits, log2_probabilities
+from charrnn.generate.token_choice import (
+    TokenChooser,
+    UniformStream,
+    filtered_logits,
+    log2_probabilities,
+    tempered_logits,
+)
 from charrnn.model import CharRNN, State, read_tokens
 
 __all__ = [
@@ -112,7 +118,7 @@ def choose_next_tokens(
     """
     if config.greedy or config.top_k == 1:
         return logits.argmax(dim=1)
-    logits = filtered_logits(logits / config.temperature, config)
+    logits = filtered_logits(tempered_logits(logits, config.temperature), config)
     # Inverse-CDF sampling: a quarter of torch.multinomial's cost at batch 1. `right=True`
     # never lands on a token whose probability is zero.
     cumulative = torch.softmax(logits, dim=1).cumsum_(dim=1)

@@ -98,9 +98,10 @@ class RecurrentStepper:
         # once for every token, that table is vocabulary x gates floats: a row lookup per step for
         # a small vocabulary, but 368 MB for 60,000 symbols, so a big vocabulary multiplies each time.
         if embedding.shape[0] * first_weight.shape[0] <= MAX_FIRST_LAYER_TABLE_FLOATS:
-            self.first_layer_table: np.ndarray | None = np.ascontiguousarray(
-                embedding @ first_weight.T + first_bias, dtype=np.float32
-            )
+            with np.errstate(over="ignore", invalid="ignore"):  # see `step`
+                self.first_layer_table: np.ndarray | None = np.ascontiguousarray(
+                    embedding @ first_weight.T + first_bias, dtype=np.float32
+                )
         else:
             self.first_layer_table = None
             self._embedding, self._first_weight, self._first_bias = embedding, first_weight, first_bias
@@ -246,13 +247,17 @@ class RecurrentStepper:
         """
         if not isinstance(tokens, np.ndarray):
             tokens = np.asarray(tokens, dtype=np.int64)
-        if self.kind == "lstm":
-            self._lstm_step(tokens)
-        elif self.kind == "gru":
-            self._gru_step(tokens)
-        else:
-            self._rnn_step(tokens)
-        np.dot(self.head, self._head_input, out=self._rows_logits)
+        # Weights too large for float32 (finite, but a damaged or hostile file's) overflow here:
+        # the logits come out inf or nan, which `TokenChooser` refuses with one error, so NumPy's
+        # own warnings would only repeat it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.kind == "lstm":
+                self._lstm_step(tokens)
+            elif self.kind == "gru":
+                self._gru_step(tokens)
+            else:
+                self._rnn_step(tokens)
+            np.dot(self.head, self._head_input, out=self._rows_logits)
         return self._logits_by_column.T
 
     def _first_layer_inputs(self, tokens: np.ndarray) -> np.ndarray:

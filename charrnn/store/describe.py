@@ -30,7 +30,8 @@ def read_header(path: Path) -> dict[str, str]:
             start = handle.read(8)
             if len(start) == 8:
                 (length,) = struct.unpack("<Q", start)
-                start += handle.read(min(length, MAX_HEADER_BYTES + 1))
+                if length <= MAX_HEADER_BYTES:  # a longer one is refused below, without reading it
+                    start += handle.read(length)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except IsADirectoryError:
@@ -73,7 +74,30 @@ def _char_sample(tokenizer: Tokenizer) -> str | None:
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)  # an integer too large for a float (10**400) overflows
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+# The training summary is what the file says, so each value is taken only when it has the type
+# it is written with (None otherwise): a step of "many" or a corpus name that is a list would
+# otherwise stop `info` and `runs` halfway, and their readers expect these types.
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _parent(value: Any) -> dict[str, str | None] | None:
+    if not isinstance(value, dict):
+        return None
+    return {"name": _text(value.get("name")), "weights_sha256": _text(value.get("weights_sha256"))}
 
 
 def describe_weights(path: Path) -> dict[str, Any]:
@@ -82,8 +106,8 @@ def describe_weights(path: Path) -> dict[str, Any]:
     model_config, tokenizer, info = parse_metadata(read_header(path), path)
     saved_train_config = info.get("train_config")
     train_config = saved_train_config if isinstance(saved_train_config, dict) else {}
-    saved_at = info.get("saved_at")
-    if not isinstance(saved_at, str):
+    saved_at = _text(info.get("saved_at"))
+    if saved_at is None:
         try:
             saved_at = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(
                 timespec="seconds"
@@ -106,17 +130,17 @@ def describe_weights(path: Path) -> dict[str, Any]:
             "chars": _char_sample(tokenizer),
         },
         "training": {
-            "corpus": info.get("corpus"),
-            "corpus_fingerprint": info.get("corpus_fingerprint"),
-            "step": info.get("step"),
+            "corpus": _text(info.get("corpus")),
+            "corpus_fingerprint": _text(info.get("corpus_fingerprint")),
+            "step": _count(info.get("step")),
             "elapsed": _finite(info.get("elapsed")),
             "best_val_loss": _finite(info.get("best_val_loss")),
             "best_val_bpc": _finite(info.get("best_val_bpc")),
-            "precision": info.get("precision") or train_config.get("precision"),
+            "precision": _text(info.get("precision")) or _text(train_config.get("precision")),
             "saved_at": saved_at,
-            "charrnn_version": info.get("charrnn_version"),
+            "charrnn_version": _text(info.get("charrnn_version")),
             # A fine-tuning run's starting model: {"name", "weights_sha256"} (None for a fresh run).
-            "parent": info.get("parent") if isinstance(info.get("parent"), dict) else None,
+            "parent": _parent(info.get("parent")),
             "train_config": train_config,
         },
     }
@@ -146,7 +170,7 @@ def corpus_fingerprint_of_run(run_dir: Path) -> str | None:
     from charrnn.store.checkpoint import load_training_state
 
     try:
-        return load_training_state(state_path).get("corpus_fingerprint")
+        return _text(load_training_state(state_path).get("corpus_fingerprint"))
     except CharrnnError:
         return None
 

@@ -12,12 +12,17 @@ import errno
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from charrnn.atomic import DiskFullError, atomic_write_bytes, fsync_directory, write_all
 from charrnn.errors import RunDirError
+
+# A record is a few hundred bytes; a line a thousand times longer is not one (a hostile or
+# damaged file), and reading it whole would cost its size in memory.
+MAX_LINE_BYTES = 1 << 20
 
 
 @dataclass
@@ -43,19 +48,41 @@ def parse_metrics_line(line: bytes) -> dict[str, Any] | None:
 
 
 def read_metrics_file(path: Path) -> MetricsReading:
-    """Read a metrics.jsonl (a missing file has no records); blank lines carry nothing and are skipped."""
-    data = _read_or_empty(Path(path))
+    """Read a metrics.jsonl (a missing file has no records); blank lines carry nothing and are skipped.
+
+    The file is read a line at a time, and a line longer than `MAX_LINE_BYTES` is damaged without
+    being held whole, so reading costs the records and one line, not the file's size.
+    """
+    path = Path(path)
     reading = MetricsReading()
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        record = parse_metrics_line(line)
-        if record is None:
-            reading.damaged_lines.append(number)
-        else:
-            reading.records.append(record)
-            reading.record_lines.append(number)
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(_lines(handle), start=1):
+                if line is not None and not line.strip():
+                    continue
+                record = None if line is None else parse_metrics_line(line)
+                if record is None:
+                    reading.damaged_lines.append(number)
+                else:
+                    reading.records.append(record)
+                    reading.record_lines.append(number)
+    except FileNotFoundError:
+        return reading
+    except OSError as error:
+        raise RunDirError(f"cannot read {path}: {error.strerror or error}") from None
     return reading
+
+
+def _lines(handle: BinaryIO) -> Iterator[bytes | None]:
+    """The lines of a binary file without their newline; None for a line over `MAX_LINE_BYTES`,
+    which is read past in pieces."""
+    while line := handle.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES:
+            while line and not line.endswith(b"\n"):
+                line = handle.readline(MAX_LINE_BYTES)
+            yield None
+        else:
+            yield line.removesuffix(b"\n")
 
 
 def append_metrics_record(path: Path, record: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from charrnn.atomic import (
     remove_quietly,
     remove_stale_temp_files,
 )
-from charrnn.errors import CheckpointError, RunDirError
+from charrnn.errors import CheckpointError, RunDirError, UsageProblem
 from charrnn.events import StopReason
 from charrnn.store.metrics_log import (
     MetricsReading,
@@ -269,6 +269,11 @@ def resolve_weights(given: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> P
     from charrnn.store.bundled import DEFAULT_BUNDLED_MODEL, bundled_weights
 
     if given is not None:
+        if given == "":  # Path("") is the current folder, which the user did not name
+            raise UsageProblem(
+                'the model is an empty name (""): give a .safetensors file, a run directory or a '
+                "bundled model"
+            )
         path = Path(given)
         if not path.exists() and bundled_weights(given) is not None:
             return bundled_weights(given)  # type: ignore[return-value]

@@ -53,8 +53,10 @@ def _judge_state(run_dir: RunDir, step: int | None, info: dict[str, Any]) -> str
     saved_config = info.get("train_config")
     config = saved_config if isinstance(saved_config, dict) else {}
     try:
-        train_config = TrainConfig.from_dict(config)
-    except (CharrnnError, TypeError):
+        # Validated: the file's values are only what it says (a max_time of "soon" must not
+        # reach the arithmetic below).
+        train_config = TrainConfig.from_dict(config).validate()
+    except (CharrnnError, TypeError, ValueError):
         return STOPPED
     if train_config.max_steps is not None and isinstance(step, int) and step >= train_config.max_steps:
         return FINISHED

@@ -43,16 +43,20 @@ class Checkpointer:
         if self.world.is_writer:
             self.run_dir.append_metrics(record)
 
+    def check_finite(self, model: CharRNN, step: int) -> None:
+        """Raise `TrainingDiverged` when a weight is not finite (nothing is saved from such weights)."""
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingDiverged(
+                f"the weights became non-finite at step {step}; nothing was saved over "
+                f"the last good checkpoint in {self.run_dir.path}"
+            )
+
     def save(self, model: CharRNN, state: RunState, info: dict[str, Any], is_best: bool) -> None:
         """Save the weights (latest, best when `is_best`, a step file with --keep), then the state.
 
         Raises `TrainingDiverged`, saving nothing, when a weight is not finite.
         """
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise TrainingDiverged(
-                f"the weights became non-finite at step {state.counters.step}; nothing was saved over "
-                f"the last good checkpoint in {self.run_dir.path}"
-            )
+        self.check_finite(model, state.counters.step)
         if not self.world.is_writer:
             return
         tokenizer = self.corpus.tokenizer

@@ -309,6 +309,9 @@ class Trainer:
     def _evaluate_and_save(self) -> None:
         """Evaluate, log, checkpoint and report; remember what all of that cost on the shared clock."""
         counters, started = self.counters, self.clock.elapsed()
+        # Weights that overflowed (a huge --lr) are refused before they are evaluated, previewed
+        # (NumPy warned of invalid values) or logged (metrics.jsonl got a record of nulls).
+        self.checkpointer.check_finite(self.model, counters.step)
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
         result = evaluate(self.model, self.eval_tokens, self.eval_chars, self.device, world=self.world)
         self.clock.agree()  # the clock moved on during evaluation

@@ -149,8 +149,17 @@ class TrainingSession:
     def _prepare(self) -> None:
         request, world, callbacks = self.request, self.world, self.callbacks
         corpus, out, resume, given = request.corpus, request.out, request.resume, request.given
+        # Path("") is the current folder, which the user did not name: training would read every
+        # .txt file there, or write its run or its token cache into it.
+        for label, value in (("CORPUS", corpus), ("--out", out), ("--cache-dir", request.cache_dir)):
+            if value == "":
+                raise UsageProblem(f'{label} is an empty name (""): give a path')
         fresh_model = ModelConfig(**request.model_options).validate()
         fresh_train = TrainConfig(**request.train_options).validate()
+        if fresh_train.threads is not None:
+            from charrnn.hardware import check_threads
+
+            check_threads(fresh_train.threads)  # this machine's bound, before a run directory is made
 
         from charrnn.data.token_cache import prepare_streamed_corpus
 
