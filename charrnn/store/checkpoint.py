@@ -8,11 +8,13 @@ file and never unpickles anything. The training state is loaded with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,15 +64,22 @@ def save_weights(path: Path, model: CharRNN, tokenizer: Tokenizer, info: dict[st
     atomic_write_bytes(Path(path), save_safetensors_bytes(tensors, metadata=metadata))
 
 
-def _read_file(path: Path, what: str) -> bytes:
+@contextlib.contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn an OS error while reading a checkpoint file into its one `CheckpointError` line."""
     try:
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a directory, not a {what}") from None
     except OSError as error:
         raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_file(path: Path, what: str) -> bytes:
+    with reading(path, what):
+        return path.read_bytes()
 
 
 def read_metadata(data: bytes, path: Path) -> dict[str, str]:

@@ -16,7 +16,13 @@ from typing import Any
 
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError, CheckpointError
-from charrnn.store.checkpoint import MAX_HEADER_BYTES, parameter_count, parse_metadata, read_metadata
+from charrnn.store.checkpoint import (
+    MAX_HEADER_BYTES,
+    parameter_count,
+    parse_metadata,
+    read_metadata,
+    reading,
+)
 from charrnn.store.run_dir import RunDir
 
 CHAR_SAMPLE = 64
@@ -25,19 +31,12 @@ CHAR_SAMPLE = 64
 def read_header(path: Path) -> dict[str, str]:
     """The charrnn metadata of a weights file, reading only its header."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(8)
-            if len(start) == 8:
-                (length,) = struct.unpack("<Q", start)
-                if length <= MAX_HEADER_BYTES:  # a longer one is refused below, without reading it
-                    start += handle.read(length)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path} is a directory, not a checkpoint") from None
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    with reading(path, "checkpoint"), open(path, "rb") as handle:
+        start = handle.read(8)
+        if len(start) == 8:
+            (length,) = struct.unpack("<Q", start)
+            if length <= MAX_HEADER_BYTES:  # a longer one is refused below, without reading it
+                start += handle.read(length)
     metadata = read_metadata(start, path)
     _check_length(start, path)
     return metadata
