@@ -232,6 +232,7 @@ def train(
     cache_dir: PathLike | None = None,
     should_stop: Callable[[], bool] | threading.Event | None = None,
     on_event: Callable[[object], None] | None = None,
+    auto_size: bool = True,
     **options: Any,
 ) -> Model:
     """Train as `charrnn train` does and return the trained model (on the CPU).
@@ -254,6 +255,10 @@ def train(
     - Ctrl-C (a KeyboardInterrupt in the main thread) stops at once and propagates as the plain
       KeyboardInterrupt it is, once the run directory's lock is released; the files of the last
       complete checkpoint are left intact, so the run can be resumed from there.
+
+    Sizing: as for the command, a new run's depth, width, dropout and early stopping, where not
+    given in `options`, are chosen from the corpus, the budget and this machine's speed
+    (`TrainingStarted.sizing` says what and why); `auto_size=False` trains the fixed defaults.
 
     The returned model is the run's best weights (by validation loss), else its latest.
     """
@@ -279,6 +284,7 @@ def train(
         train_options={k: v for k, v in options.items() if k in train_fields},
         given=set(options),
         cache_dir=None if cache_dir is None else str(cache_dir),
+        auto_size=auto_size,
     )
     callbacks = SessionCallbacks()
     if should_stop is not None:

@@ -52,6 +52,7 @@ class TrainingStarted:
     processes: int = 1  # torchrun workers; batch_size is per process
     stream_groups: int = 1  # groups of batch_size streams trained in turns
     parent: dict | None = None  # the model a fine-tuning run started from: name, weights_sha256
+    sizing: dict | None = None  # what the sizing rule chose and why (training/sizing.py)
 
 
 @dataclass

@@ -198,6 +198,10 @@ class TrainingDisplay:
         )
         if event.budget_seconds is not None and event.max_steps is not None:
             budget = f"{event.max_steps} steps or {format_duration(event.budget_seconds)}"
+        reason = event.sizing.get("reason") if isinstance(event.sizing, dict) else None
+        if reason and not event.start_step:
+            # First, so the user reads what was chosen for them before anything else.
+            self.console.print(f"sized: {terminal_safe(reason)}", markup=False, highlight=False)
         self.console.print(
             f"charrnn: {event.num_parameters:,} parameters, vocabulary {event.vocab_size} "
             f"({event.tokenizer}, {event.chars_per_token:.2f} chars/token), "

@@ -76,6 +76,11 @@ def _print(summary: dict[str, Any]) -> None:
             if training.get("parent")
             else []
         ),
+        *(
+            [("sized", _value(training["sizing"]["reason"]))]
+            if training.get("sizing") and training["sizing"].get("reason")
+            else []
+        ),
         ("corpus", _value(training["corpus"])),
         ("corpus sha256", _value(training["corpus_fingerprint"])),
         ("steps", _value(training["step"], "{:,}")),

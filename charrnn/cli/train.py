@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
+# The options the sizing rule chooses when they are not given (training/sizing.py).
+_SIZED = "sized to the corpus and budget"
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -51,14 +53,14 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--num-layers",
     type=int,
     default=_MODEL_DEFAULTS.num_layers,
-    show_default=True,
+    show_default=_SIZED,
     help="Stacked recurrent layers.",
 )
 @click.option(
     "--hidden-size",
     type=int,
     default=_MODEL_DEFAULTS.hidden_size,
-    show_default=True,
+    show_default=_SIZED,
     help="Units per recurrent layer.",
 )
 @click.option(
@@ -72,7 +74,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--dropout",
     type=float,
     default=_MODEL_DEFAULTS.dropout,
-    show_default=True,
+    show_default=_SIZED,
     help="Dropout between layers and before the output layer.",
 )
 @click.option(
@@ -226,8 +228,17 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--early-stop",
     type=int,
     default=None,
-    show_default="off",
+    show_default="sized: on when the budget reads the text 30+ times",
     help="Stop when validation has not improved for N evaluations in a row.",
+)
+@click.option(
+    "--auto-size/--no-auto-size",
+    "auto_size",
+    default=True,
+    show_default=True,
+    help="Choose the model's depth and width, dropout and early stopping from the corpus size, the "
+    "budget and this machine's speed (options you give are kept). --no-auto-size: the fixed "
+    f"defaults ({_MODEL_DEFAULTS.num_layers} x {_MODEL_DEFAULTS.hidden_size}, no dropout).",
 )
 @click.option(
     "--seed",
@@ -271,10 +282,13 @@ def train(
     resume: bool,
     init_from: str | None,
     cache_dir: str | None,
+    auto_size: bool,
     **options: Any,
 ) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
+    The model sizes itself: depth, width, dropout and early stopping not given are chosen from
+    the corpus size, the budget and this machine's speed (the first line says what and why).
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
 
     \b
@@ -301,6 +315,7 @@ def train(
         given=given,
         cache_dir=cache_dir,
         init_from=init_from,
+        auto_size=auto_size,
     )
     sys.exit(run_training(request))
 

@@ -99,6 +99,23 @@ def _parent(value: Any) -> dict[str, str | None] | None:
     return {"name": _text(value.get("name")), "weights_sha256": _text(value.get("weights_sha256"))}
 
 
+def _sizing(value: Any) -> dict[str, Any] | None:
+    """What the sizing rule chose and why: {"reason", "chosen", "steps", "passes"}, each as written."""
+    if not isinstance(value, dict):
+        return None
+    chosen = value.get("chosen")
+    return {
+        "reason": _text(value.get("reason")),
+        "chosen": {
+            str(name): number
+            for name, number in (chosen.items() if isinstance(chosen, dict) else [])
+            if isinstance(number, (int, float)) and not isinstance(number, bool)
+        },
+        "steps": _count(value.get("steps")),
+        "passes": _finite(value.get("passes")),
+    }
+
+
 def describe_weights(path: Path) -> dict[str, Any]:
     """A JSON-safe summary of a weights file: model, tokeniser, training (from its metadata)."""
     path = Path(path)
@@ -140,6 +157,8 @@ def describe_weights(path: Path) -> dict[str, Any]:
             "charrnn_version": _text(info.get("charrnn_version")),
             # A fine-tuning run's starting model: {"name", "weights_sha256"} (None for a fresh run).
             "parent": _parent(info.get("parent")),
+            # What the sizing rule chose for a new run and why (None: nothing was chosen).
+            "sizing": _sizing(info.get("sizing")),
             "train_config": train_config,
         },
     }

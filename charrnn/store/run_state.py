@@ -111,6 +111,8 @@ class RunState:
     stream_groups: int = 1
     # The model a fine-tuning run started from (`--init-from`): its name and weights hash.
     parent: dict | None = None
+    # What the sizing rule chose for the run and why (training/sizing.py), None when nothing was.
+    sizing: dict | None = None
 
     def to_dict(self, format_name: str, format_version: int) -> dict[str, Any]:
         """The plain dict saved in state.pt (counters flattened to top-level keys, as in format 1)."""

@@ -31,13 +31,15 @@ class RunSummary:
 
     name: str
     path: str
-    model: str  # e.g. "lstm 2x384"
+    model: str  # e.g. "lstm 2x384", "lstm 3x512 dropout 0.25"
     tokenizer: str  # e.g. "char (65)"
     steps: int | None
     elapsed: float | None  # training seconds
     best_val_bpc: float | None
     best_val_loss: float | None
     state: str
+    # Why the sizing rule chose this model (None when the user or --no-auto-size fixed it).
+    sizing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe."""
@@ -110,7 +112,9 @@ def summarise_run(folder: Path) -> RunSummary | None:
     return RunSummary(
         name=folder.name,
         path=str(folder),
-        model=f"{model['kind']} {model['num_layers']}x{model['hidden_size']}",
+        model=f"{model['kind']} {model['num_layers']}x{model['hidden_size']}"
+        + (f" dropout {model['dropout']:g}" if model["dropout"] else "")
+        + (" (sized)" if training.get("sizing") and training["sizing"]["chosen"] else ""),
         tokenizer=f"{tokenizer['kind']} ({tokenizer['vocab_size']})",
         steps=training["step"],
         elapsed=training["elapsed"],
@@ -121,6 +125,7 @@ def summarise_run(folder: Path) -> RunSummary | None:
             training["step"],
             {"train_config": training["train_config"], "elapsed": training["elapsed"]},
         ),
+        sizing=training["sizing"]["reason"] if training.get("sizing") else None,
     )
 
 

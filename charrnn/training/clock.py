@@ -134,6 +134,7 @@ def weights_info(
     train_config: TrainConfig,
     parent: dict[str, Any] | None,
     extra: dict[str, Any],
+    sizing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The training summary stored in a weights file's metadata (what `charrnn info` shows)."""
     info = {
@@ -151,4 +152,6 @@ def weights_info(
     }
     if parent is not None:
         info["parent"] = parent  # a fine-tuning run: the model it started from
+    if sizing is not None:
+        info["sizing"] = sizing  # what the sizing rule chose, and why
     return info

@@ -81,10 +81,12 @@ class Trainer:
         initial_weights: dict[str, torch.Tensor] | None = None,
         parent: dict[str, Any] | None = None,
         time_source: Callable[[], float] | None = None,
+        sizing: dict[str, Any] | None = None,
     ) -> None:
         """`resume_state` (from `read_saved_state`) continues a saved run; `initial_weights` (a state
         dict) start a new run from a trained model (`--init-from`), whose record `parent` (name,
-        weights hash) the run keeps; a resume restores both itself.
+        weights hash) the run keeps; a resume restores both itself. `sizing` is the record of what
+        the sizing rule chose for a new run (`sizing.SizingChoice.record`), kept in the run too.
         `time_source` (seconds, like `time.perf_counter`, the default) is the clock every budget,
         evaluation-spacing and step-time decision reads: tests give a fake one to make them exact."""
         self.time_source = time_source or time.perf_counter
@@ -110,6 +112,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = CharRNN(self.model_config).to(self.device)
         self.parent = saved.parent if saved is not None else parent
+        self.sizing = saved.sizing if saved is not None else sizing
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         else:
@@ -196,6 +199,7 @@ class Trainer:
                 budget_seconds=schedule.budget_seconds,
                 processes=self.world.world_size,
                 parent=self.parent,
+                sizing=self.sizing,
             )
         )
         self.model.train()
@@ -365,6 +369,7 @@ class Trainer:
             self.train_config,
             self.parent,
             extra,
+            self.sizing,
         )
 
     # -- the run state ----------------------------------------------------------------------
@@ -392,6 +397,7 @@ class Trainer:
             lr_anchor=self.schedule.anchor.to_dict(),
             shift_passes=self.train_config.shift_passes,
             parent=self.parent,
+            sizing=self.sizing,
             **generator_states(self.world, self.device),
         )
 

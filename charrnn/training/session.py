@@ -36,6 +36,7 @@ from charrnn.store.run_dir import DEFAULT_RUNS_ROOT, TRAINING_STATE, RunDir, cla
 from charrnn.training.memory_check import check_training_fits, smallest_vocab_size
 
 if TYPE_CHECKING:
+    from charrnn.data.encoding import PreparedCorpus
     from charrnn.data.tokenizers import Tokenizer
     from charrnn.store.run_state import SavedState
 
@@ -67,6 +68,9 @@ class TrainingRequest:
     given: set[str] = field(default_factory=set)
     cache_dir: str | None = None
     init_from: str | None = None
+    # Size a new run to its corpus and budget (training/sizing.py): the options in `given` are kept,
+    # the rest of the sized ones chosen. False trains the fixed defaults (`--no-auto-size`).
+    auto_size: bool = True
 
 
 @dataclass
@@ -268,8 +272,12 @@ class TrainingSession:
             cache_dir=self.cache_dir,
             on_progress=callbacks.on_corpus_progress,
         )
+        sizing = None
+        if not resume and parent is None and request.auto_size:
+            model_config, train_config, sizing = self._sized(prepared, model_config, train_config)
         _check_memory(model_config, prepared.tokenizer.vocab_size, train_config, world)
         self._plan = dict(
+            sizing=sizing,
             prepared=prepared,
             model_config=model_config,
             train_config=train_config,
@@ -277,6 +285,60 @@ class TrainingSession:
             corpus_source=source.corpus.source,
             **(_fine_tune_start(parent, prepared) if parent is not None else {}),
         )
+
+    def _sized(
+        self, prepared: PreparedCorpus, model_config: ModelConfig, train_config: TrainConfig
+    ) -> tuple[ModelConfig, TrainConfig, dict[str, Any] | None]:
+        """The configs with the options the user left open chosen by the sizing rule, and its record."""
+        from dataclasses import replace
+
+        from charrnn.training.sizing import SIZED_OPTIONS, SizingInputs, choose_size
+
+        given, world = self.request.given, self.world
+        if all(name in given for name in SIZED_OPTIONS):
+            return model_config, train_config, None
+        vocab_size = prepared.tokenizer.vocab_size
+        speed = None
+        # A time budget needs this machine's speed. Under torchrun every process would measure its
+        # own and could choose another model, so there only a step budget is sized.
+        if train_config.max_steps is None and not world.is_distributed:
+            speed = _measure_speed(train_config, model_config, vocab_size)
+        from charrnn.data.windows import fit_stream_layout
+        from charrnn.errors import CharrnnError
+
+        try:
+            # The streams the run will train (a small corpus has fewer than asked), for its passes.
+            batch_size, _ = fit_stream_layout(
+                len(prepared.train_tokens),
+                train_config.batch_size,
+                train_config.stream_groups,
+                train_config.seq_len,
+                world.world_size,
+            )
+        except CharrnnError:
+            batch_size = train_config.batch_size  # too short for one window: the trainer says so
+        choice = choose_size(
+            SizingInputs(
+                train_tokens=len(prepared.train_tokens),
+                chars_per_token=prepared.train_chars / max(1, len(prepared.train_tokens)),
+                vocab_size=vocab_size,
+                budget_seconds=train_config.budget_seconds(),
+                max_steps=train_config.max_steps,
+                reference_steps_per_second=speed,
+                batch_size=batch_size * world.world_size,
+                seq_len=train_config.seq_len,
+                model_options=model_config.to_dict(),
+                given=frozenset(given),
+            )
+        )
+        model_fields = set(model_config.to_dict())
+        model_config = replace(
+            model_config, **{k: v for k, v in choice.chosen.items() if k in model_fields}
+        ).validate()
+        train_config = replace(
+            train_config, **{k: v for k, v in choice.chosen.items() if k not in model_fields}
+        ).validate()
+        return model_config, train_config, choice.record()
 
     def _scan(self, corpus: str) -> CorpusScan:
         return _scan(corpus, self.cache_dir, self._spooled, self.callbacks.on_corpus_progress)
@@ -353,6 +415,7 @@ class TrainingSession:
                 world=world,
                 initial_weights=plan.get("initial_weights"),
                 parent=plan.get("parent"),
+                sizing=plan.get("sizing"),
             )
             finished = trainer.run()
         if world.is_writer:
@@ -414,6 +477,23 @@ def _check_memory(
     # Processes of this run on one machine share its RAM; on GPUs each has its own device.
     replicas = 1 if device.type == "cuda" else world.local_world_size
     check_training_fits(model_config, vocab_size, device.type, device, replicas)
+
+
+def _measure_speed(train_config: TrainConfig, model_config: ModelConfig, vocab_size: int) -> float:
+    """Steps a second of the sizing rule's reference shape on the run's device, precision and threads."""
+    from charrnn.hardware import configure_threads, resolve_device, resolve_precision
+    from charrnn.training.speed_probe import reference_steps_per_second
+
+    device = resolve_device(train_config.device)
+    configure_threads(train_config.threads)
+    return reference_steps_per_second(
+        train_config,
+        vocab_size,
+        device,
+        resolve_precision(train_config.precision, device),
+        model_kind=model_config.model,
+        embedding_size=model_config.embedding_size,
+    )
 
 
 def _is_restart() -> bool:

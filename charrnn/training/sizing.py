@@ -1,0 +1,269 @@
+"""Training that sizes itself: the model and its regularisation, chosen from the corpus and the budget.
+
+A pure function of what is known before the first step (`SizingInputs`: the corpus's training
+tokens, the budget, this machine's measured speed, the options the user set) to the settings the
+user left open (`SizingChoice`), with the reason in words. No clock, no torch: the speed is
+measured by `speed_probe` and passed in, so tests give any speed they like.
+
+The rule, and the measurements it comes from (docs/experiments/2026-12-04-self-sizing.md; the raw
+results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py table`):
+
+1. The budget is turned into steps of each shape of `SHAPES`: seconds x the measured steps a
+   second of the reference shape (2 x 384) / the shape's step cost relative to it.
+2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
+   `MAX_PARAMETERS_PER_TOKEN` weights per training token. Fewer steps than that left the bigger
+   models behind the default one; more weights than that overfitted a small corpus before dropout
+   could help.
+3. Dropout from the passes over the text the chosen shape will make (`dropout_for_passes`): none
+   while it sees the text a few times, more the more often it sees it.
+4. Early stopping where the passes are so many that the best model comes early and the rest of
+   the budget only memorises (the best checkpoint is kept either way; stopping saves the time).
+
+Options the user set are kept, and the rest are chosen around them: a given width keeps the
+depth chosen for it, a given dropout is never changed. Under a step budget (`--max-steps`) the
+shape stays the default one (the user fixed the work, not the time) and only the regularisation
+is chosen; so it is when the machine's speed is unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# (layers, hidden size, step cost relative to 2 x 384), smallest first. The costs are medians of
+# `python benchmarks/sizing_study.py costs` (bf16, one thread; two sessions on Intel Xeon Sapphire
+# Rapids agreed within 10%); the choice only needs them to that precision.
+SHAPES: tuple[tuple[int, int, float], ...] = (
+    (2, 256, 0.40),
+    (2, 384, 1.0),
+    (2, 512, 2.0),
+    (3, 512, 3.2),
+    (3, 768, 8.8),
+)
+REFERENCE_SHAPE = (2, 384)
+# A shape needs this many steps to beat the smaller ones (docs/experiments: at 5 minutes on
+# tinyshakespeare, 5,100 steps of 2 x 384 beat 2,550 of 2 x 512; at 15 minutes ...).
+MIN_STEPS = 4_000
+# At most this many weights per training token (a 200 KB corpus: 2 x 256; 1 MB: up to 3 x 512).
+MAX_PARAMETERS_PER_TOKEN = 6.0
+# Time that is not training steps: evaluations (at most a tenth, schedule.MAX_EVAL_SHARE) and
+# checkpoints. The steps a budget buys are counted on the rest.
+STEP_SHARE_OF_BUDGET = 0.9
+# Up to this many passes over the text, no dropout.
+NO_DROPOUT_UP_TO_PASSES = 6.0
+# Early stopping after this many evaluations without a better one, from this many passes on.
+EARLY_STOP_EVALUATIONS = 3
+EARLY_STOP_FROM_PASSES = 30.0
+# The options this rule may choose, by the name of the config field (and the CLI option).
+SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "early_stop")
+
+
+def dropout_for_passes(passes: float) -> float:
+    """Dropout for a run that reads its training text `passes` times.
+
+    None up to 6 passes (at 5 minutes on tinyshakespeare, about 5 passes, dropout 0.1 was worse
+    than none), then rising with the log of the passes: 0.2 at 12, 0.3 at 24, at most 0.5.
+    """
+    if passes <= NO_DROPOUT_UP_TO_PASSES:
+        return 0.0
+    return round(min(0.5, 0.1 + 0.1 * math.log2(passes / NO_DROPOUT_UP_TO_PASSES)), 2)
+
+
+def parameters_of(num_layers: int, hidden_size: int, vocab_size: int, embedding_size: int, cell_gates: int) -> int:
+    """Weights of a charrnn model of this shape (embedding, recurrent layers with biases, output layer)."""
+    recurrent = sum(
+        cell_gates * hidden_size * ((embedding_size if layer == 0 else hidden_size) + hidden_size + 2)
+        for layer in range(num_layers)
+    )
+    return vocab_size * embedding_size + recurrent + hidden_size * vocab_size + vocab_size
+
+
+@dataclass(frozen=True)
+class SizingInputs:
+    """What is known before the first step."""
+
+    train_tokens: int  # tokens in the training part of the corpus
+    chars_per_token: float  # 1 for char and byte-level text; more for subword tokenisers
+    vocab_size: int
+    budget_seconds: float | None  # the time budget (--max-time, or the default), if any
+    max_steps: int | None  # the step budget (--max-steps), if any
+    # Steps a second of the reference shape at this batch, window, device, precision and threads
+    # (speed_probe); None when not measured (a step budget needs none).
+    reference_steps_per_second: float | None
+    batch_size: int  # streams per step, over every process
+    seq_len: int
+    model_options: dict[str, Any] = field(default_factory=dict)  # every ModelConfig field
+    given: frozenset[str] = frozenset()  # the option names the user set
+
+
+@dataclass(frozen=True)
+class SizingChoice:
+    """The settings chosen (only those the user left open), and why."""
+
+    chosen: dict[str, Any]  # config field -> value, for the fields this rule set
+    steps: int  # the steps the budget buys at the chosen shape (estimated under a time budget)
+    passes: float  # passes over the training text those steps make
+    reason: str  # one sentence a user understands
+
+    def record(self) -> dict[str, Any]:
+        """Plain values for the run's metadata (`info`, `runs`)."""
+        return {
+            "chosen": dict(self.chosen),
+            "steps": self.steps,
+            "passes": round(self.passes, 2),
+            "reason": self.reason,
+        }
+
+
+def choose_size(inputs: SizingInputs) -> SizingChoice:
+    """The settings the user left open, chosen from the corpus size, the budget and the speed."""
+    options, given = inputs.model_options, inputs.given
+    tokens_per_step = inputs.batch_size * inputs.seq_len
+    train_tokens = max(1, inputs.train_tokens)
+    cell_gates = {"lstm": 4, "gru": 3}.get(options.get("model", "lstm"), 1)
+    shape_open = not {"num_layers", "hidden_size"} <= given
+    timed = inputs.max_steps is None and inputs.reference_steps_per_second is not None
+
+    def steps_of(layers: int, hidden: int) -> int:
+        if inputs.max_steps is not None:
+            return inputs.max_steps
+        assert inputs.budget_seconds is not None and inputs.reference_steps_per_second is not None
+        reference_steps = inputs.budget_seconds * STEP_SHARE_OF_BUDGET * inputs.reference_steps_per_second
+        return max(1, int(reference_steps / _relative_cost(layers, hidden)))
+
+    def weights_of(layers: int, hidden: int) -> int:
+        embedding = int(options.get("embedding_size", 64))
+        return parameters_of(layers, hidden, inputs.vocab_size, embedding, cell_gates)
+
+    layers = int(options.get("num_layers", REFERENCE_SHAPE[0]))
+    hidden = int(options.get("hidden_size", REFERENCE_SHAPE[1]))
+    chosen: dict[str, Any] = {}
+    why_shape = ""
+    if shape_open and timed:
+        candidates = [
+            (shape_layers, shape_hidden)
+            for shape_layers, shape_hidden, _ in SHAPES
+            if ("num_layers" not in given or shape_layers == layers)
+            and ("hidden_size" not in given or shape_hidden == hidden)
+        ] or [(layers, hidden)]
+        fitting = [
+            shape
+            for shape in candidates
+            if steps_of(*shape) >= MIN_STEPS and weights_of(*shape) <= MAX_PARAMETERS_PER_TOKEN * train_tokens
+        ]
+        # Nothing fits (a very short budget, or a tiny corpus): the smallest shape learns fastest.
+        layers, hidden = fitting[-1] if fitting else candidates[0]
+        if "num_layers" not in given:
+            chosen["num_layers"] = layers
+        if "hidden_size" not in given:
+            chosen["hidden_size"] = hidden
+        why_shape = _why_shape(fitting, candidates, (layers, hidden), steps_of, weights_of, train_tokens)
+
+    steps = steps_of(layers, hidden) if (timed or inputs.max_steps is not None) else 0
+    passes = steps * tokens_per_step / train_tokens
+    if "dropout" not in given and (timed or inputs.max_steps is not None):
+        chosen["dropout"] = dropout_for_passes(passes)
+    # Only under a time budget: there stopping early gives the user their time back, while a step
+    # budget is the work the user asked for.
+    if "early_stop" not in given and timed and passes >= EARLY_STOP_FROM_PASSES:
+        chosen["early_stop"] = EARLY_STOP_EVALUATIONS
+
+    return SizingChoice(
+        chosen=chosen,
+        steps=steps,
+        passes=passes,
+        reason=_reason(inputs, chosen, steps, passes, layers, hidden, why_shape, timed),
+    )
+
+
+def _relative_cost(layers: int, hidden: int) -> float:
+    """A shape's step cost relative to the reference: measured for the ladder, else by weights."""
+    for shape_layers, shape_hidden, cost in SHAPES:
+        if (shape_layers, shape_hidden) == (layers, hidden):
+            return cost
+    # A shape the user chose off the ladder: a step's work grows with the recurrent weights.
+    reference = REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1] ** 2
+    return max(0.05, layers * hidden**2 / reference)
+
+
+def _why_shape(fitting, candidates, picked, steps_of, weights_of, train_tokens) -> str:
+    """Why the picked shape, in a few words: what stopped the next larger one."""
+    larger = [shape for shape in candidates if shape not in fitting and candidates.index(shape) > candidates.index(picked)]
+    if not fitting:
+        return "the budget is too short for a larger model"
+    if not larger:
+        return ""
+    nxt = larger[0]
+    if weights_of(*nxt) > MAX_PARAMETERS_PER_TOKEN * train_tokens:
+        return f"{_shape_text(nxt)} would have too many weights for this much text"
+    return f"{_shape_text(nxt)} would make only {steps_of(*nxt):,} steps"
+
+
+def _shape_text(shape: tuple[int, int]) -> str:
+    return f"{shape[0]} x {shape[1]}"
+
+
+def _amount(tokens: float, unit: str) -> str:
+    """1,115,394 -> '1.1 M characters'."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if tokens >= scale:
+            return f"{tokens / scale:.1f} {suffix} {unit}"
+    return f"{int(tokens)} {unit}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} hours" if seconds != 3600 else "1 hour"
+    if seconds >= 60:
+        minutes = seconds / 60
+        return f"{minutes:.0f} minutes" if minutes >= 2 else f"{minutes:.1f} minutes"
+    return f"{seconds:.0f} seconds"
+
+
+def _reason(
+    inputs: SizingInputs,
+    chosen: dict[str, Any],
+    steps: int,
+    passes: float,
+    layers: int,
+    hidden: int,
+    why_shape: str,
+    timed: bool,
+) -> str:
+    """'1.1 M characters, 15 minutes: about 12 passes over the text, so 3 x 512 with dropout 0.25'."""
+    unit = "characters" if inputs.chars_per_token == 1.0 else "tokens"
+    corpus = _amount(inputs.train_tokens, unit)
+    if inputs.max_steps is not None:
+        budget = f"{inputs.max_steps:,} steps"
+    elif inputs.budget_seconds is not None:
+        budget = _duration(inputs.budget_seconds)
+    else:
+        budget = "no budget"
+    if not (timed or inputs.max_steps is not None):
+        return f"{corpus}, {budget}: the speed of this machine is unknown, so the default size"
+    model = options_text(chosen, layers, hidden, inputs.model_options, inputs.given)
+    estimate = "about " if timed else ""
+    text = f"{corpus}, {budget}: {estimate}{_passes_text(passes)} over the text, so {model}"
+    if why_shape:
+        text += f" ({why_shape})"
+    if "early_stop" in chosen:
+        text += f"; stops after {chosen['early_stop']} evaluations without a better loss"
+    return text
+
+
+def _passes_text(passes: float) -> str:
+    if passes < 0.1:
+        return "under a tenth of a pass"
+    if passes < 1:
+        return f"{passes:.1f} of a pass"
+    if passes < 10:
+        return f"{passes:.1f} passes"
+    return f"{passes:.0f} passes"
+
+
+def options_text(chosen: dict[str, Any], layers: int, hidden: int, model_options: dict, given: frozenset) -> str:
+    """'3 x 512 with dropout 0.25' (what the run will use, chosen or given)."""
+    dropout = chosen.get("dropout", model_options.get("dropout", 0.0))
+    text = f"{layers} x {hidden}"
+    return text + (f" with dropout {dropout:g}" if dropout else " without dropout")

@@ -1,0 +1,226 @@
+"""The sizing rule (training/sizing.py) as a pure function, and a real run that shows and records it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from charrnn.training.sizing import (
+    EARLY_STOP_EVALUATIONS,
+    MIN_STEPS,
+    SizingInputs,
+    choose_size,
+    dropout_for_passes,
+)
+
+# Steps a second of 2 x 384 at batch 8 x 128 on two cores of the study's machine (about 1,020 a
+# minute with evaluation: docs/experiments/2026-12-04-self-sizing.md).
+MEASURED_SPEED = 19.0
+MINUTE = 60.0
+
+
+def inputs(train_tokens: int, minutes: float | None = None, steps: int | None = None, **overrides) -> SizingInputs:
+    values = dict(
+        train_tokens=train_tokens,
+        chars_per_token=1.0,
+        vocab_size=65,
+        budget_seconds=None if minutes is None else minutes * MINUTE,
+        max_steps=steps,
+        reference_steps_per_second=MEASURED_SPEED,
+        batch_size=8,
+        seq_len=128,
+        model_options={"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64, "dropout": 0.0},
+        given=frozenset(),
+    )
+    values.update(overrides)
+    return SizingInputs(**values)
+
+
+def shape(choice) -> tuple[int, int]:
+    return choice.chosen["num_layers"], choice.chosen["hidden_size"]
+
+
+def test_one_megabyte_for_five_minutes_keeps_the_measured_default():
+    choice = choose_size(inputs(1_000_000, minutes=5))
+    assert shape(choice) == (2, 384)
+    assert choice.chosen["dropout"] == 0.0
+    assert "early_stop" not in choice.chosen
+
+
+def test_a_small_corpus_and_a_long_budget_get_regularisation_and_a_smaller_model():
+    choice = choose_size(inputs(180_000, minutes=30))
+    assert choice.passes > 100
+    assert choice.chosen["dropout"] >= 0.3
+    assert choice.chosen["early_stop"] == EARLY_STOP_EVALUATIONS
+    layers, hidden = shape(choice)
+    assert layers * hidden < 2 * 384  # fewer weights than the default for 180 k characters
+
+
+def test_a_big_corpus_and_a_long_budget_get_a_bigger_model():
+    default = choose_size(inputs(100_000_000, minutes=5))
+    long = choose_size(inputs(100_000_000, minutes=60))
+    assert shape(default) == (2, 384)
+    layers, hidden = shape(long)
+    assert layers * hidden**2 > 2 * 384**2
+    assert long.chosen["dropout"] == 0.0  # a fraction of one pass: nothing to regularise
+    assert long.steps >= MIN_STEPS
+
+
+def test_more_time_never_gives_a_smaller_model_or_less_dropout():
+    for tokens in (180_000, 1_000_000, 10_000_000, 100_000_000):
+        previous = None
+        for minutes in (1, 2, 5, 10, 15, 30, 60, 120):
+            choice = choose_size(inputs(tokens, minutes=minutes))
+            layers, hidden = shape(choice)
+            size = layers * hidden**2
+            if previous is not None:
+                assert size >= previous[0], (tokens, minutes)
+                if size == previous[0]:
+                    assert choice.chosen["dropout"] >= previous[1], (tokens, minutes)
+            previous = (size, choice.chosen["dropout"])
+
+
+def test_a_faster_machine_is_a_longer_budget():
+    slow = choose_size(inputs(1_000_000, minutes=30, reference_steps_per_second=MEASURED_SPEED / 4))
+    fast = choose_size(inputs(1_000_000, minutes=30))
+    assert slow.steps < fast.steps or shape(slow) != shape(fast)
+
+
+def test_options_the_user_set_are_kept_and_the_rest_chosen_around_them():
+    given = {"model": "lstm", "num_layers": 2, "hidden_size": 1024, "embedding_size": 64, "dropout": 0.0}
+    choice = choose_size(inputs(180_000, minutes=30, model_options=given, given=frozenset({"hidden_size"})))
+    assert "hidden_size" not in choice.chosen
+    assert choice.chosen["num_layers"] == 2  # the only depth on the ladder... for a width off it
+    assert choice.chosen["dropout"] > 0  # still regularised for the passes it will make
+
+    kept = choose_size(inputs(180_000, minutes=30, given=frozenset({"dropout", "early_stop"})))
+    assert "dropout" not in kept.chosen and "early_stop" not in kept.chosen
+    assert "num_layers" in kept.chosen
+
+    everything = frozenset({"num_layers", "hidden_size", "dropout", "early_stop"})
+    assert choose_size(inputs(180_000, minutes=30, given=everything)).chosen == {}
+
+
+def test_a_step_budget_keeps_the_shape_and_chooses_only_dropout():
+    choice = choose_size(inputs(180_000, steps=20_000, reference_steps_per_second=None))
+    assert "num_layers" not in choice.chosen and "hidden_size" not in choice.chosen
+    assert choice.steps == 20_000
+    assert choice.passes == pytest.approx(20_000 * 8 * 128 / 180_000)
+    assert choice.chosen["dropout"] == dropout_for_passes(choice.passes) > 0
+    assert "early_stop" not in choice.chosen  # the steps asked for are the work the user wants
+    assert "20,000 steps" in choice.reason
+
+
+def test_without_a_measured_speed_a_time_budget_keeps_the_defaults():
+    choice = choose_size(inputs(1_000_000, minutes=30, reference_steps_per_second=None))
+    assert choice.chosen == {}
+    assert "speed" in choice.reason
+
+
+def test_dropout_rises_with_the_passes_and_is_bounded():
+    values = [dropout_for_passes(passes) for passes in (0.5, 3, 5, 8, 16, 40, 500)]
+    assert values[:3] == [0.0, 0.0, 0.0]
+    assert values == sorted(values)
+    assert values[-1] == 0.5
+
+
+def test_the_reason_says_corpus_budget_passes_and_choice_in_words():
+    choice = choose_size(inputs(1_100_000, minutes=30))
+    reason = choice.reason
+    assert reason.startswith("1.1 M characters, 30 minutes: about ")
+    assert "passes over the text, so " in reason
+    layers, hidden = shape(choice)
+    assert f"{layers} x {hidden}" in reason
+    assert json.loads(json.dumps(choice.record()))["reason"] == reason
+
+
+def test_subword_tokens_are_named_tokens():
+    choice = choose_size(inputs(400_000, minutes=5, chars_per_token=2.6))
+    assert choice.reason.startswith("400.0 k tokens, 5 minutes")
+
+
+# -- a real run --------------------------------------------------------------------------------
+
+
+def test_a_real_run_says_what_was_chosen_first_and_records_it(tmp_path):
+    from conftest import run_cli
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the cat sat on the mat. " * 42, encoding="utf-8")  # 1,008 characters
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", str(corpus), "--out", str(out), "--max-steps", "60", "--hidden-size", "16",
+        "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4", "--seq-len", "32",
+        "--stream-groups", "1", "--eval-every", "30", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "reading corpus" not in line]
+    assert lines[0].startswith("sized: ")
+    # 60 steps x 4 streams x 32 tokens over 907 training characters: 8.5 passes.
+    assert lines[0].startswith("sized: 907 characters, 60 steps: 8.5 passes over the text, so 1 x 16 with dropout")
+
+    info = run_cli("info", str(out), "--json")
+    training = json.loads(info.stdout)["training"]
+    assert training["sizing"]["reason"] == lines[0].removeprefix("sized: ")
+    assert set(training["sizing"]["chosen"]) == {"dropout"}  # the shape was given
+    dropout = training["sizing"]["chosen"]["dropout"]
+    assert json.loads(info.stdout)["model"]["dropout"] == dropout > 0
+    assert "sized" in run_cli("info", str(out)).stdout
+
+    runs = json.loads(run_cli("runs", str(tmp_path), "--json").stdout)
+    assert runs[0]["sizing"] == training["sizing"]["reason"]
+    assert runs[0]["model"] == f"lstm 1x16 dropout {dropout:g} (sized)"
+
+
+def test_no_auto_size_trains_the_fixed_defaults_and_says_nothing(tmp_path, pattern_corpus):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", str(pattern_corpus), "--out", str(out), "--max-steps", "2", "--hidden-size", "16",
+        "--num-layers", "1", "--embedding-size", "8", "--batch-size", "2", "--seq-len", "16",
+        "--no-auto-size", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "sized:" not in result.stderr
+    described = json.loads(run_cli("info", str(out), "--json").stdout)
+    assert described["model"]["dropout"] == 0.0
+    assert described["training"]["sizing"] is None
+
+
+def test_a_time_budget_measures_the_machine_and_sizes_the_shape(tmp_path, pattern_corpus, monkeypatch):
+    """With a time budget the shape is chosen too, from a speed probe (faked here: its own test
+    below times real steps), and the choice is what the run trains."""
+    from conftest import run_cli
+
+    import charrnn.training.speed_probe as speed_probe
+
+    monkeypatch.setattr(speed_probe, "reference_steps_per_second", lambda *args, **kwargs: 0.05)
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", str(pattern_corpus), "--out", str(out), "--max-time", "2s", "--embedding-size", "8",
+        "--batch-size", "2", "--seq-len", "16", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    # 2 s x 0.05 steps a second: far too few steps for anything but the smallest shape.
+    assert "sized: " in result.stderr and "2 x 256" in result.stderr
+    model = json.loads(run_cli("info", str(out), "--json").stdout)["model"]
+    assert (model["num_layers"], model["hidden_size"]) == (2, 256)
+
+
+def test_the_speed_probe_times_real_steps_and_leaves_the_random_generator_alone():
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.training.speed_probe import reference_steps_per_second
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    ticks = iter(range(100))
+    speed = reference_steps_per_second(
+        TrainConfig(batch_size=2, seq_len=8), 20, torch.device("cpu"), "fp32", time_source=lambda: next(ticks) * 0.25
+    )
+    assert speed == pytest.approx(4.0)  # every timed step took one tick of the fake clock: 0.25 s
+    assert torch.equal(torch.rand(3), expected)
