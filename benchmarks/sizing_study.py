@@ -13,6 +13,11 @@ across sessions and machines. docs/experiments/ writes it up.
         "--dropout 0.2" "--hidden-size 512 --dropout 0.25"
     # 4. The table of everything measured so far:
     python benchmarks/sizing_study.py table
+    # 5. What the defaults choose at each budget (training/sizing.py), run where not on record,
+    #    and whether more time ever gave a worse model:
+    python benchmarks/sizing_study.py defaults CORPUS --budgets 2,5,15,30
+    # 6. What sizing costs before the first step (the speed probe and the rule):
+    python benchmarks/sizing_study.py choice-time
 
 A budget of M minutes runs as `--max-steps` = M x (steps a minute of the default shape on an
 idle machine) / (the shape's step cost relative to the default shape). The loss after N steps
@@ -274,6 +279,106 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
+def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str]:
+    """The options `charrnn train CORPUS --max-time M` chooses on a machine that makes
+    `steps_per_minute` steps of the default shape (evaluation included), and its reason."""
+    from charrnn.config import TrainConfig
+    from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, SizingInputs, choose_size
+
+    text = corpus.read_text(encoding="utf-8")
+    config = TrainConfig()
+    train_tokens = len(text) - int(len(text) * config.val_fraction)
+    choice = choose_size(
+        SizingInputs(
+            train_tokens=train_tokens,
+            chars_per_token=1.0,
+            vocab_size=len(set(text)),
+            budget_seconds=minutes * 60,
+            max_steps=None,
+            # The probe measures steps alone; the budget's steps include evaluation.
+            reference_steps_per_second=steps_per_minute / 60 / STEP_SHARE_OF_BUDGET,
+            batch_size=config.batch_size,
+            seq_len=config.seq_len,
+            model_options={"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64},
+        )
+    )
+    names = {"num_layers": "--num-layers", "hidden_size": "--hidden-size", "dropout": "--dropout"}
+    names["early_stop"] = "--early-stop"
+    options = " ".join(f"{names[name]} {value:g}" for name, value in choice.chosen.items())
+    return options, choice.reason
+
+
+def defaults(args: argparse.Namespace) -> None:
+    """Run (or look up) what the defaults choose at each budget; print the best losses in order."""
+    identity = corpus_identity(args.corpus)
+    per_minute = args.steps_per_minute or (latest("speed", DEFAULT_SHAPE) or {}).get("steps_per_minute")
+    if per_minute is None:
+        raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
+    rows = []
+    for minutes in (float(text) for text in args.budgets.split(",")):
+        options, reason = chosen_setting(args.corpus, minutes, per_minute)
+        done = [
+            r
+            for r in read_results()
+            if r["kind"] == "run"
+            and r["corpus_sha256"] == identity["corpus_sha256"]
+            and r["minutes"] == minutes
+            and _same_options(r["options"], options)
+        ]
+        if not done and not args.dry_run:
+            run_args = argparse.Namespace(**{**vars(args), "minutes": minutes, "steps_per_minute": per_minute})
+            with tempfile.TemporaryDirectory() as folder:
+                done = [run_setting(run_args, options, 1, Path(folder), identity)]
+        best = statistics.median(r["best_val_loss"] for r in done) if done else None
+        rows.append((minutes, options, reason, best))
+        print(f"{minutes:g} min: {reason}", file=sys.stderr, flush=True)
+    print("| budget | chosen | median best val loss (nats/char) |")
+    print("|---|---|---|")
+    for minutes, options, _, best in rows:
+        print(f"| {minutes:g} min | `{options}` | {'not run' if best is None else f'{best:.4f}'} |")
+    measured = [best for *_, best in rows if best is not None]
+    in_order = all(later <= earlier for earlier, later in zip(measured, measured[1:]))
+    print(f"more time never worse: {'yes' if in_order else 'NO'} ({len(measured)} budgets measured)")
+
+
+def _same_options(recorded: str, wanted: str) -> bool:
+    """The same options, in any order and number format."""
+
+    def parsed(text: str) -> dict[str, float]:
+        words = shlex.split(text)
+        return {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+
+    return parsed(recorded) == parsed(wanted)
+
+
+def choice_time(args: argparse.Namespace) -> None:
+    """Time what sizing adds before the first step (the speed probe and the rule), medians of runs."""
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.hardware import configure_threads, resolve_precision
+    from charrnn.training.sizing import SizingInputs, choose_size
+    from charrnn.training.speed_probe import reference_steps_per_second
+
+    threads = configure_threads(None)
+    device = torch.device("cpu")
+    seconds = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        speed = reference_steps_per_second(TrainConfig(), 65, device, resolve_precision("auto", device))
+        choose_size(
+            SizingInputs(
+                train_tokens=1_000_000, chars_per_token=1.0, vocab_size=65, budget_seconds=900,
+                max_steps=None, reference_steps_per_second=speed, batch_size=8, seq_len=128,
+            )
+        )  # fmt: skip
+        seconds.append(time.perf_counter() - started)
+    print(
+        f"sizing before the first step: median {statistics.median(seconds):.3f} s "
+        f"(min {min(seconds):.3f}, max {max(seconds):.3f}; {args.rounds} runs, {threads} threads, {cpu_name()})"
+    )
+
+
 def table(args: argparse.Namespace) -> None:
     runs = [r for r in read_results() if r["kind"] == "run"]
     groups: dict[tuple, list[dict]] = {}
@@ -314,9 +419,20 @@ def main() -> None:
         default=None,
         help="steps a minute of the default shape (default: the latest `speed` record)",
     )
+    chosen = commands.add_parser("defaults", help="what the defaults choose at each budget, run and compared")
+    chosen.add_argument("corpus", type=Path)
+    chosen.add_argument("--budgets", default="2,5,15,30", help="minutes, comma-separated")
+    chosen.add_argument("--jobs", type=int, default=2, help="above 1: one thread (as the study's runs)")
+    chosen.add_argument("--evaluations", type=int, default=20)
+    chosen.add_argument("--steps-per-minute", type=float, default=None)
+    chosen.add_argument("--dry-run", action="store_true", help="print the choices and what is on record")
+    timing = commands.add_parser("choice-time", help="the time sizing adds before training (idle machine)")
+    timing.add_argument("--rounds", type=int, default=5)
     commands.add_parser("table", help="print every result so far")
     args = parser.parse_args()
-    {"speed": measure_speed, "costs": measure_costs, "run": run, "table": table}[args.command](args)
+    handlers = {"speed": measure_speed, "costs": measure_costs, "run": run, "table": table}
+    handlers.update({"defaults": defaults, "choice-time": choice_time})
+    handlers[args.command](args)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def _reason(
     if not (timed or inputs.max_steps is not None):
         return f"{corpus}, {budget}: the speed of this machine is unknown, so the default size"
     model = options_text(chosen, layers, hidden, inputs.model_options, inputs.given)
-    estimate = "about " if timed else ""
+    estimate = "about " if timed and passes >= 0.1 else ""
     text = f"{corpus}, {budget}: {estimate}{_passes_text(passes)} over the text, so {model}"
     if why_shape:
         text += f" ({why_shape})"
