@@ -223,11 +223,18 @@ def option_value(options: list[str], name: str, default: str) -> str:
     return options[options.index(name) + 1] if name in options else default
 
 
-def run_setting(args: argparse.Namespace, setting: str, seed: int, folder: Path, identity: dict) -> dict:
+def run_setting(
+    args: argparse.Namespace, setting: str, seed: int, folder: Path, identity: dict, steps: int | None = None
+) -> dict:
+    """Train one setting for the steps of its budget (or `steps`, for a run that ends before it)."""
     options = shlex.split(setting)
     shape = f"{option_value(options, '--num-layers', '2')}x{option_value(options, '--hidden-size', '384')}"
     batch_size = int(option_value(options, "--batch-size", "8"))
-    steps, source = steps_for(args.minutes, shape, args.steps_per_minute)
+    budget_steps, source = steps_for(args.minutes, shape, args.steps_per_minute)
+    if steps is None:
+        steps = budget_steps
+    else:
+        source["stops_before_budget"] = True
     out = folder / f"run-{abs(hash((setting, seed)))}"
     # Validation: the first 250,000 tokens of the split (the default), which is all of it up to a
     # 2.5 MB corpus; on 100 MB, twenty evaluations of the whole 10 MB split would take hours.
@@ -279,9 +286,10 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
-def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str]:
+def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str, int | None]:
     """The options `charrnn train CORPUS --max-time M` chooses on a machine that makes
-    `steps_per_minute` steps of the default shape (evaluation included), and its reason."""
+    `steps_per_minute` steps of the default shape (evaluation included), its reason, and the
+    steps it stops after when it ends before the budget (None when the budget ends it)."""
     from charrnn.config import TrainConfig
     from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, SizingInputs, choose_size
 
@@ -303,9 +311,8 @@ def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tup
         )
     )
     names = {"num_layers": "--num-layers", "hidden_size": "--hidden-size", "dropout": "--dropout"}
-    names["early_stop"] = "--early-stop"
-    options = " ".join(f"{names[name]} {value:g}" for name, value in choice.chosen.items())
-    return options, choice.reason
+    options = " ".join(f"{names[name]} {value:g}" for name, value in choice.chosen.items() if name in names)
+    return options, choice.reason, choice.chosen.get("max_steps")
 
 
 def defaults(args: argparse.Namespace) -> None:
@@ -316,19 +323,24 @@ def defaults(args: argparse.Namespace) -> None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
     rows = []
     for minutes in (float(text) for text in args.budgets.split(",")):
-        options, reason = chosen_setting(args.corpus, minutes, per_minute)
+        options, reason, stop_after = chosen_setting(args.corpus, minutes, per_minute)
+        shape = f"{option_value(shlex.split(options), '--num-layers', '2')}x"
+        shape += option_value(shlex.split(options), "--hidden-size", "384")
+        # A run that ends before its budget is the same run whatever the budget: any record of
+        # its options with those steps is its result.
+        steps = stop_after or steps_for(minutes, shape, per_minute)[0]
         done = [
             r
             for r in read_results()
             if r["kind"] == "run"
             and r["corpus_sha256"] == identity["corpus_sha256"]
-            and r["minutes"] == minutes
+            and abs(r["steps"] - steps) <= max(2, steps // 200)
             and _same_options(r["options"], options)
         ]
         if not done and not args.dry_run:
             run_args = argparse.Namespace(**{**vars(args), "minutes": minutes, "steps_per_minute": per_minute})
             with tempfile.TemporaryDirectory() as folder:
-                done = [run_setting(run_args, options, 1, Path(folder), identity)]
+                done = [run_setting(run_args, options, 1, Path(folder), identity, steps=stop_after)]
         best = statistics.median(r["best_val_loss"] for r in done) if done else None
         rows.append((minutes, options, reason, best))
         print(f"{minutes:g} min: {reason}", file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from charrnn.training.sizing import (
-    EARLY_STOP_EVALUATIONS,
+    MAX_PASSES,
     MIN_STEPS,
     SizingInputs,
     choose_size,
@@ -45,16 +45,25 @@ def test_one_megabyte_for_five_minutes_keeps_the_measured_default():
     choice = choose_size(inputs(1_000_000, minutes=5))
     assert shape(choice) == (2, 384)
     assert choice.chosen["dropout"] == 0.0
-    assert "early_stop" not in choice.chosen
+    assert "max_steps" not in choice.chosen and "max_time" not in choice.chosen
 
 
-def test_a_small_corpus_and_a_long_budget_get_regularisation_and_a_smaller_model():
+def test_a_small_corpus_and_a_long_budget_get_regularisation_a_smaller_model_and_an_early_end():
     choice = choose_size(inputs(180_000, minutes=30))
-    assert choice.passes > 100
-    assert choice.chosen["dropout"] >= 0.3
-    assert choice.chosen["early_stop"] == EARLY_STOP_EVALUATIONS
+    assert choice.chosen["dropout"] == dropout_for_passes(MAX_PASSES) > 0
     layers, hidden = shape(choice)
     assert layers * hidden < 2 * 384  # fewer weights than the default for 180 k characters
+    # 30 minutes would read the text hundreds of times: the run is planned to end after MAX_PASSES,
+    # with the default budget kept as its time limit.
+    assert choice.chosen["max_steps"] == choice.steps == -(-MAX_PASSES * 180_000 // (8 * 128))
+    assert choice.passes == pytest.approx(MAX_PASSES, rel=0.01)
+    assert choice.chosen["max_time"] == 30 * MINUTE
+    assert "passes are enough, so it stops after" in choice.reason
+
+
+def test_an_early_end_keeps_a_time_limit_the_user_gave():
+    choice = choose_size(inputs(180_000, minutes=30, given_max_time=30 * MINUTE, given=frozenset({"max_time"})))
+    assert "max_steps" in choice.chosen and "max_time" not in choice.chosen
 
 
 def test_a_big_corpus_and_a_long_budget_get_a_bigger_model():
@@ -94,12 +103,9 @@ def test_options_the_user_set_are_kept_and_the_rest_chosen_around_them():
     assert choice.chosen["num_layers"] == 2  # the only depth on the ladder... for a width off it
     assert choice.chosen["dropout"] > 0  # still regularised for the passes it will make
 
-    kept = choose_size(inputs(180_000, minutes=30, given=frozenset({"dropout", "early_stop"})))
-    assert "dropout" not in kept.chosen and "early_stop" not in kept.chosen
+    kept = choose_size(inputs(180_000, minutes=30, given=frozenset({"dropout"})))
+    assert "dropout" not in kept.chosen
     assert "num_layers" in kept.chosen
-
-    everything = frozenset({"num_layers", "hidden_size", "dropout", "early_stop"})
-    assert choose_size(inputs(180_000, minutes=30, given=everything)).chosen == {}
 
 
 def test_a_step_budget_keeps_the_shape_and_chooses_only_dropout():
@@ -108,7 +114,7 @@ def test_a_step_budget_keeps_the_shape_and_chooses_only_dropout():
     assert choice.steps == 20_000
     assert choice.passes == pytest.approx(20_000 * 8 * 128 / 180_000)
     assert choice.chosen["dropout"] == dropout_for_passes(choice.passes) > 0
-    assert "early_stop" not in choice.chosen  # the steps asked for are the work the user wants
+    assert "max_steps" not in choice.chosen  # the steps asked for are the work the user wants
     assert "20,000 steps" in choice.reason
 
 

@@ -329,6 +329,7 @@ class TrainingSession:
                 seq_len=train_config.seq_len,
                 model_options=model_config.to_dict(),
                 given=frozenset(given),
+                given_max_time=train_config.max_time,
             )
         )
         model_fields = set(model_config.to_dict())
