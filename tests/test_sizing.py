@@ -11,7 +11,7 @@ from charrnn.training.sizing import (
     MIN_STEPS,
     SizingInputs,
     choose_size,
-    dropout_for_passes,
+    dropout_for_exposure,
 )
 
 # Steps a second of 2 x 384 at batch 8 x 128 on two cores of the study's machine (about 1,020 a
@@ -50,7 +50,7 @@ def test_one_megabyte_for_five_minutes_keeps_the_measured_default():
 
 def test_a_small_corpus_and_a_long_budget_get_regularisation_a_smaller_model_and_an_early_end():
     choice = choose_size(inputs(180_000, minutes=30))
-    assert choice.chosen["dropout"] == dropout_for_passes(MAX_PASSES) > 0
+    assert choice.chosen["dropout"] >= 0.3
     layers, hidden = shape(choice)
     assert layers * hidden < 2 * 384  # fewer weights than the default for 180 k characters
     # 30 minutes would read the text hundreds of times: the run is planned to end after MAX_PASSES,
@@ -58,7 +58,8 @@ def test_a_small_corpus_and_a_long_budget_get_regularisation_a_smaller_model_and
     assert choice.chosen["max_steps"] == choice.steps == -(-MAX_PASSES * 180_000 // (8 * 128))
     assert choice.passes == pytest.approx(MAX_PASSES, rel=0.01)
     assert choice.chosen["max_time"] == 30 * MINUTE
-    assert "passes are enough, so it stops after" in choice.reason
+    assert "but after 16 a model only memorises, so 2 x 256 with dropout" in choice.reason
+    assert f"stopping after {choice.steps:,} steps" in choice.reason
 
 
 def test_an_early_end_keeps_a_time_limit_the_user_gave():
@@ -113,7 +114,7 @@ def test_a_step_budget_keeps_the_shape_and_chooses_only_dropout():
     assert "num_layers" not in choice.chosen and "hidden_size" not in choice.chosen
     assert choice.steps == 20_000
     assert choice.passes == pytest.approx(20_000 * 8 * 128 / 180_000)
-    assert choice.chosen["dropout"] == dropout_for_passes(choice.passes) > 0
+    assert choice.chosen["dropout"] > 0
     assert "max_steps" not in choice.chosen  # the steps asked for are the work the user wants
     assert "20,000 steps" in choice.reason
 
@@ -124,11 +125,12 @@ def test_without_a_measured_speed_a_time_budget_keeps_the_defaults():
     assert "speed" in choice.reason
 
 
-def test_dropout_rises_with_the_passes_and_is_bounded():
-    values = [dropout_for_passes(passes) for passes in (0.5, 3, 5, 8, 16, 40, 500)]
+def test_dropout_rises_with_passes_and_weights_per_token_and_is_bounded():
+    values = [dropout_for_exposure(passes, 2.0) for passes in (0.5, 3, 6, 8, 16, 40, 500)]
     assert values[:3] == [0.0, 0.0, 0.0]
     assert values == sorted(values)
     assert values[-1] == 0.5
+    assert dropout_for_exposure(10, 5.0) > dropout_for_exposure(10, 2.0) > dropout_for_exposure(10, 0.5) == 0.0
 
 
 def test_the_reason_says_corpus_budget_passes_and_choice_in_words():

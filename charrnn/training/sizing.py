@@ -14,8 +14,9 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
    `MAX_PARAMETERS_PER_TOKEN` weights per training token. Fewer steps than that left the bigger
    models behind the default one; more weights than that overfitted a small corpus before dropout
    could help.
-3. Dropout from the passes over the text the chosen shape will make (`dropout_for_passes`): none
-   while it sees the text a few times, more the more often it sees it.
+3. Dropout from how hard the chosen model can memorise the text (`dropout_for_exposure`): the
+   passes it will make times its weights per training token. None while that is small, more as
+   it grows.
 4. A stop after `MAX_PASSES` passes where the budget would read the text more often: the best
    model comes early and the rest of the budget would only memorise, so the run is planned to end
    there (`max_steps`), with its learning rate annealed over those steps, and gives the time back.
@@ -43,16 +44,17 @@ SHAPES: tuple[tuple[int, int, float], ...] = (
     (3, 768, 8.8),
 )
 REFERENCE_SHAPE = (2, 384)
-# A shape needs this many steps to beat the smaller ones (docs/experiments: at 5 minutes on
-# tinyshakespeare, 5,100 steps of 2 x 384 beat 2,550 of 2 x 512; at 15 minutes ...).
-MIN_STEPS = 4_000
+# A shape needs this many steps to beat the smaller ones: at 2 minutes on tinyshakespeare, 5,254
+# steps of 2 x 256 beat 2,044 of 2 x 384 by 0.018 (docs/experiments/2026-12-04-self-sizing.md).
+MIN_STEPS = 5_000
 # At most this many weights per training token (a 200 KB corpus: 2 x 256; 1 MB: up to 3 x 512).
 MAX_PARAMETERS_PER_TOKEN = 6.0
 # Time that is not training steps: evaluations (at most a tenth, schedule.MAX_EVAL_SHARE) and
 # checkpoints. The steps a budget buys are counted on the rest.
 STEP_SHARE_OF_BUDGET = 0.9
-# Up to this many passes over the text, no dropout.
-NO_DROPOUT_UP_TO_PASSES = 6.0
+# No dropout up to this exposure (passes x weights per token): 2 x 384 reading tinyshakespeare 5
+# times (about 10) learnt less with dropout 0.1 than without.
+NO_DROPOUT_UP_TO_EXPOSURE = 12.0
 # A time budget that would read the text more often than this stops after this many passes, its
 # learning rate annealed over them: on a 200 KB corpus, 5 minutes (73 passes) kept a worse best
 # model than 2 minutes (29 passes), since the best came early while the rate was still high.
@@ -61,15 +63,18 @@ MAX_PASSES = 16.0
 SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "max_steps")
 
 
-def dropout_for_passes(passes: float) -> float:
-    """Dropout for a run that reads its training text `passes` times.
+def dropout_for_exposure(passes: float, weights_per_token: float) -> float:
+    """Dropout for a model with `weights_per_token` weights per training token that reads the text
+    `passes` times: how much it can memorise grows with both.
 
-    None up to 6 passes (at 5 minutes on tinyshakespeare, about 5 passes, dropout 0.1 was worse
-    than none), then rising with the log of the passes: 0.2 at 12, 0.3 at 24, at most 0.5.
+    None up to an exposure (their product) of 12, then 0.1 rising by 0.1 each time it doubles:
+    0.2 at 24, 0.3 at 48, at most 0.5. Tinyshakespeare for 5 minutes at 2 x 384 (about 10): none;
+    15 minutes at 2 x 512 (about 25): 0.2; 200 KB at 2 x 256 for 16 passes (about 78): 0.37.
     """
-    if passes <= NO_DROPOUT_UP_TO_PASSES:
+    exposure = passes * weights_per_token
+    if exposure <= NO_DROPOUT_UP_TO_EXPOSURE:
         return 0.0
-    return round(min(0.5, 0.1 + 0.1 * math.log2(passes / NO_DROPOUT_UP_TO_PASSES)), 2)
+    return round(min(0.5, 0.1 + 0.1 * math.log2(exposure / NO_DROPOUT_UP_TO_EXPOSURE)), 2)
 
 
 def parameters_of(num_layers: int, hidden_size: int, vocab_size: int, embedding_size: int, cell_gates: int) -> int:
@@ -166,6 +171,7 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     steps = steps_of(layers, hidden) if (timed or inputs.max_steps is not None) else 0
     # Only under a time budget: stopping early there gives the user their time back, while a step
     # budget is the work the user asked for.
+    budget_passes = steps * tokens_per_step / train_tokens
     enough = math.ceil(MAX_PASSES * train_tokens / tokens_per_step)
     if timed and steps > enough:
         steps = chosen["max_steps"] = enough
@@ -173,13 +179,13 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
             chosen["max_time"] = inputs.budget_seconds  # the default budget stays the time limit
     passes = steps * tokens_per_step / train_tokens
     if "dropout" not in given and (timed or inputs.max_steps is not None):
-        chosen["dropout"] = dropout_for_passes(passes)
+        chosen["dropout"] = dropout_for_exposure(passes, weights_of(layers, hidden) / train_tokens)
 
     return SizingChoice(
         chosen=chosen,
         steps=steps,
         passes=passes,
-        reason=_reason(inputs, chosen, steps, passes, layers, hidden, why_shape, timed),
+        reason=_reason(inputs, chosen, steps, budget_passes, layers, hidden, why_shape, timed),
     )
 
 
@@ -231,13 +237,16 @@ def _reason(
     inputs: SizingInputs,
     chosen: dict[str, Any],
     steps: int,
-    passes: float,
+    budget_passes: float,
     layers: int,
     hidden: int,
     why_shape: str,
     timed: bool,
 ) -> str:
-    """'1.1 M characters, 15 minutes: about 12 passes over the text, so 3 x 512 with dropout 0.25'."""
+    """'1.1 M characters, 15 minutes: about 12 passes over the text, so 3 x 512 with dropout 0.25'.
+
+    `budget_passes`: the passes the whole budget would make (a run that stops sooner says so).
+    """
     unit = "characters" if inputs.chars_per_token == 1.0 else "tokens"
     corpus = _amount(inputs.train_tokens, unit)
     if inputs.max_steps is not None:
@@ -249,15 +258,18 @@ def _reason(
     if not (timed or inputs.max_steps is not None):
         return f"{corpus}, {budget}: the speed of this machine is unknown, so the default size"
     model = options_text(chosen, layers, hidden, inputs.model_options, inputs.given)
-    estimate = "about " if timed and passes >= 0.1 else ""
-    text = f"{corpus}, {budget}: {estimate}{_passes_text(passes)} over the text, so {model}"
+    estimate = "about " if timed and budget_passes >= 0.1 else ""
+    passes_text = f"{estimate}{_passes_text(budget_passes)} over the text"
+    if "max_steps" in chosen:
+        # The budget would read the text more often than helps: say so, and when it will stop.
+        text = (
+            f"{corpus}, {budget}: time for {passes_text}, but after {MAX_PASSES:g} a model only "
+            f"memorises, so {model}, stopping after {steps:,} steps"
+        )
+    else:
+        text = f"{corpus}, {budget}: {passes_text}, so {model}"
     if why_shape:
         text += f" ({why_shape})"
-    if "max_steps" in chosen:
-        text += (
-            f"; {MAX_PASSES:g} passes are enough, so it stops after {steps:,} steps, "
-            "its learning rate annealed over them (more would only memorise the text)"
-        )
     return text
 
 
