@@ -19,7 +19,7 @@ from charrnn.data.reader import TextSource, iter_lines, iter_text_chunks
 from charrnn.errors import UsageProblem
 from charrnn.inspect.eval_text import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
 from charrnn.inspect.scoring import LineScore, LineScorer
-from charrnn.store.checkpoint import LoadedModel, load_weights
+from charrnn.store.checkpoint import LoadedModel
 from charrnn.store.run_dir import resolve_weights
 
 if TYPE_CHECKING:
@@ -213,15 +213,18 @@ def _file_path(path: object) -> str | os.PathLike[str]:
 
 
 def load(path: PathLike | None = None, device: str = "auto") -> Model:
-    """Load a model: a `.safetensors` file, a run directory, or (None) the most recent run under runs/.
+    """Load a model: a `.safetensors` file, an exported `.onnx` file, a run directory, or (None) the
+    most recent run under runs/.
 
-    `device` is auto (a GPU when there is one), cpu, cuda or mps.
+    `device` is auto (a GPU when there is one), cpu, cuda or mps. An `.onnx` file runs on
+    onnxruntime's CPU build (the `onnx` extra), whatever `device` says.
     """
+    from charrnn.export.runtime import is_onnx_path, load_model_file
     from charrnn.hardware import resolve_device
 
-    resolved_device = resolve_device(device)
     weights = resolve_weights(None if path is None else str(path))
-    return Model(load_weights(weights, resolved_device), resolved_device)
+    resolved_device = torch.device("cpu") if is_onnx_path(weights) else resolve_device(device)
+    return Model(load_model_file(weights, resolved_device), resolved_device)
 
 
 def train(

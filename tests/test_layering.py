@@ -16,6 +16,7 @@ LAYERS = [
     {"config", "errors", "events", "model", "hardware", "distributed", "loss", "atomic"},
     {"data"},
     {"store"},
+    {"export"},
     {"generate", "inspect"},
     {"training"},
     {"api", "__init__"},

@@ -153,7 +153,7 @@ def sample(
 ) -> None:
     """Write text from a trained model to stdout.
 
-    MODEL is a .safetensors file, a run directory or a bundled model's name
+    MODEL is a .safetensors or .onnx file, a run directory or a bundled model's name
     (shakespeare); by default, the most recently trained run under runs/, else the
     bundled model. Only the text goes to stdout.
 
@@ -187,15 +187,15 @@ def sample(
         batch_size=batch_size,
     ).validate()
 
+    from charrnn.export.runtime import load_model_file
     from charrnn.generate.sampler import check_stops, draw_seed
     from charrnn.hardware import configure_threads
     from charrnn.store.bundled import is_bundled
-    from charrnn.store.checkpoint import load_weights
     from charrnn.store.run_dir import resolve_weights
 
     configure_threads(threads)
     weights = resolve_weights(checkpoint)
-    loaded = load_weights(weights)
+    loaded = load_model_file(weights)
     check_stops(loaded.tokenizer, config.stop)
     if config.seed is None:
         config.seed = draw_seed()
