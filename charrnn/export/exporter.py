@@ -87,6 +87,8 @@ def export_model(source: Path, output: Path, int8: bool = False) -> ExportReport
     require_onnx()
     require_onnxruntime()
     check_output(output, [(source, "the model being exported")])
+    if output.exists() and not output.is_file():  # a FIFO or device: an export is a file to keep
+        raise CharrnnError(f"cannot write {output}: it is not a regular file")
     loaded = load_weights(source)
     config = loaded.model_config
     if int8 and config.model != "lstm":
@@ -197,12 +199,13 @@ def _quantized(proto) -> bytes:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="charrnn-export-") as folder:
-        quantized_path = Path(folder) / "int8.onnx"
+        float_path, quantized_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        onnx.save(proto, float_path)  # a path: older onnxruntime releases take no ModelProto here
         with _quiet_logging():
             # Only the LSTM layers: they hold nearly all the weights and time; the output layer stays
             # float32, so `eval` computes its loss with the file's own head as it is.
             quantize_dynamic(
-                proto, quantized_path, op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8
+                float_path, quantized_path, op_types_to_quantize=["LSTM"], weight_type=QuantType.QInt8
             )
         quantized = onnx.load(quantized_path)
     graph.set_metadata(quantized, {graph.WEIGHTS_KEY: "int8"})
