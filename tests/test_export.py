@@ -301,3 +301,20 @@ def test_the_process_the_example_runs_in_cannot_import_torch(tmp_path):
         [sys.executable, "-c", _WITHOUT_TORCH, str(script)], capture_output=True, text=True, check=False
     )
     assert blocked.returncode != 0 and "import of torch halted" in blocked.stderr
+
+
+def test_the_sampler_on_the_export_page_runs_without_torch(exported_run, tmp_path):
+    page = (REPO / "docs" / "export.md").read_text(encoding="utf-8")
+    section = page.split("## A sampler with no PyTorch", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "page_sampler.py"
+    script.write_text(code, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, str(script), str(exported_run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == 301 and set(result.stdout) <= set(PATTERN)
