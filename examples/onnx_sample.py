@@ -59,7 +59,12 @@ class Tokenizer:
             return self.chars[token]
         if self.kind == "byte":
             return self.utf8.decode(bytes([token]))
-        return self.processor.decode([token])
+        if self.processor.is_control(token) or self.processor.is_unknown(token):
+            return ""
+        if self.processor.is_byte(token):  # "<0x43>": a byte of a character the vocabulary lacks
+            return self.utf8.decode(bytes([int(self.processor.id_to_piece(token)[3:5], 16)]))
+        # A piece alone: its leading "\u2581" is the space before it, which decode() would drop.
+        return self.processor.id_to_piece(token).replace("\u2581", " ")
 
 
 def main() -> None:

@@ -318,3 +318,10 @@ def test_the_sampler_on_the_export_page_runs_without_torch(exported_run, tmp_pat
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) == 301 and set(result.stdout) <= set(PATTERN)
+
+
+def test_commands_that_need_the_pytorch_weights_say_so_for_an_export(exported_run, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(PATTERN * 3, encoding="utf-8")
+    for arguments in (["info", str(exported_run)], ["explain", str(exported_run), str(text)]):
+        assert "is an ONNX export" in _one_error(run_cli(*arguments))
