@@ -325,3 +325,46 @@ def test_commands_that_need_the_pytorch_weights_say_so_for_an_export(exported_ru
     text.write_text(PATTERN * 3, encoding="utf-8")
     for arguments in (["info", str(exported_run)], ["explain", str(exported_run), str(text)]):
         assert "is an ONNX export" in _one_error(run_cli(*arguments))
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_gru_and_rnn_exports_write_the_pytorch_models_text(kind, tmp_path):
+    from charrnn.config import SampleConfig
+    from charrnn.generate.sampler import generate_text
+    from charrnn.store.checkpoint import load_weights
+
+    checkpoint = _random_checkpoint(tmp_path, kind)
+    export_model(checkpoint, tmp_path / "model.onnx")
+    config = SampleConfig(length=150, seed=6, num_samples=3, temperature=0.9, stop=("e",))
+    reference, exported = load_weights(checkpoint), load_onnx_model(tmp_path / "model.onnx")
+    expected = "".join(generate_text(reference.model, reference.tokenizer, config))
+    assert "".join(generate_text(exported.model, exported.tokenizer, config)) == expected
+
+
+def test_an_int8_export_samples_and_evaluates_close_to_float32(trained_run, tmp_path):
+    export_model(trained_run / "best.safetensors", tmp_path / "int8.onnx", int8=True)
+    sampled = run_cli("sample", str(tmp_path / "int8.onnx"), "--seed", "1", "-n", "200")
+    assert sampled.exit_code == 0, sampled.stderr
+    assert len(sampled.stdout) == 200 and set(sampled.stdout) <= set(PATTERN)
+    text = tmp_path / "text.txt"
+    text.write_text(PATTERN * 20, encoding="utf-8")
+    int8 = json.loads(run_cli("eval", str(tmp_path / "int8.onnx"), str(text), "--json").stdout)
+    fp32 = json.loads(run_cli("eval", str(trained_run), str(text), "--json").stdout)
+    assert abs(int8["total"]["bits_per_char"] - fp32["total"]["bits_per_char"]) < 0.05
+
+
+def test_an_export_runs_on_the_threads_it_is_given(exported_run, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    model = load_onnx_model(exported_run).model
+    assert isinstance(model, OnnxCharRNN)
+    assert model.session.get_session_options().intra_op_num_threads == 3
+
+
+def test_metadata_that_does_not_describe_the_graph_is_one_error(exported_run, tmp_path):
+    proto = onnx.load(str(exported_run))
+    metadata = graph.metadata_of(proto)
+    config = json.loads(metadata[graph.MODEL_CONFIG_KEY])
+    config["num_layers"] += 1  # the head still fits: only the state shows the lie
+    graph.set_metadata(proto, {graph.MODEL_CONFIG_KEY: json.dumps(config)})
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    assert "is corrupted" in _one_error(run_cli("sample", str(tmp_path / "lying.onnx"), "-n", "5"))

@@ -104,6 +104,28 @@ def _initializer(proto, name: str, shape: tuple[int, ...], path: Path) -> np.nda
     raise CheckpointError(f"{path} is corrupted (no tensor {name})")
 
 
+def _check_shapes(proto, model_config: ModelConfig, path: Path) -> None:
+    """The graph's declared shapes are those of the model its metadata describes (else a run would
+    fail deep inside onnxruntime, long after loading)."""
+    layers, hidden, vocab = model_config.num_layers, model_config.hidden_size, model_config.vocab_size
+    expected = {
+        graph.TOKENS: ["batch", "length"],
+        graph.STATE_H: [layers, "batch", hidden],
+        graph.STATE_C: [layers, "batch", hidden],
+        graph.LOGITS: ["batch", "length", vocab],
+        graph.FEATURES: ["batch", "length", hidden],
+        graph.NEXT_STATE_H: [layers, "batch", hidden],
+        graph.NEXT_STATE_C: [layers, "batch", hidden],
+    }
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        if dims != expected[value.name]:
+            raise CheckpointError(
+                f"{path} is corrupted ({value.name} is {dims} in the graph, "
+                f"{expected[value.name]} by its metadata)"
+            )
+
+
 def _expected_io(model_config: ModelConfig) -> tuple[list[str], list[str]]:
     lstm = model_config.model == "lstm"
     inputs = [graph.TOKENS, graph.STATE_H] + ([graph.STATE_C] if lstm else [])
@@ -148,6 +170,7 @@ def load_onnx_model(path: Path) -> LoadedModel:
             f"not {inputs} and {outputs})"
         )
     hidden, vocab = model_config.hidden_size, model_config.vocab_size
+    _check_shapes(proto, model_config, path)
     head_weight = _initializer(proto, graph.HEAD_WEIGHT, (hidden, vocab), path)
     head_bias = _initializer(proto, graph.HEAD_BIAS, (vocab,), path)
     weights = metadata.get(graph.WEIGHTS_KEY, "fp32")
