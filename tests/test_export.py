@@ -368,3 +368,18 @@ def test_metadata_that_does_not_describe_the_graph_is_one_error(exported_run, tm
     graph.set_metadata(proto, {graph.MODEL_CONFIG_KEY: json.dumps(config)})
     onnx.save(proto, str(tmp_path / "lying.onnx"))
     assert "is corrupted" in _one_error(run_cli("sample", str(tmp_path / "lying.onnx"), "-n", "5"))
+
+
+def test_a_graph_that_fails_inside_onnxruntime_is_one_error(exported_run, tmp_path):
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(exported_run))
+    for index, tensor in enumerate(proto.graph.initializer):
+        if tensor.name == "direction_axis_0":  # squeeze the time axis instead: fails when it runs
+            proto.graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(np.array([0], np.int64), tensor.name)
+            )
+    onnx.save(proto, str(tmp_path / "broken.onnx"))
+    text = tmp_path / "text.txt"
+    text.write_text(PATTERN * 3, encoding="utf-8")
+    assert "failed in onnxruntime" in _one_error(run_cli("eval", str(tmp_path / "broken.onnx"), str(text)))

@@ -211,11 +211,21 @@ class OnnxCharRNN(CharRNN):
         feeds = state_feeds(state)
         feeds[graph.TOKENS] = np.ascontiguousarray(tokens.detach().cpu().numpy(), dtype=np.int64)
         wanted = [graph.FEATURES] + self.output_names[2:]
-        results = self.session.run(wanted, feeds)
+        results = run_session(self.session, wanted, feeds)
         features = torch.from_numpy(results[0])
         if self.config.model == "lstm":
             return features, (torch.from_numpy(results[1]), torch.from_numpy(results[2]))
         return features, torch.from_numpy(results[1])
+
+
+def run_session(session, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """`session.run`, with a failure inside onnxruntime (a damaged or hand-edited graph that loaded)
+    as one `CheckpointError`."""
+    try:
+        return session.run(names, feeds)
+    except Exception as error:  # onnxruntime's own error types
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"the .onnx model failed in onnxruntime ({detail})") from None
 
 
 def state_feeds(state: State) -> dict[str, np.ndarray]:
@@ -264,13 +274,13 @@ class OnnxStepper:
 
     def step(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """Read one token per stream (shape (batch,)); return the next-token logits (batch, vocab)."""
-        feeds = {
+        feeds: dict[str, np.ndarray] = {
             graph.TOKENS: np.asarray(tokens, dtype=np.int64).reshape(-1, 1),
             graph.STATE_H: self.state_h,
         }
         if self.lstm:
             feeds[graph.STATE_C] = self.state_c
-        results = self.session.run(self.output_names, feeds)
+        results = run_session(self.session, self.output_names, feeds)
         if self.lstm:
             self.state_h, self.state_c = results[1], results[2]
         else:
