@@ -1,11 +1,13 @@
 """The ONNX graph of a trained model, written with `onnx.helper` straight from its weights.
 
 Why not `torch.onnx.export`: torch 2.13 exports with the dynamo exporter by default, which needs
-onnxscript and whose output for `nn.LSTM` depends on the exporter's version; what
+onnxscript (tried: without it the export stops with "No module named 'onnxscript'"), and how it
+writes `nn.LSTM` is the exporter's choice, release by release; what
 `onnxruntime.quantization.quantize_dynamic` needs to make `DynamicQuantizeLSTM` is one plain ONNX
 `LSTM` node per layer whose W, R and B are initialisers. The step graph is a dozen nodes, so
-writing it here keeps that certain, takes no time (export is a copy of the weights) and needs no
-exporter at all; `checks.py` proves it computes what the PyTorch model computes.
+writing it here makes that certain, takes no time (export is a copy of the weights) and needs no
+exporter or onnxscript at all; `exporter.py` proves, at every export, that the graph computes what
+the PyTorch model computes.
 
 The graph (dynamic batch B and length T):
 
