@@ -132,7 +132,10 @@ class NoveltyChecker:
 
     def __init__(self, index: SuffixIndex) -> None:
         self.index = index
-        self.text, self.suffixes = index.open()
+        text, suffixes = index.open()
+        # Plain views of the maps: indexing an np.memmap goes through a slower Python method.
+        self.text = text.view(np.ndarray)
+        self.suffixes = suffixes.view(np.ndarray)
         self.num_bytes = index.num_bytes
 
     def check(self, text: str, min_span: int = DEFAULT_MIN_SPAN) -> NoveltyReport:
@@ -141,14 +144,14 @@ class NoveltyChecker:
             raise UsageProblem(f"--min-span must be a whole number >= 1, got {min_span!r}")
         query = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
         builder = _ReportBuilder(self, text, query, min_span)
-        for start, length, where in self._maximal_matches(query):
-            builder.add(start, length, where)
+        for starts, lengths, places in self._maximal_matches(query):
+            builder.add(starts, lengths, places)
         return builder.report()
 
     # -- the maximal matches, in bytes ----------------------------------------------------
 
-    def _maximal_matches(self, query: np.ndarray) -> Iterator[tuple[int, int, int]]:
-        """Yield (byte start, byte length, corpus position) of every maximal match, left to right."""
+    def _maximal_matches(self, query: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield (byte starts, byte lengths, corpus positions) of the maximal matches, left to right, a batch at a time."""
         n = len(query)
         if n == 0 or self.num_bytes == 0:
             return
@@ -168,15 +171,16 @@ class NoveltyChecker:
                     segment = lengths[offset : short_stop - position]
                     ends = np.arange(cursor, short_stop) + segment
                     before = np.maximum.accumulate(np.concatenate([[reach], ends[:-1]]))
-                    for found in np.flatnonzero((ends > before) & (segment > 0)).tolist():
-                        yield cursor + found, int(segment[found]), int(places[offset + found])
+                    found = np.flatnonzero((ends > before) & (segment > 0))
+                    if len(found):
+                        yield cursor + found, segment[found], places[offset + found]
                     reach = max(reach, int(ends.max()))
                 if short_stop == stop:
                     cursor = stop
                     break
                 length, place = self._longest_match(padded, short_stop, n - short_stop)
                 if short_stop + length > reach:
-                    yield short_stop, length, place
+                    yield np.array([short_stop]), np.array([length]), np.array([place])
                     reach = short_stop + length
                 cursor = self._next_extension(padded, n, short_stop, short_stop + length)
             position = cursor
@@ -240,8 +244,10 @@ class NoveltyChecker:
         """(common prefix, order) of text[at:at+length] and the suffix at `place`; the first `skip`
         bytes are known equal. order: -1 text first or a prefix of the suffix, +1 suffix first."""
         common = skip
+        step = 64  # most comparisons end within a few bytes: read little first, more each round
         while common < length:
-            room = min(COMPARE_BYTES, length - common, self.num_bytes - place - common)
+            room = min(step, length - common, self.num_bytes - place - common)
+            step = min(step * 16, COMPARE_BYTES)
             if room <= 0:
                 return common, 1  # the suffix ended first: it sorts first
             mine = padded[at + common : at + common + room]
@@ -316,35 +322,34 @@ class _ReportBuilder:
         self.text = text
         self.query = query
         self.min_span = min_span
-        self.byte_mark = 0  # chars before byte `byte_mark` are `char_mark`
+        self.byte_mark = 0  # the characters before byte `byte_mark` number `char_mark`
         self.char_mark = 0
         self.covered_to = 0  # characters up to here are already counted as copied
         self.copied = 0
         self.longest: tuple[int, int, int] | None = None  # char start, char length, corpus position
         self.spans: list[tuple[int, int, int]] = []
 
-    def _chars_before(self, byte: int) -> int:
-        """Characters before byte offset `byte` (offsets only grow: counted incrementally)."""
-        piece = self.query[self.byte_mark : byte]
-        self.char_mark += int(np.count_nonzero((piece & 0xC0) != 0x80))
-        self.byte_mark = byte
-        return self.char_mark
-
-    def add(self, start: int, length: int, place: int) -> None:
-        """One maximal match of `length` bytes at byte `start` (a character start)."""
-        end = start + length
-        # Trim a match that ends inside a character back to the character's start.
-        while end > start and end < len(self.query) and (self.query[end] & 0xC0) == 0x80:
-            end -= 1
-        char_start = self._chars_before(start)
-        piece = self.query[start:end]
-        char_length = int(np.count_nonzero((piece & 0xC0) != 0x80))
-        if char_length == 0:
-            return
-        if self.longest is None or char_length > self.longest[1]:
-            self.longest = (char_start, char_length, place)
-        if char_length >= self.min_span:
-            self.spans.append((char_start, char_length, place))
+    def add(self, starts: np.ndarray, lengths: np.ndarray, places: np.ndarray) -> None:
+        """A batch of maximal matches: byte starts (each a character's first byte), byte lengths."""
+        ends = starts + lengths
+        # Trim a match that ends inside a character back to that character's start (<= 3 bytes).
+        for _ in range(3):
+            inside = (ends > starts) & (ends < len(self.query))
+            inside[inside] &= (self.query[ends[inside]] & 0xC0) == 0x80
+            ends = ends - inside
+        # Characters before each byte offset, counted on from the previous batch's last start.
+        first, last = self.byte_mark, int(ends.max())
+        leads = np.concatenate([[0], np.cumsum((self.query[first:last] & 0xC0) != 0x80)]) + self.char_mark
+        char_starts = leads[starts - first]
+        char_lengths = leads[ends - first] - char_starts
+        # Later matches start after this batch's last start (they may start before its ends).
+        self.byte_mark, self.char_mark = int(starts[-1]), int(char_starts[-1])
+        best = int(np.argmax(char_lengths))
+        if char_lengths[best] > 0 and (self.longest is None or char_lengths[best] > self.longest[1]):
+            self.longest = (int(char_starts[best]), int(char_lengths[best]), int(places[best]))
+        for at in np.flatnonzero(char_lengths >= self.min_span).tolist():
+            char_start, char_length = int(char_starts[at]), int(char_lengths[at])
+            self.spans.append((char_start, char_length, int(places[at])))
             char_end = char_start + char_length
             self.copied += max(0, char_end - max(char_start, self.covered_to))
             self.covered_to = max(self.covered_to, char_end)

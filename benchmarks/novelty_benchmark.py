@@ -1,0 +1,142 @@
+"""How fast `charrnn novelty` builds its index and checks text, and what chance matches look like.
+
+    python benchmarks/novelty_benchmark.py CORPUS [--cache-dir DIR] [--text-chars N]
+
+Prints (the targets of issue 27 in brackets):
+- the index build of CORPUS, run in a child process: seconds [< 30 s for 100 MB] and peak
+  resident memory per corpus byte [< about 6] (the child's ru_maxrss);
+- queries: characters checked per second [>= 100,000] for text that is not in the corpus
+  (this package's own source code, which is new, same-kind text for a corpus of Python
+  code) and for text stitched from passages of the corpus with new text between them;
+  each planted passage must come back whole;
+- chance: the longest match and the share of characters in spans of >= 20, 30, 50 and 80
+  characters for the new text, 2,000 characters at a time (what --min-span must be above).
+
+The whole corpus is indexed (no validation part is left out). The index goes to a temporary
+folder unless --cache-dir is given, and is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+BUILD_CHILD = """
+import json, resource, sys, time
+from pathlib import Path
+from charrnn.data.corpus import corpus_files, scan_corpus
+from charrnn.data.suffix_index import cached_suffix_index
+started = time.perf_counter()
+scan = scan_corpus(corpus_files(sys.argv[1]))
+scanned = time.perf_counter()
+index, reused = cached_suffix_index(scan, None, Path(sys.argv[2]))
+done = time.perf_counter()
+print(json.dumps({"scan_s": scanned - started, "build_s": done - scanned, "bytes": index.num_bytes,
+                  "reused": reused, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def new_text(limit: int) -> str:
+    """This package's source code: Python that no corpus of this machine holds."""
+    parts = [path.read_text(encoding="utf-8") for path in sorted((REPO / "charrnn").rglob("*.py"))]
+    return "".join(parts)[:limit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--text-chars", type=int, default=300_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="novelty-bench-") as temp:
+        cache = Path(args.cache_dir or temp)
+        child = subprocess.run(
+            [sys.executable, "-c", BUILD_CHILD, args.corpus, str(cache)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        build = json.loads(child.stdout)
+        print(
+            f"index: {build['bytes']:,} bytes, scan {build['scan_s']:.1f} s, build {build['build_s']:.1f} s"
+            f"{' (reused)' if build['reused'] else ''}, peak RSS {build['maxrss_kb'] / 1024:.0f} MiB "
+            f"= {build['maxrss_kb'] * 1024 / build['bytes']:.2f} bytes per corpus byte"
+        )
+
+        from charrnn.data.corpus import corpus_files, scan_corpus
+        from charrnn.data.suffix_index import cached_suffix_index
+        from charrnn.inspect.novelty import NoveltyChecker
+
+        index, _ = cached_suffix_index(scan_corpus(corpus_files(args.corpus)), None, cache)
+        checker = NoveltyChecker(index)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        fresh = new_text(args.text_chars)
+        started = time.perf_counter()
+        report = checker.check(fresh, 50)
+        seconds = time.perf_counter() - started
+        print(
+            f"new text: {len(fresh):,} chars in {seconds:.2f} s = {len(fresh) / seconds:,.0f} chars/s; "
+            f"longest {report.longest.length if report.longest else 0} chars, "
+            f"{report.copied_share:.2%} in spans >= 50"
+        )
+
+        corpus_text = Path(args.corpus).read_bytes()[: index.num_bytes].decode("utf-8", "ignore")
+        rng = random.Random(0)
+        pieces, planted, total = [], [], 0
+        while total < args.text_chars:
+            length = rng.randint(200, 3000)
+            start = rng.randrange(len(corpus_text) - length)
+            gap = fresh[rng.randrange(len(fresh) - 400) :][:300]
+            pieces.append(gap)
+            total += len(gap)
+            planted.append((total, length))
+            pieces.append(corpus_text[start : start + length])
+            total += length
+        stitched = "".join(pieces)
+        started = time.perf_counter()
+        report = checker.check(stitched, 50)
+        seconds = time.perf_counter() - started
+        covered = {(span.start, span.length) for span in report.spans}
+        whole = sum(
+            any(s <= at and s + n >= at + length for s, n in covered) for at, length in planted
+        )
+        print(
+            f"copied text: {len(stitched):,} chars ({len(planted)} passages of 200-3,000 chars) in "
+            f"{seconds:.2f} s = {len(stitched) / seconds:,.0f} chars/s; {whole}/{len(planted)} passages "
+            f"found whole; {report.copied_share:.1%} in spans >= 50"
+        )
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"query process peak RSS {rss_after / 1024:.0f} MiB (before the queries {rss_before / 1024:.0f} MiB)")
+
+        longest, shares = [], {20: [], 30: [], 50: [], 80: []}
+        for start in range(0, len(fresh) - 2000, 2000):
+            window = fresh[start : start + 2000]
+            for minimum in shares:
+                report = checker.check(window, minimum)
+                shares[minimum].append(report.copied_share)
+            longest.append(report.longest.length if report.longest else 0)
+        longest.sort()
+        print(
+            f"chance (new text, {len(longest)} windows of 2,000 chars): longest span median "
+            f"{statistics.median(longest)}, 90th percentile {longest[int(0.9 * (len(longest) - 1))]}, "
+            f"max {longest[-1]}"
+        )
+        print(
+            "  share in spans >= N (mean over windows): "
+            + ", ".join(f"N={minimum}: {statistics.mean(values):.2%}" for minimum, values in shares.items())
+        )
+
+
+if __name__ == "__main__":
+    main()
