@@ -128,13 +128,13 @@ class SuffixIndex:
 
 def _last_line_start(text: np.ndarray, position: int, floor: int) -> int:
     """The byte after the last line end before `position`, not before `floor` (a block at a time)."""
-    end = position
+    end, step = position, 256  # lines are short: look a little way back first, further each round
     while end > floor:
-        lower = max(floor, end - LINE_BLOCK)
+        lower = max(floor, end - step)
         ends = np.flatnonzero(np.asarray(text[lower:end]) == 10)
         if len(ends):
             return lower + int(ends[-1]) + 1
-        end = lower
+        end, step = lower, min(step * 8, LINE_BLOCK)
     return floor
 
 

@@ -59,12 +59,10 @@ __all__ = [
 # reach 20-odd characters; 50 characters (8-10 English words, a line of code) is well
 # beyond them (docs/novelty.md has the measured spans of held-out text).
 DEFAULT_MIN_SPAN = 50
-PROBE_BYTES = 32  # bytes compared for every position at once (4 big-endian words)
+PROBE_BYTES = 64  # bytes compared for every position at once (8 big-endian words)
 CHUNK_POSITIONS = 16_384  # positions searched together: bounds the work arrays to a few MB
 COMPARE_BYTES = 1 << 16  # an exact comparison reads the text this many bytes at a time
 _WORDS = PROBE_BYTES // 8
-_BYTE_OFFSETS = np.arange(8, dtype=np.int64)
-_PROBE_OFFSETS = np.arange(PROBE_BYTES, dtype=np.int64)
 
 
 @dataclass
@@ -137,6 +135,9 @@ class NoveltyChecker:
         self.text = text.view(np.ndarray)
         self.suffixes = suffixes.view(np.ndarray)
         self.num_bytes = index.num_bytes
+        # The big-endian 8-byte word at every byte of the text, without a copy: an unaligned
+        # view with a stride of one byte, so one gather reads a word (the padding reads as zeros).
+        self.words = _word_view(self.text)
 
     def check(self, text: str, min_span: int = DEFAULT_MIN_SPAN) -> NoveltyReport:
         """The copied spans of `text` (characters; spans of >= `min_span` count as copied)."""
@@ -156,11 +157,12 @@ class NoveltyChecker:
         if n == 0 or self.num_bytes == 0:
             return
         padded = np.concatenate([query, np.zeros(PROBE_BYTES + 8, dtype=np.uint8)])
+        query_words = _word_view(padded)
         reach = 0  # where the last maximal match ends
         position = 0
         while position < n:
             stop = min(n, position + CHUNK_POSITIONS)
-            lengths, places = self._probe(padded, n, position, stop)
+            lengths, places = self._probe(padded, query_words, n, position, stop)
             cursor = position
             while cursor < stop:
                 offset = cursor - position
@@ -185,16 +187,15 @@ class NoveltyChecker:
                 cursor = self._next_extension(padded, n, short_stop, short_stop + length)
             position = cursor
 
-    def _probe(self, padded: np.ndarray, n: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _probe(
+        self, padded: np.ndarray, query_words: np.ndarray, n: int, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Match length (capped at PROBE_BYTES) and a corpus position of it, for positions start..stop-1."""
         count = stop - start
         positions = np.arange(start, stop, dtype=np.int64)
-        # Big-endian words of the text at every position: word k of position i is words[i - start + 8k].
-        window = np.lib.stride_tricks.sliding_window_view(padded[start : stop + PROBE_BYTES], 8)
-        words = np.ascontiguousarray(window).view(">u8").ravel().astype(np.uint64)
         lo = np.zeros(count, dtype=np.int64)
         hi = np.full(count, self.num_bytes, dtype=np.int64)
-        active = np.arange(count)
+        active = positions - start
         while len(active):
             mid = (lo[active] + hi[active]) // 2
             places = self.suffixes[mid].astype(np.int64)
@@ -202,8 +203,8 @@ class NoveltyChecker:
             order = np.zeros(len(active), dtype=np.int8)
             undecided = np.arange(len(active))
             for word in range(_WORDS):
-                corpus_word = self._words_at(places[undecided] + 8 * word)
-                text_word = words[active[undecided] + 8 * word]
+                corpus_word = self.words[places[undecided] + 8 * word]
+                text_word = query_words[start + active[undecided] + 8 * word]
                 order[undecided] = (text_word > corpus_word).astype(np.int8) - (text_word < corpus_word)
                 undecided = undecided[order[undecided] == 0]
                 if not len(undecided):
@@ -216,15 +217,16 @@ class NoveltyChecker:
         best_place = np.zeros(count, dtype=np.int64)
         limit = np.minimum(PROBE_BYTES, n - positions)
         for neighbour in (lo - 1, lo):
-            usable = (neighbour >= 0) & (neighbour < self.num_bytes)
-            rows = np.flatnonzero(usable)
-            if not len(rows):
-                continue
+            rows = np.flatnonzero((neighbour >= 0) & (neighbour < self.num_bytes))
             places = self.suffixes[neighbour[rows]].astype(np.int64)
-            corpus_bytes = np.asarray(self.text[places[:, None] + _PROBE_OFFSETS])
-            text_bytes = padded[positions[rows, None] - 0 + _PROBE_OFFSETS]
-            same = corpus_bytes == text_bytes
-            length = np.where(same.all(axis=1), PROBE_BYTES, np.argmin(same, axis=1))
+            length = np.zeros(len(rows), dtype=np.int64)
+            same = np.arange(len(rows))  # rows whose words matched so far
+            for word in range(_WORDS):
+                differ = self.words[places[same] + 8 * word] ^ query_words[positions[rows[same]] + 8 * word]
+                length[same] += _equal_leading_bytes(differ.astype(np.uint64))
+                same = same[differ == 0]
+                if not len(same):
+                    break
             length = np.minimum(np.minimum(length, limit[rows]), self.num_bytes - places)
             better = length > best_length[rows]
             best_length[rows[better]] = length[better]
@@ -232,11 +234,6 @@ class NoveltyChecker:
         # A match starts on a character: positions on a continuation byte report none.
         best_length[(padded[start:stop] & 0xC0) == 0x80] = 0
         return best_length, best_place
-
-    def _words_at(self, places: np.ndarray) -> np.ndarray:
-        """The big-endian 8-byte words of the training text at `places` (the padding reads as zeros)."""
-        gathered = np.asarray(self.text[places[:, None] + _BYTE_OFFSETS])
-        return np.ascontiguousarray(gathered).view(">u8").ravel().astype(np.uint64)
 
     # -- exact searches of long matches ---------------------------------------------------
 
@@ -312,6 +309,19 @@ class NoveltyChecker:
             else:
                 low = middle
         return high
+
+
+_BYTE_LIMITS = np.array([1 << (8 * k) for k in range(1, 8)], dtype=np.uint64)
+
+
+def _equal_leading_bytes(differ: np.ndarray) -> np.ndarray:
+    """How many leading bytes two big-endian words share, from their XOR (8 when equal)."""
+    return np.where(differ == 0, 8, 7 - np.searchsorted(_BYTE_LIMITS, differ, side="right"))
+
+
+def _word_view(data: np.ndarray) -> np.ndarray:
+    """The big-endian uint64 starting at each byte of `data` (all but the last 7 bytes), no copy."""
+    return np.ndarray(shape=(max(0, len(data) - 7),), dtype=">u8", buffer=data, strides=(1,))
 
 
 class _ReportBuilder:
@@ -392,42 +402,39 @@ class TrainingText:
     name: str | None  # the corpus's short name (the cache entry's name)
 
 
-def training_text_of(weights: Path, info: dict[str, Any]) -> TrainingText:
+def training_text_of(weights: Path) -> TrainingText:
     """The training text of a model: its fingerprint and split from the weights' metadata, its path
     from the run's state file beside them (weights copied elsewhere do not know it)."""
-    train_config = info.get("train_config")
-    val_fraction = 0.1
-    if isinstance(train_config, dict) and isinstance(train_config.get("val_fraction"), (int, float)):
-        val_fraction = float(train_config["val_fraction"])
-    fingerprint = info.get("corpus_fingerprint")
-    name = info.get("corpus")
-    source = None
+    from charrnn.store.checkpoint import load_training_state
+    from charrnn.store.describe import describe_weights
     from charrnn.store.run_dir import RunDir
 
+    training = describe_weights(Path(weights))["training"]
+    train_config = training.get("train_config") or {}
+    val_fraction = train_config.get("val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        val_fraction = 0.1
+    fingerprint, source = training.get("corpus_fingerprint"), None
     state_path = RunDir(Path(weights).parent).state
     if state_path.is_file():
-        from charrnn.store.checkpoint import load_training_state
-
         try:
             state = load_training_state(state_path)
         except CharrnnError:
             state = {}
-        saved_source = state.get("corpus_source")
-        if isinstance(saved_source, str) and saved_source:
-            source = saved_source
-        if not isinstance(fingerprint, str):
-            saved = state.get("corpus_fingerprint")
-            fingerprint = saved if isinstance(saved, str) else None
+        if isinstance(state.get("corpus_source"), str) and state["corpus_source"]:
+            source = state["corpus_source"]
+        if fingerprint is None and isinstance(state.get("corpus_fingerprint"), str):
+            fingerprint = state["corpus_fingerprint"]
     return TrainingText(
         source=source,
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,
-        val_fraction=val_fraction,
-        name=name if isinstance(name, str) else None,
+        val_fraction=float(val_fraction),
+        name=training.get("corpus") if isinstance(training.get("corpus"), str) else None,
     )
 
 
 def _point_at_it(where: str) -> str:
-    return f"{where}; point at it with --corpus PATH (or novelty=... corpus= in the Python API)"
+    return f"{where}: point at it with --corpus PATH (model.novelty(text, corpus=PATH) in Python)"
 
 
 def open_training_index(
