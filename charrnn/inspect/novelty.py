@@ -434,7 +434,7 @@ def training_text_of(weights: Path) -> TrainingText:
 
 
 def _point_at_it(where: str) -> str:
-    return f"{where}: point at it with --corpus PATH (model.novelty(text, corpus=PATH) in Python)"
+    return f"{where}: point at it with --corpus PATH"
 
 
 def open_training_index(
