@@ -48,6 +48,23 @@ def corpus_option(command):
     )(command)
 
 
+def novelty_options(command):
+    """`sample --novelty` and the --min-span and --corpus it reads."""
+    command = click.option(
+        "--corpus",
+        default=None,
+        metavar="PATH",
+        help="With --novelty: the training text, when it is no longer where the run read it.",
+    )(command)
+    command = min_span_option(command)
+    return click.option(
+        "--novelty",
+        is_flag=True,
+        help="Check each sample against the training text (docs/novelty.md): a line on stderr, "
+        'or a "novelty" object in --format jsonl.',
+    )(command)
+
+
 def open_checker(model_argument: str | None, corpus: str | None, cache_dir: str | None, need_model: bool):
     """The `NoveltyChecker` of MODEL's training text (or of --corpus), notes and progress on stderr."""
     from charrnn.inspect.novelty import open_training_index, training_text_of
