@@ -48,8 +48,17 @@ def corpus_option(command):
     )(command)
 
 
-def novelty_options(command):
-    """`sample --novelty` and the --min-span and --corpus it reads."""
+def novelty_options(what: str):
+    """--novelty (`what` it does, for the help) and the --min-span and --corpus it reads
+    (`sample --novelty`, `explain --html --novelty`)."""
+
+    def decorate(command):
+        return _novelty_options(command, what)
+
+    return decorate
+
+
+def _novelty_options(command, what: str):
     command = click.option(
         "--corpus",
         default=None,
@@ -60,8 +69,7 @@ def novelty_options(command):
     return click.option(
         "--novelty",
         is_flag=True,
-        help="Check each sample against the training text (docs/novelty.md): a line on stderr, "
-        'or a "novelty" object in --format jsonl.',
+        help=f"{what} (docs/novelty.md).",
     )(command)
 
 

@@ -134,7 +134,7 @@ def _check_combinations(
     "\\n, \\t and \\\\ are understood, as for --stop.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
-@novelty_options
+@novelty_options('Check each sample against the training text: a line on stderr, or "novelty" in --format jsonl')
 def sample(
     checkpoint: str | None,
     temperature: float,
