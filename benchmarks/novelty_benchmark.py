@@ -108,16 +108,17 @@ def main() -> None:
         report = checker.check(stitched, 50)
         seconds = time.perf_counter() - started
         covered = {(span.start, span.length) for span in report.spans}
-        whole = sum(
-            any(s <= at and s + n >= at + length for s, n in covered) for at, length in planted
-        )
+        whole = sum(any(s <= at and s + n >= at + length for s, n in covered) for at, length in planted)
         print(
             f"copied text: {len(stitched):,} chars ({len(planted)} passages of 200-3,000 chars) in "
             f"{seconds:.2f} s = {len(stitched) / seconds:,.0f} chars/s; {whole}/{len(planted)} passages "
             f"found whole; {report.copied_share:.1%} in spans >= 50"
         )
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"query process peak RSS {rss_after / 1024:.0f} MiB (before the queries {rss_before / 1024:.0f} MiB)")
+        print(
+            f"query process peak RSS {rss_after / 1024:.0f} MiB "
+            f"(before the queries {rss_before / 1024:.0f} MiB)"
+        )
 
         longest, shares = [], {20: [], 30: [], 50: [], 80: []}
         for start in range(0, len(fresh) - 2000, 2000):

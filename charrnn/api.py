@@ -205,7 +205,10 @@ class Model:
 
         if not isinstance(text, str):
             raise UsageProblem(f"novelty takes text (a str), not {type(text).__name__}")
-        key = (None if corpus is None else os.fspath(corpus), None if cache_dir is None else os.fspath(cache_dir))
+        key = (
+            None if corpus is None else os.fspath(corpus),
+            None if cache_dir is None else os.fspath(cache_dir),
+        )
         with _NOVELTY_LOCK:
             checker = self._novelty_checkers.get(key)
             if checker is None:

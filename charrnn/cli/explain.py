@@ -251,7 +251,9 @@ def explain(
         if novelty:
             checker = open_checker(model_arg, corpus, None, need_model=True)
             copied = checker.check(analysis.text, min_span).to_dict()
-        page = page_pieces(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}", copied)
+        page = page_pieces(
+            data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}", copied
+        )
         if html_file is None:
             write_stream(page)
             return

@@ -183,7 +183,9 @@ def embed_json(text: str) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def page_pieces(json_pieces: Iterable[str], title: str, novelty: dict[str, Any] | None = None) -> Iterator[str]:
+def page_pieces(
+    json_pieces: Iterable[str], title: str, novelty: dict[str, Any] | None = None
+) -> Iterator[str]:
     """The page, a piece at a time, around JSON text given a piece at a time (`explanation_json`);
     `novelty` (a `NoveltyReport.to_dict()`) marks the copied spans."""
     page = PAGE.replace("__NOVELTY__", embed_json(json.dumps(novelty, ensure_ascii=False)))

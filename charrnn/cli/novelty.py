@@ -141,7 +141,11 @@ def novelty_command(
                 report = checker.check(line, min_span)
                 with closed_pipe_ends_quietly():
                     if as_json:
-                        click.echo(json_text({"file": _shown(name), "line": number, **report.to_dict()}).replace("\n", ""))
+                        click.echo(
+                            json_text({"file": _shown(name), "line": number, **report.to_dict()}).replace(
+                                "\n", ""
+                            )
+                        )
                     else:
                         click.echo(_line_summary(report))
         return

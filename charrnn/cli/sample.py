@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import click
 
-from charrnn.cli.group import cli
 from charrnn.cli.console import terminal_safe
+from charrnn.cli.group import cli
 from charrnn.cli.novelty import novelty_options, open_checker
 from charrnn.cli.output import unescape, write_stream
 from charrnn.config import SampleConfig
@@ -134,7 +134,9 @@ def _check_combinations(
     "\\n, \\t and \\\\ are understood, as for --stop.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
-@novelty_options('Check each sample against the training text: a line on stderr, or "novelty" in --format jsonl')
+@novelty_options(
+    'Check each sample against the training text: a line on stderr, or "novelty" in --format jsonl'
+)
 def sample(
     checkpoint: str | None,
     temperature: float,
@@ -263,7 +265,9 @@ def _output(
         for number, record in enumerate(records):
             report = None if novelty_check is None else novelty_check(record.text)
             if output_format == "jsonl":
-                fields = record.to_dict() if report is None else {**record.to_dict(), "novelty": report.to_dict()}
+                fields = (
+                    record.to_dict() if report is None else {**record.to_dict(), "novelty": report.to_dict()}
+                )
                 yield json.dumps(fields, ensure_ascii=False) + "\n"
             elif each_line:
                 yield record.prime + record.text + config.separator

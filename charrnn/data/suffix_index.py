@@ -41,8 +41,8 @@ from charrnn.data.corpus import CorpusScan, describe_source
 from charrnn.data.encoding import split_char_index
 from charrnn.data.reader import iter_blocks
 from charrnn.data.token_cache import (
-    _CacheLock,
     _cache_write_error,
+    _CacheLock,
     _make_folder,
     default_cache_dir,
     remove_stale_files,
@@ -65,7 +65,9 @@ def index_key(fingerprint: str, val_fraction: float | None) -> str:
     The fraction, not the character count, so that a model's metadata (fingerprint and
     `val_fraction`) finds its entry without reading the corpus, even after the corpus moved.
     """
-    text = f"suffix-array {INDEX_FORMAT}\n{fingerprint}\n{'all' if val_fraction is None else repr(val_fraction)}"
+    text = (
+        f"suffix-array {INDEX_FORMAT}\n{fingerprint}\n{'all' if val_fraction is None else repr(val_fraction)}"
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -209,7 +211,9 @@ def _copy_training_text(scan: CorpusScan, train_chars: int, out, on_progress: Bu
             digest.update(raw)
             read += len(raw)
             if chars < train_chars:
-                keep = raw if chars + len(text) <= train_chars else text[: train_chars - chars].encode("utf-8")
+                keep = (
+                    raw if chars + len(text) <= train_chars else text[: train_chars - chars].encode("utf-8")
+                )
                 chars += min(len(text), train_chars - chars)
                 out.write(keep)
                 view = np.frombuffer(keep, dtype=np.uint8)
@@ -240,7 +244,7 @@ def _copy_training_text(scan: CorpusScan, train_chars: int, out, on_progress: Bu
 def _sort_suffixes(text_path: Path, num_bytes: int) -> np.ndarray:
     """The suffix array of the first `num_bytes` bytes of the file (libdivsufsort)."""
     try:
-        from pydivsufsort import divsufsort
+        from pydivsufsort import divsufsort  # type: ignore[import-untyped]  # no type information
     except ImportError:
         raise CharrnnError(
             "charrnn novelty needs pydivsufsort: pip install 'charrnn[novelty]' (or pip install pydivsufsort)"
@@ -323,7 +327,7 @@ def cached_suffix_index(
     cache_dir: Path | None = None,
     on_progress: BuildProgress | None = None,
 ) -> tuple[SuffixIndex, bool]:
-    """The index of the scanned corpus's training part: reused when cached, else built. Returns (index, reused).
+    """The index of the scanned corpus's training part, reused when cached, else built: (index, reused).
 
     `val_fraction` None indexes the whole text (a corpus that is not a run's training text).
     """

@@ -1,4 +1,4 @@
-"""How much of a text is copied from the training text: `charrnn novelty`, `sample --novelty`, `model.novelty`.
+"""How much of a text is copied from the training text (`charrnn novelty`, `sample --novelty`, the API).
 
 The answer is built from the maximal exact matches of the text against the training text:
 for each position i of the text, the longest prefix of text[i:] found anywhere in the
@@ -126,7 +126,7 @@ class NoveltyReport:
 
 
 class NoveltyChecker:
-    """Finds the copied spans of texts in one indexed training text (thread-safe: it keeps no state per text)."""
+    """Finds the copied spans of texts in one indexed training text (thread-safe: no state per text)."""
 
     def __init__(self, index: SuffixIndex) -> None:
         self.index = index
@@ -152,7 +152,7 @@ class NoveltyChecker:
     # -- the maximal matches, in bytes ----------------------------------------------------
 
     def _maximal_matches(self, query: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield (byte starts, byte lengths, corpus positions) of the maximal matches, left to right, a batch at a time."""
+        """(byte starts, byte lengths, corpus positions) of the maximal matches, left to right, in batches."""
         n = len(query)
         if n == 0 or self.num_bytes == 0:
             return
@@ -458,12 +458,16 @@ def open_training_index(
             return NoveltyChecker(cached), notes  # found by its hash: the corpus itself is not read
         if training.source is None or training.source == "-":
             where = "was read from standard input" if training.source == "-" else "is not recorded"
-            raise CharrnnError(_point_at_it(f"the training text of this model {where} and is not in the cache"))
+            raise CharrnnError(
+                _point_at_it(f"the training text of this model {where} and is not in the cache")
+            )
         try:
             scan = scan_corpus(corpus_files(training.source), None)
         except CharrnnError:
             raise CharrnnError(
-                _point_at_it(f"the training text of this model was expected at {training.source} but is not there")
+                _point_at_it(
+                    f"the training text of this model was expected at {training.source} but is not there"
+                )
             ) from None
         if scan.fingerprint != training.fingerprint:
             raise CharrnnError(
