@@ -195,26 +195,16 @@ class NoveltyChecker:
         """Match length (capped at PROBE_BYTES) and a corpus position of it, for positions start..stop-1."""
         count = stop - start
         positions = np.arange(start, stop, dtype=np.int64)
-        lo = np.zeros(count, dtype=np.int64)
-        hi = np.full(count, self.num_bytes, dtype=np.int64)
-        active = positions - start
-        while len(active):
-            mid = (lo[active] + hi[active]) // 2
-            places = self.suffixes[mid].astype(np.int64)
-            # order < 0: the text sorts before the suffix (or is a prefix of it): go left.
-            order = np.zeros(len(active), dtype=np.int8)
-            undecided = np.arange(len(active))
-            for word in range(_WORDS):
-                corpus_word = self.words[places[undecided] + 8 * word]
-                text_word = query_words[start + active[undecided] + 8 * word]
-                order[undecided] = (text_word > corpus_word).astype(np.int8) - (text_word < corpus_word)
-                undecided = undecided[order[undecided] == 0]
-                if not len(undecided):
-                    break
-            right = order > 0
-            lo[active[right]] = mid[right] + 1
-            hi[active[~right]] = mid[~right]
-            active = active[lo[active] < hi[active]]
+        # A branchless lower bound: every position takes the same ceil(log2 N) halvings of one
+        # shared width, so each round is a few whole-array operations (no shrinking index sets).
+        base = np.zeros(count, dtype=np.int64)
+        width = self.num_bytes
+        while width > 1:
+            half = width // 2
+            probe = base + half
+            base = np.where(self._suffix_sorts_first(probe, query_words, positions), probe, base)
+            width -= half
+        lo = base + self._suffix_sorts_first(base, query_words, positions)
         best_length = np.zeros(count, dtype=np.int64)
         best_place = np.zeros(count, dtype=np.int64)
         limit = np.minimum(PROBE_BYTES, n - positions)
@@ -236,6 +226,23 @@ class NoveltyChecker:
         # A match starts on a character: positions on a continuation byte report none.
         best_length[(padded[start:stop] & 0xC0) == 0x80] = 0
         return best_length, best_place
+
+    def _suffix_sorts_first(
+        self, ranks: np.ndarray, query_words: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """Whether the suffix at each rank sorts before the text's next PROBE_BYTES bytes at each position
+        (words compared in order, the later words only where the earlier ones are equal)."""
+        places = self.suffixes[ranks].astype(np.int64)
+        before = np.zeros(len(ranks), dtype=bool)
+        tied = np.arange(len(ranks))
+        for word in range(_WORDS):
+            corpus_word = self.words[places[tied] + 8 * word]
+            text_word = query_words[positions[tied] + 8 * word]
+            before[tied] = corpus_word < text_word
+            tied = tied[corpus_word == text_word]
+            if not len(tied):
+                break
+        return before
 
     # -- exact searches of long matches ---------------------------------------------------
 
