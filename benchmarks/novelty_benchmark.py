@@ -52,6 +52,25 @@ def new_text(limit: int) -> str:
     return "".join(parts)[:limit]
 
 
+def _passage(checker, rng: random.Random, length: int) -> str:
+    """About `length` characters of the indexed text from a random line start."""
+    start = rng.randrange(max(1, checker.num_bytes - 4 * length))
+    window = bytes(checker.text[start : start + 4 * length + 4096])
+    window = window[window.find(b"\n") + 1 :]
+    return window.decode("utf-8", "ignore")[:length]
+
+
+def _status(field: str) -> str:
+    """A line of /proc/self/status (Linux), e.g. RssAnon."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus")
@@ -95,18 +114,17 @@ def main() -> None:
             f"{report.copied_share:.2%} in spans >= 50"
         )
 
-        corpus_text = Path(args.corpus).read_bytes()[: index.num_bytes].decode("utf-8", "ignore")
         rng = random.Random(0)
         pieces, planted, total = [], [], 0
         while total < args.text_chars:
             length = rng.randint(200, 3000)
-            start = rng.randrange(len(corpus_text) - length)
+            passage = _passage(checker, rng, length)
             gap = fresh[rng.randrange(len(fresh) - 400) :][:300]
             pieces.append(gap)
             total += len(gap)
-            planted.append((total, length))
-            pieces.append(corpus_text[start : start + length])
-            total += length
+            planted.append((total, len(passage)))
+            pieces.append(passage)
+            total += len(passage)
         stitched = "".join(pieces)
         runs = []
         for _ in range(3):
@@ -123,8 +141,10 @@ def main() -> None:
         )
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(
-            f"query process peak RSS {rss_after / 1024:.0f} MiB "
-            f"(before the queries {rss_before / 1024:.0f} MiB)"
+            f"query process: peak RSS {rss_after / 1024:.0f} MiB "
+            f"(before the queries {rss_before / 1024:.0f} MiB); "
+            f"now {_status('RssAnon')} of its own memory and {_status('RssFile')} of mapped index pages "
+            "(page cache, shared)"
         )
 
         longest, shares = [], {20: [], 30: [], 50: [], 80: []}
