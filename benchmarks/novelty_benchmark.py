@@ -1,6 +1,7 @@
 """How fast `charrnn novelty` builds its index and checks text, and what chance matches look like.
 
     python benchmarks/novelty_benchmark.py CORPUS [--cache-dir DIR] [--text-chars N]
+    python benchmarks/novelty_benchmark.py --held-out CORPUS...   # chance spans of held-out text
 
 Prints (the targets of issue 27 in brackets):
 - the index build of CORPUS, run in a child process: seconds [< 30 s for 100 MB] and peak
@@ -11,6 +12,10 @@ Prints (the targets of issue 27 in brackets):
   each planted passage must come back whole;
 - chance: the longest match and the share of characters in spans of >= 20, 30, 50 and 80
   characters for the new text, 2,000 characters at a time (what --min-span must be above).
+
+--held-out indexes each corpus's training 90% (as a run does) and checks its validation 10%,
+2,000 characters at a time: the longest span and the share in spans of >= 20, 30, 50 and 80
+characters of text the index has never seen, but of the same kind.
 
 The whole corpus is indexed (no validation part is left out). The index goes to a temporary
 folder unless --cache-dir is given, and is deleted afterwards.
@@ -71,12 +76,63 @@ def _status(field: str) -> str:
     return "?"
 
 
+def window_figures(checker, text: str) -> tuple[list[int], dict[int, list[float]]]:
+    """The longest span of each 2,000-character window, and its share in spans of >= N."""
+    longest: list[int] = []
+    shares: dict[int, list[float]] = {20: [], 30: [], 50: [], 80: []}
+    for start in range(0, len(text) - 2000, 2000):
+        window = text[start : start + 2000]
+        for minimum in shares:
+            report = checker.check(window, minimum)
+            shares[minimum].append(report.copied_share)
+        longest.append(report.longest.length if report.longest else 0)
+    longest.sort()
+    return longest, shares
+
+
+def print_window_figures(label: str, longest: list[int], shares: dict[int, list[float]]) -> None:
+    """One line of the longest spans, one of the shares."""
+    print(
+        f"{label} ({len(longest)} windows of 2,000 chars): longest span median "
+        f"{statistics.median(longest)}, 90th percentile {longest[int(0.9 * (len(longest) - 1))]}, "
+        f"max {longest[-1]}"
+    )
+    print(
+        "  share in spans >= N (mean over windows): "
+        + ", ".join(f"N={minimum}: {statistics.mean(values):.2%}" for minimum, values in shares.items())
+    )
+
+
+def held_out(corpus: str, cache_dir: str | None) -> None:
+    """Index the training 90% of `corpus` and check its validation 10%."""
+    from charrnn.data.corpus import corpus_files, read_corpus_text, scan_corpus
+    from charrnn.data.suffix_index import cached_suffix_index
+    from charrnn.inspect.novelty import NoveltyChecker
+
+    with tempfile.TemporaryDirectory(prefix="novelty-held-out-") as temp:
+        files = corpus_files(corpus)
+        index, _ = cached_suffix_index(scan_corpus(files), 0.1, Path(cache_dir or temp))
+        checker = NoveltyChecker(index)
+        validation = read_corpus_text(files)[index.train_chars :]
+        print_window_figures(
+            f"{corpus}: held-out {len(validation):,} chars", *window_figures(checker, validation)
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus")
+    parser.add_argument("corpus", nargs="+")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--text-chars", type=int, default=300_000)
+    parser.add_argument(
+        "--held-out", action="store_true", help="Chance spans of each corpus's validation part."
+    )
     args = parser.parse_args()
+    if args.held_out:
+        for corpus in args.corpus:
+            held_out(corpus, args.cache_dir)
+        return
+    args.corpus = args.corpus[0]
     with tempfile.TemporaryDirectory(prefix="novelty-bench-") as temp:
         cache = Path(args.cache_dir or temp)
         child = subprocess.run(
@@ -147,23 +203,7 @@ def main() -> None:
             "(page cache, shared)"
         )
 
-        longest, shares = [], {20: [], 30: [], 50: [], 80: []}
-        for start in range(0, len(fresh) - 2000, 2000):
-            window = fresh[start : start + 2000]
-            for minimum in shares:
-                report = checker.check(window, minimum)
-                shares[minimum].append(report.copied_share)
-            longest.append(report.longest.length if report.longest else 0)
-        longest.sort()
-        print(
-            f"chance (new text, {len(longest)} windows of 2,000 chars): longest span median "
-            f"{statistics.median(longest)}, 90th percentile {longest[int(0.9 * (len(longest) - 1))]}, "
-            f"max {longest[-1]}"
-        )
-        print(
-            "  share in spans >= N (mean over windows): "
-            + ", ".join(f"N={minimum}: {statistics.mean(values):.2%}" for minimum, values in shares.items())
-        )
+        print_window_figures("chance (new text)", *window_figures(checker, fresh))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ PREVIEW_CHARS = 100  # of the longest span, on the terminal
 
 def min_span_option(command):
     """--min-span, shared by `novelty` and `sample --novelty`."""
-    from charrnn.inspect.novelty import DEFAULT_MIN_SPAN
+    from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN
 
     return click.option(
         "--min-span",

@@ -29,7 +29,6 @@ trimmed to whole characters; lengths and shares are in characters.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from charrnn.data.corpus import corpus_files, describe_source, scan_corpus
-from charrnn.data.encoding import split_char_index
 from charrnn.data.suffix_index import SuffixIndex, cached_suffix_index, find_cached_index
 from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN
 
 __all__ = [
     "DEFAULT_MIN_SPAN",
@@ -52,15 +51,6 @@ __all__ = [
     "open_training_index",
 ]
 
-# Characters. A chance match between two texts grows like log2(N * n) / h, with N and n their
-# lengths and h the entropy in bits per character: a 1 MB corpus and a 2,000-character text at
-# 1.5-2 bits per character give 31 bits / 1.5-2 = 15-21 characters; 100 MB adds 6.6 bits and
-# 1 GB 10 bits, 3-7 characters more. Measured on held-out text (the validation 10% of each
-# corpus against its training 90%, 2,000 characters at a time; docs/novelty.md): prose's
-# longest span has a median of 21 and never passed 31, and none of it is in spans of >= 50;
-# code shares real boilerplate (licence headers, imports), 5.7% of it in spans of >= 50.
-# 50 characters (8-10 English words, a line of code) is well past chance at any size.
-DEFAULT_MIN_SPAN = 50
 PROBE_BYTES = 64  # bytes compared for every position at once (8 big-endian words)
 CHUNK_POSITIONS = 16_384  # positions searched together: bounds the work arrays to a few MB
 COMPARE_BYTES = 1 << 16  # an exact comparison reads the text this many bytes at a time
@@ -494,18 +484,3 @@ def open_training_index(
             )
         index, _ = cached_suffix_index(scan, None, cache_dir, on_progress)
     return NoveltyChecker(index), notes
-
-
-def chance_span(corpus_bytes: int, text_chars: int, bits_per_char: float) -> float:
-    """The longest match expected by chance: log2(N * n) / h characters (see DEFAULT_MIN_SPAN)."""
-    return math.log2(max(2, corpus_bytes) * max(2, text_chars)) / bits_per_char
-
-
-def index_for_corpus_text(scan_source: str, cache_dir: Path | None = None) -> SuffixIndex:
-    """The index of a whole corpus path (every character), for scripts and benchmarks."""
-    scan = scan_corpus(corpus_files(scan_source), None)
-    index, _ = cached_suffix_index(scan, None, cache_dir)
-    return index
-
-
-__all__ += ["chance_span", "index_for_corpus_text", "split_char_index"]
