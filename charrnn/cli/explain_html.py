@@ -108,10 +108,12 @@ select.addEventListener("change", paint);
 const novelty = JSON.parse(document.getElementById("novelty-data").textContent);
 const copiedFrom = spans.map(() => null);
 if (novelty) {
-  let offset = 0;
+  let offset = 0, next = 0;  // spans come in order of start and of end: one sweep
   data.segments.forEach((segment, index) => {
     const length = Array.from(segment.text).length;
-    const span = novelty.spans.find(s => s.start < offset + length && offset < s.start + s.length);
+    const spansLeft = novelty.spans;
+    while (next < spansLeft.length && spansLeft[next].start + spansLeft[next].length <= offset) next++;
+    const span = next < spansLeft.length && spansLeft[next].start < offset + length ? spansLeft[next] : null;
     if (span) {
       spans[index].classList.add("copied");
       copiedFrom[index] = span.file + ", line " + span.line;

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from charrnn.cli.answer import closed_pipe_ends_quietly, json_text, print_json, split_model_argument
+from charrnn.cli.answer import closed_pipe_ends_quietly, print_json, split_model_argument
 from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
 from charrnn.cli.model_options import model_option
@@ -141,11 +142,7 @@ def novelty_command(
                 report = checker.check(line, min_span)
                 with closed_pipe_ends_quietly():
                     if as_json:
-                        click.echo(
-                            json_text({"file": _shown(name), "line": number, **report.to_dict()}).replace(
-                                "\n", ""
-                            )
-                        )
+                        click.echo(_json_line({"file": _shown(name), "line": number, **report.to_dict()}))
                     else:
                         click.echo(_line_summary(report))
         return
@@ -165,6 +162,14 @@ def novelty_command(
     with closed_pipe_ends_quietly():
         for name, report in results:
             click.echo(_report_lines(_shown(name), report))
+
+
+def _json_line(value: dict) -> str:
+    """`value` as JSON on one line, every character shown as itself on a terminal (as `json_text`)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text)
 
 
 def _shown(name: str) -> str:

@@ -29,7 +29,7 @@ trimmed to whole characters; lengths and shares are in characters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,7 +440,7 @@ def open_training_index(
     training: TrainingText | None,
     corpus: str | None = None,
     cache_dir: Path | None = None,
-    on_progress=None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> tuple[NoveltyChecker, list[str]]:
     """A checker over the model's training text (or `corpus`), building its index when not cached.
 
