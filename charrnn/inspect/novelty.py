@@ -183,8 +183,11 @@ class NoveltyChecker:
         self, padded: np.ndarray, query_words: np.ndarray, n: int, start: int, stop: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Match length (capped at PROBE_BYTES) and a corpus position of it, for positions start..stop-1."""
-        count = stop - start
-        positions = np.arange(start, stop, dtype=np.int64)
+        # A match starts on a character: only the positions of a character's first byte are
+        # searched (a third of them in CJK text); the others report no match.
+        leads = np.flatnonzero((padded[start:stop] & 0xC0) != 0x80)
+        count = len(leads)
+        positions = start + leads
         # A branchless lower bound: every position takes the same ceil(log2 N) halvings of one
         # shared width, so each round is a few whole-array operations (no shrinking index sets).
         base = np.zeros(count, dtype=np.int64)
@@ -213,9 +216,11 @@ class NoveltyChecker:
             better = length > best_length[rows]
             best_length[rows[better]] = length[better]
             best_place[rows[better]] = places[better]
-        # A match starts on a character: positions on a continuation byte report none.
-        best_length[(padded[start:stop] & 0xC0) == 0x80] = 0
-        return best_length, best_place
+        lengths = np.zeros(stop - start, dtype=np.int64)
+        lengths[leads] = best_length
+        places_found = np.zeros(stop - start, dtype=np.int64)
+        places_found[leads] = best_place
+        return lengths, places_found
 
     def _suffix_sorts_first(
         self, ranks: np.ndarray, query_words: np.ndarray, positions: np.ndarray
