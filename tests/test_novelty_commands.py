@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_MODEL_OPTIONS, error_lines, run_cli
 
 import charrnn
-from charrnn.cli.explain_html import read_embedded_data
+from charrnn.cli.explain_html import read_novelty_data
 from charrnn.errors import UsageProblem
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
@@ -181,14 +181,14 @@ def test_explain_marks_copied_spans_on_its_page(novelty_run, own_cache, tmp_path
     page = tmp_path / "page.html"
     result = run_cli("explain", str(run), str(source), "--html", str(page), "--novelty")
     assert result.exit_code == 0, result.stderr
-    marks = read_embedded_data(page.read_text(encoding="utf-8"), "novelty-data")
+    marks = read_novelty_data(page.read_text(encoding="utf-8"))
     assert any(
         span["start"] <= 20 and span["start"] + span["length"] == 20 + len(copied) for span in marks["spans"]
     )
     assert marks["longest"]["line"] in (19, 20)
     plain = tmp_path / "plain.html"
     assert run_cli("explain", str(run), str(source), "--html", str(plain)).exit_code == 0
-    assert read_embedded_data(plain.read_text(encoding="utf-8"), "novelty-data") is None
+    assert read_novelty_data(plain.read_text(encoding="utf-8")) is None
     refused = run_cli("explain", str(run), str(source), "--novelty")
     assert refused.exit_code == 2 and "--html" in refused.stderr
 
@@ -203,3 +203,12 @@ def test_model_novelty_in_python(novelty_run, own_cache, tmp_path):
     assert model.novelty(copied, corpus=corpus).longest.length == len(copied)  # type: ignore[union-attr]
     with pytest.raises(UsageProblem, match="str"):
         model.novelty(b"bytes")  # type: ignore[arg-type]
+
+
+def test_copied_text_on_the_page_cannot_break_out_of_its_attribute():
+    from charrnn.cli.explain_html import page_pieces
+
+    hostile = {"spans": [{"start": 0, "length": 9, "text": '"></div><script>alert(1)</script>&amp;'}]}
+    page = "".join(page_pieces(['{"segments": []}'], "t", hostile))
+    assert read_novelty_data(page) == hostile
+    assert page.count("</script>") == 2 and "<script>alert" not in page

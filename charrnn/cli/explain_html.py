@@ -53,11 +53,10 @@ select { font-size: 1em; padding: .2em; max-width: 40em; }
   <label>Colour by <select id="view"></select></label>
   <div class="legend"><span id="low"></span><div class="bar" id="bar"></div><span id="high"></span></div>
 </div>
-<div id="novelty"></div>
+<div id="novelty" data-novelty="__NOVELTY__"></div>
 <div id="text"></div>
 <div id="tip"></div>
 <script type="application/json" id="explain-data">__DATA__</script>
-<script type="application/json" id="novelty-data">__NOVELTY__</script>
 <script>
 "use strict";
 const data = JSON.parse(document.getElementById("explain-data").textContent);
@@ -105,7 +104,7 @@ function paint() {
 select.addEventListener("change", paint);
 // `explain --novelty`: underline the segments inside spans copied from the training text
 // (offsets are in characters, so count code points, not UTF-16 units).
-const novelty = JSON.parse(document.getElementById("novelty-data").textContent);
+const novelty = JSON.parse(document.getElementById("novelty").dataset.novelty);
 const copiedFrom = spans.map(() => null);
 if (novelty) {
   let offset = 0, next = 0;  // spans come in order of start and of end: one sweep
@@ -190,7 +189,8 @@ def page_pieces(
 ) -> Iterator[str]:
     """The page, a piece at a time, around JSON text given a piece at a time (`explanation_json`);
     `novelty` (a `NoveltyReport.to_dict()`) marks the copied spans."""
-    page = PAGE.replace("__NOVELTY__", embed_json(json.dumps(novelty, ensure_ascii=False)))
+    # An attribute, not a script element: its quotes and ampersands escaped, it cannot end early.
+    page = PAGE.replace("__NOVELTY__", html.escape(json.dumps(novelty, ensure_ascii=False), quote=True))
     before, after = page.replace("__TITLE__", html.escape(title)).split("__DATA__")
     yield before
     for piece in json_pieces:
@@ -203,9 +203,15 @@ def render_page(data: dict[str, Any], title: str) -> str:
     return "".join(page_pieces([json.dumps(data, ensure_ascii=False, allow_nan=False)], title))
 
 
-def read_embedded_data(page: str, element: str = "explain-data") -> Any:
-    """The data a page embeds (the inverse of `render_page`, for tests and tools); `novelty-data`
-    is the copied spans (null without --novelty)."""
-    start_tag = f'<script type="application/json" id="{element}">'
+def read_embedded_data(page: str) -> dict[str, Any]:
+    """The data a page embeds (the inverse of `render_page`, for tests and tools)."""
+    start_tag = '<script type="application/json" id="explain-data">'
     start = page.index(start_tag) + len(start_tag)
     return json.loads(page[start : page.index("</script>", start)])
+
+
+def read_novelty_data(page: str) -> Any:
+    """The copied spans a page marks (`explain --html --novelty`; None without --novelty)."""
+    start_tag = '<div id="novelty" data-novelty="'
+    start = page.index(start_tag) + len(start_tag)
+    return json.loads(html.unescape(page[start : page.index('"', start)]))
