@@ -1,0 +1,491 @@
+"""How much of a text is copied from the training text (`charrnn novelty`, `sample --novelty`, the API).
+
+The answer is built from the maximal exact matches of the text against the training text:
+for each position i of the text, the longest prefix of text[i:] found anywhere in the
+training text (its *matching statistic*); a match that is not inside the match of an
+earlier position is a maximal match (a copied span). The figures:
+
+- the longest copied span (its length, its text, the file and line it comes from);
+- the share of the text's characters that lie in copied spans of at least `min_span` characters.
+
+The matching statistics come from the suffix array (`data.suffix_index`), two ways:
+
+1. For every position at once (numpy, a chunk of positions at a time, so the work arrays do
+   not grow with the text): a binary search of the next `PROBE_BYTES` bytes of the text
+   among the sorted suffixes, comparing 8 bytes at a time as big-endian integers; the
+   longest match of a pattern is with one of the two suffixes beside the place it would
+   be inserted, so comparing those two gives the match length when it is shorter than
+   `PROBE_BYTES`. Text that is not copied is settled here.
+2. A position whose match reaches `PROBE_BYTES` is inside a copied passage: an exact binary
+   search of its whole remainder (comparing slices of the mapped text) finds where the
+   match ends, e. Every later position's match ends at e or beyond, and whether it goes
+   beyond is monotone in the position ("text[j:e+1] occurs" is true from some j on), so a
+   binary search over positions finds the next span without visiting the positions in
+   between: a copied passage of any length costs O(log n) searches, not one per position.
+
+Matches are found on UTF-8 bytes (starting only on the first byte of a character) and
+trimmed to whole characters; lengths and shares are in characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charrnn.data.corpus import corpus_files, describe_source, scan_corpus
+from charrnn.data.suffix_index import SuffixIndex, cached_suffix_index, find_cached_index
+from charrnn.errors import CharrnnError, UsageProblem
+from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN
+
+__all__ = [
+    "DEFAULT_MIN_SPAN",
+    "CopiedSpan",
+    "NoveltyReport",
+    "NoveltyChecker",
+    "TrainingText",
+    "training_text_of",
+    "open_training_index",
+]
+
+PROBE_BYTES = 64  # bytes compared for every position at once (8 big-endian words)
+CHUNK_POSITIONS = 16_384  # positions searched together: bounds the work arrays to a few MB
+COMPARE_BYTES = 1 << 16  # an exact comparison reads the text this many bytes at a time
+_WORDS = PROBE_BYTES // 8
+
+
+@dataclass
+class CopiedSpan:
+    """A passage of the text found verbatim in the training text."""
+
+    start: int  # character offset in the text
+    length: int  # characters
+    text: str
+    file: str  # where in the training text (one of the places it occurs)
+    line: int
+    column: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The span as JSON-ready values."""
+        return {
+            "start": self.start,
+            "length": self.length,
+            "text": self.text,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+        }
+
+
+@dataclass
+class NoveltyReport:
+    """What share of a text is copied, and its longest copied span."""
+
+    num_chars: int
+    min_span: int
+    copied_chars: int  # characters inside copied spans of at least min_span characters
+    longest: CopiedSpan | None  # None for an empty text
+    spans: list[CopiedSpan] = field(default_factory=list)  # the maximal spans >= min_span, in order
+
+    @property
+    def copied_share(self) -> float:
+        """copied_chars / num_chars (0 for an empty text)."""
+        return self.copied_chars / self.num_chars if self.num_chars else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values."""
+        return {
+            "chars": self.num_chars,
+            "min_span": self.min_span,
+            "copied_chars": self.copied_chars,
+            "copied_share": round(self.copied_share, 6),
+            "longest": None if self.longest is None else self.longest.to_dict(),
+            "spans": [span.to_dict() for span in self.spans],
+        }
+
+    def summary(self) -> str:
+        """One line for people: the share copied and the longest span."""
+        longest = self.longest
+        if longest is None or longest.length == 0:
+            return f"{self.num_chars:,} chars, nothing found in the training text"
+        return (
+            f"{self.copied_share:.1%} of {self.num_chars:,} chars in copied spans of >= {self.min_span}; "
+            f"longest {longest.length:,} chars from {longest.file}:{longest.line}"
+        )
+
+
+class NoveltyChecker:
+    """Finds the copied spans of texts in one indexed training text (thread-safe: no state per text)."""
+
+    def __init__(self, index: SuffixIndex) -> None:
+        self.index = index
+        text, suffixes = index.open()
+        # Plain views of the maps: indexing an np.memmap goes through a slower Python method.
+        self.text = text.view(np.ndarray)
+        self.suffixes = suffixes.view(np.ndarray)
+        self.num_bytes = index.num_bytes
+        # The big-endian 8-byte word at every byte of the text, without a copy: an unaligned
+        # view with a stride of one byte, so one gather reads a word (the padding reads as zeros).
+        self.words = _word_view(self.text)
+
+    def check(self, text: str, min_span: int = DEFAULT_MIN_SPAN) -> NoveltyReport:
+        """The copied spans of `text` (characters; spans of >= `min_span` count as copied)."""
+        if isinstance(min_span, bool) or not isinstance(min_span, int) or min_span < 1:
+            raise UsageProblem(f"--min-span must be a whole number >= 1, got {min_span!r}")
+        query = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        builder = _ReportBuilder(self, text, query, min_span)
+        for starts, lengths, places in self._maximal_matches(query):
+            builder.add(starts, lengths, places)
+        return builder.report()
+
+    # -- the maximal matches, in bytes ----------------------------------------------------
+
+    def _maximal_matches(self, query: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(byte starts, byte lengths, corpus positions) of the maximal matches, left to right, in batches."""
+        n = len(query)
+        if n == 0 or self.num_bytes == 0:
+            return
+        padded = np.concatenate([query, np.zeros(PROBE_BYTES + 8, dtype=np.uint8)])
+        query_words = _word_view(padded)
+        reach = 0  # where the last maximal match ends
+        position = 0
+        while position < n:
+            stop = min(n, position + CHUNK_POSITIONS)
+            lengths, places = self._probe(padded, query_words, n, position, stop)
+            cursor = position
+            while cursor < stop:
+                offset = cursor - position
+                long_at = np.flatnonzero(lengths[offset:] >= PROBE_BYTES)
+                short_stop = stop if not len(long_at) else cursor + int(long_at[0])
+                if short_stop > cursor:
+                    # Exact already. A match is maximal when it ends past every earlier one.
+                    segment = lengths[offset : short_stop - position]
+                    ends = np.arange(cursor, short_stop) + segment
+                    before = np.maximum.accumulate(np.concatenate([[reach], ends[:-1]]))
+                    found = np.flatnonzero((ends > before) & (segment > 0))
+                    if len(found):
+                        yield cursor + found, segment[found], places[offset + found]
+                    reach = max(reach, int(ends.max()))
+                if short_stop == stop:
+                    cursor = stop
+                    break
+                length, place = self._longest_match(padded, short_stop, n - short_stop)
+                if short_stop + length > reach:
+                    yield np.array([short_stop]), np.array([length]), np.array([place])
+                    reach = short_stop + length
+                cursor = self._next_extension(padded, n, short_stop, short_stop + length)
+            position = cursor
+
+    def _probe(
+        self, padded: np.ndarray, query_words: np.ndarray, n: int, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Match length (capped at PROBE_BYTES) and a corpus position of it, for positions start..stop-1."""
+        # A match starts on a character: only the positions of a character's first byte are
+        # searched (a third of them in CJK text); the others report no match.
+        leads = np.flatnonzero((padded[start:stop] & 0xC0) != 0x80)
+        count = len(leads)
+        positions = start + leads
+        # A branchless lower bound: every position takes the same ceil(log2 N) halvings of one
+        # shared width, so each round is a few whole-array operations (no shrinking index sets).
+        base = np.zeros(count, dtype=np.int64)
+        width = self.num_bytes
+        while width > 1:
+            half = width // 2
+            probe = base + half
+            base = np.where(self._suffix_sorts_first(probe, query_words, positions), probe, base)
+            width -= half
+        lo = base + self._suffix_sorts_first(base, query_words, positions)
+        best_length = np.zeros(count, dtype=np.int64)
+        best_place = np.zeros(count, dtype=np.int64)
+        limit = np.minimum(PROBE_BYTES, n - positions)
+        for neighbour in (lo - 1, lo):
+            rows = np.flatnonzero((neighbour >= 0) & (neighbour < self.num_bytes))
+            places = self.suffixes[neighbour[rows]].astype(np.int64)
+            length = np.zeros(len(rows), dtype=np.int64)
+            same = np.arange(len(rows))  # rows whose words matched so far
+            for word in range(_WORDS):
+                differ = self.words[places[same] + 8 * word] ^ query_words[positions[rows[same]] + 8 * word]
+                length[same] += _equal_leading_bytes(differ.astype(np.uint64))
+                same = same[differ == 0]
+                if not len(same):
+                    break
+            length = np.minimum(np.minimum(length, limit[rows]), self.num_bytes - places)
+            better = length > best_length[rows]
+            best_length[rows[better]] = length[better]
+            best_place[rows[better]] = places[better]
+        lengths = np.zeros(stop - start, dtype=np.int64)
+        lengths[leads] = best_length
+        places_found = np.zeros(stop - start, dtype=np.int64)
+        places_found[leads] = best_place
+        return lengths, places_found
+
+    def _suffix_sorts_first(
+        self, ranks: np.ndarray, query_words: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """Whether the suffix at each rank sorts before the text's next PROBE_BYTES bytes at each position
+        (words compared in order, the later words only where the earlier ones are equal)."""
+        places = self.suffixes[ranks].astype(np.int64)
+        before = np.zeros(len(ranks), dtype=bool)
+        tied = np.arange(len(ranks))
+        for word in range(_WORDS):
+            corpus_word = self.words[places[tied] + 8 * word]
+            text_word = query_words[positions[tied] + 8 * word]
+            before[tied] = corpus_word < text_word
+            tied = tied[corpus_word == text_word]
+            if not len(tied):
+                break
+        return before
+
+    # -- exact searches of long matches ---------------------------------------------------
+
+    def _compare(self, padded: np.ndarray, at: int, length: int, place: int, skip: int) -> tuple[int, int]:
+        """(common prefix, order) of text[at:at+length] and the suffix at `place`; the first `skip`
+        bytes are known equal. order: -1 text first or a prefix of the suffix, +1 suffix first."""
+        common = skip
+        step = 64  # most comparisons end within a few bytes: read little first, more each round
+        while common < length:
+            room = min(step, length - common, self.num_bytes - place - common)
+            step = min(step * 16, COMPARE_BYTES)
+            if room <= 0:
+                return common, 1  # the suffix ended first: it sorts first
+            mine = padded[at + common : at + common + room]
+            theirs = np.asarray(self.text[place + common : place + common + room])
+            differ = np.flatnonzero(mine != theirs)
+            if len(differ):
+                common += int(differ[0])
+                return common, -1 if mine[differ[0]] < theirs[differ[0]] else 1
+            common += room
+        return common, -1
+
+    def _longest_match(self, padded: np.ndarray, at: int, length: int) -> tuple[int, int]:
+        """The longest prefix of text[at:at+length] in the training text: (its length, a corpus position)."""
+        lo, hi = 0, self.num_bytes
+        low_common = high_common = 0  # common prefix with the suffixes at lo-1 and hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            place = int(self.suffixes[mid])
+            common, order = self._compare(padded, at, length, place, min(low_common, high_common))
+            if order > 0:
+                lo, low_common = mid + 1, common
+            else:
+                hi, high_common = mid, common
+        best, best_place = 0, 0
+        for neighbour in (lo - 1, lo):
+            if 0 <= neighbour < self.num_bytes:
+                place = int(self.suffixes[neighbour])
+                common, _ = self._compare(padded, at, length, place, 0)
+                if common > best:
+                    best, best_place = common, place
+        return best, best_place
+
+    def _next_extension(self, padded: np.ndarray, n: int, start: int, end: int) -> int:
+        """Where to go on after a long match text[start:end]: the first later position whose match
+        ends past `end` when that position's match is long too, else the first one whose match
+        the vectorised probe can settle (`end - PROBE_BYTES + 1`)."""
+        if end >= n:
+            return n  # no later match can end past the text
+
+        def extends(position: int) -> bool:
+            wanted = end + 1 - position
+            return self._longest_match(padded, position, wanted)[0] == wanted
+
+        last = end - PROBE_BYTES  # later positions have matches shorter than the probe, or end past `end`
+        if last <= start:
+            return start + 1
+        # Exponential then binary search for the first position where `extends` holds (monotone).
+        step, low, high = 1, start, None
+        while high is None:
+            candidate = min(start + step, last)
+            if extends(candidate):
+                high = candidate
+            elif candidate == last:
+                return last + 1
+            else:
+                low = candidate
+                step *= 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if extends(middle):
+                high = middle
+            else:
+                low = middle
+        return high
+
+
+_BYTE_LIMITS = np.array([1 << (8 * k) for k in range(1, 8)], dtype=np.uint64)
+
+
+def _equal_leading_bytes(differ: np.ndarray) -> np.ndarray:
+    """How many leading bytes two big-endian words share, from their XOR (8 when equal)."""
+    return np.where(differ == 0, 8, 7 - np.searchsorted(_BYTE_LIMITS, differ, side="right"))
+
+
+def _word_view(data: np.ndarray) -> np.ndarray:
+    """The big-endian uint64 starting at each byte of `data` (all but the last 7 bytes), no copy."""
+    return np.ndarray(shape=(max(0, len(data) - 7),), dtype=">u8", buffer=data, strides=(1,))
+
+
+class _ReportBuilder:
+    """Turns maximal byte matches into character spans, the copied share and the longest span."""
+
+    def __init__(self, checker: NoveltyChecker, text: str, query: np.ndarray, min_span: int) -> None:
+        self.checker = checker
+        self.text = text
+        self.query = query
+        self.min_span = min_span
+        self.byte_mark = 0  # the characters before byte `byte_mark` number `char_mark`
+        self.char_mark = 0
+        self.covered_to = 0  # characters up to here are already counted as copied
+        self.copied = 0
+        self.longest: tuple[int, int, int] | None = None  # char start, char length, corpus position
+        self.spans: list[tuple[int, int, int]] = []
+
+    def add(self, starts: np.ndarray, lengths: np.ndarray, places: np.ndarray) -> None:
+        """A batch of maximal matches: byte starts (each a character's first byte), byte lengths."""
+        ends = starts + lengths
+        # Trim a match that ends inside a character back to that character's start (<= 3 bytes).
+        for _ in range(3):
+            inside = (ends > starts) & (ends < len(self.query))
+            inside[inside] &= (self.query[ends[inside]] & 0xC0) == 0x80
+            ends = ends - inside
+        # Characters before each byte offset, counted on from the previous batch's last start.
+        first, last = self.byte_mark, int(ends.max())
+        leads = np.concatenate([[0], np.cumsum((self.query[first:last] & 0xC0) != 0x80)]) + self.char_mark
+        char_starts = leads[starts - first]
+        char_lengths = leads[ends - first] - char_starts
+        # Later matches start after this batch's last start (they may start before its ends).
+        self.byte_mark, self.char_mark = int(starts[-1]), int(char_starts[-1])
+        best = int(np.argmax(char_lengths))
+        if char_lengths[best] > 0 and (self.longest is None or char_lengths[best] > self.longest[1]):
+            self.longest = (int(char_starts[best]), int(char_lengths[best]), int(places[best]))
+        for at in np.flatnonzero(char_lengths >= self.min_span).tolist():
+            char_start, char_length = int(char_starts[at]), int(char_lengths[at])
+            self.spans.append((char_start, char_length, int(places[at])))
+            char_end = char_start + char_length
+            self.copied += max(0, char_end - max(char_start, self.covered_to))
+            self.covered_to = max(self.covered_to, char_end)
+
+    def _span(self, char_start: int, char_length: int, place: int) -> CopiedSpan:
+        file, line, column = self.checker.index.locate(self.checker.text, place)
+        return CopiedSpan(
+            start=char_start,
+            length=char_length,
+            text=self.text[char_start : char_start + char_length],
+            file=file,
+            line=line,
+            column=column,
+        )
+
+    def report(self) -> NoveltyReport:
+        if self.longest is None:
+            longest = None if not self.text else CopiedSpan(0, 0, "", "", 0, 0)
+        else:
+            longest = self._span(*self.longest)
+        return NoveltyReport(
+            num_chars=len(self.text),
+            min_span=self.min_span,
+            copied_chars=self.copied,
+            longest=longest,
+            spans=[self._span(*span) for span in self.spans],
+        )
+
+
+# -- which training text --------------------------------------------------------------------
+
+
+@dataclass
+class TrainingText:
+    """What a model says about the text it trained on."""
+
+    source: str | None  # the corpus path the run read (None: the weights do not say)
+    fingerprint: str | None
+    val_fraction: float
+    name: str | None  # the corpus's short name (the cache entry's name)
+
+
+def training_text_of(weights: Path) -> TrainingText:
+    """The training text of a model: its fingerprint and split from the weights' metadata, its path
+    from the run's state file beside them (weights copied elsewhere do not know it)."""
+    from charrnn.store.checkpoint import load_training_state
+    from charrnn.store.describe import describe_weights
+    from charrnn.store.run_dir import RunDir
+
+    training = describe_weights(Path(weights))["training"]
+    train_config = training.get("train_config") or {}
+    val_fraction = train_config.get("val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
+        val_fraction = 0.1
+    fingerprint, source = training.get("corpus_fingerprint"), None
+    state_path = RunDir(Path(weights).parent).state
+    if state_path.is_file():
+        try:
+            state = load_training_state(state_path)
+        except CharrnnError:
+            state = {}
+        if isinstance(state.get("corpus_source"), str) and state["corpus_source"]:
+            source = state["corpus_source"]
+        if fingerprint is None and isinstance(state.get("corpus_fingerprint"), str):
+            fingerprint = state["corpus_fingerprint"]
+    return TrainingText(
+        source=source,
+        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        val_fraction=float(val_fraction),
+        name=training.get("corpus") if isinstance(training.get("corpus"), str) else None,
+    )
+
+
+def _point_at_it(where: str) -> str:
+    return f"{where}: point at it with --corpus PATH"
+
+
+def open_training_index(
+    training: TrainingText | None,
+    corpus: str | None = None,
+    cache_dir: Path | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> tuple[NoveltyChecker, list[str]]:
+    """A checker over the model's training text (or `corpus`), building its index when not cached.
+
+    Returns the checker and notes for the user (e.g. "--corpus is not the text the model trained
+    on"). A training text that is gone, moved or changed raises one `CharrnnError` saying where
+    it was expected and how to point at it.
+    """
+    notes: list[str] = []
+    if corpus is None:
+        if training is None or training.fingerprint is None:
+            raise CharrnnError(_point_at_it("this model does not record its training text"))
+        cached = find_cached_index(training.fingerprint, training.val_fraction, cache_dir)
+        if cached is not None:
+            return NoveltyChecker(cached), notes  # found by its hash: the corpus itself is not read
+        if training.source is None or training.source == "-":
+            where = "was read from standard input" if training.source == "-" else "is not recorded"
+            raise CharrnnError(
+                _point_at_it(f"the training text of this model {where} and is not in the cache")
+            )
+        try:
+            scan = scan_corpus(corpus_files(training.source), None)
+        except CharrnnError:
+            raise CharrnnError(
+                _point_at_it(
+                    f"the training text of this model was expected at {training.source} but is not there"
+                )
+            ) from None
+        if scan.fingerprint != training.fingerprint:
+            raise CharrnnError(
+                _point_at_it(f"the training text at {training.source} changed since this model trained on it")
+            )
+        index, _ = cached_suffix_index(scan, training.val_fraction, cache_dir, on_progress)
+        return NoveltyChecker(index), notes
+    scan = scan_corpus(corpus_files(corpus), None)
+    if training is not None and training.fingerprint == scan.fingerprint:
+        index, _ = cached_suffix_index(scan, training.val_fraction, cache_dir, on_progress)
+    else:
+        if training is not None and training.fingerprint is not None:
+            notes.append(
+                f"{describe_source(corpus)} is not the text this model trained on: checking against all of it"
+            )
+        index, _ = cached_suffix_index(scan, None, cache_dir, on_progress)
+    return NoveltyChecker(index), notes
