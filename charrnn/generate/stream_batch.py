@@ -20,6 +20,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ class Stream:
     ) -> None:
         self.prompt, self.config, self.seed, self.max_tokens = prompt, config, seed, max_tokens
         self.logprobs = logprobs
-        self.tag = tag  # the owner's label (the server: the request and choice it belongs to)
+        self.tag = tag  # the owner's label (the server: the choice's index)
+        self.sink: Any = None  # where the runner sends this stream's updates (the server's request)
         self.generator = torch.Generator().manual_seed(seed)
         self.start_ids, self.echo = _start_tokens(tokenizer, prompt, self.generator)
         self.uniforms = UniformStream(self.generator)
