@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from charrnn.cli.group import cli
+from charrnn.cli.group import Terminated, cli
 from charrnn.errors import UsageProblem
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
@@ -134,5 +134,8 @@ def serve(
             file=sys.stderr,
         )
     _check_can_listen(host, port)
-    server.run()
+    try:
+        server.run()
+    except (KeyboardInterrupt, Terminated):
+        pass  # uvicorn has already stopped: it passes the signal on once it has shut down
     print("Stopped.", file=sys.stderr)

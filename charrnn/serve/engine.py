@@ -47,6 +47,7 @@ class Engine:
         self.streams_queued = 0  # submitted, waiting for a slot
         self.streams_cancelled = 0
         self.streams_finished = 0
+        self.peak_streams_in_flight = 0  # the largest batch so far
         self._reserved = 0  # streams submitted and not yet finished
         self._lock = threading.Lock()
         self._incoming: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -93,6 +94,7 @@ class Engine:
             "streams_queued": self.streams_queued,
             "streams_finished": self.streams_finished,
             "streams_cancelled": self.streams_cancelled,
+            "peak_streams_in_flight": self.peak_streams_in_flight,
             "steps": self.steps,
             "max_streams": self.max_streams,
             "max_queued": self.max_queued,
@@ -157,6 +159,7 @@ class Engine:
                 job.sink(error)
                 continue
             self.streams_in_flight = len(batch.streams)
+            self.peak_streams_in_flight = max(self.peak_streams_in_flight, self.streams_in_flight)
 
     def _deliver(self, updates: list[StreamUpdate]) -> None:
         by_sink: dict[int, tuple[Sink, list[StreamUpdate]]] = {}
