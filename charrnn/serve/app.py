@@ -195,20 +195,26 @@ class _Answer:
     def _echo(self, stream: Stream) -> str:
         return stream.prompt if self.request.echo else ""
 
-    async def _updates(self, request: Request) -> AsyncIterator[StreamUpdate]:
-        """Every stream's updates until all have ended; a client that goes away cancels them."""
+    async def _updates(self, request: Request) -> AsyncIterator[list[StreamUpdate]]:
+        """Every stream's updates, as many as have arrived at a time, until all have ended; a client
+        that goes away cancels them."""
         watcher = asyncio.ensure_future(_wait_for_disconnect(request))
         watcher.add_done_callback(lambda _: self.server.engine.cancel(self.streams))
         try:
             remaining = len(self.streams)
             while remaining:
-                item = await self.updates.get()
-                if isinstance(item, BaseException):
-                    raise item
-                for update in item:
-                    if update.finish_reason is not None:
-                        remaining -= 1
-                    yield update
+                items = [await self.updates.get()]
+                while not self.updates.empty():  # a backlog goes out as one write
+                    items.append(self.updates.get_nowait())
+                arrived: list[StreamUpdate] = []
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                    arrived.extend(item)
+                remaining -= sum(update.finish_reason is not None for update in arrived)
+                yield arrived
+                # Let the loop run other work (a disconnect, /health) even when updates never stop coming.
+                await asyncio.sleep(0)
         finally:
             watcher.cancel()
             unfinished = [stream for stream in self.streams if stream.finish_reason is None]
@@ -220,9 +226,10 @@ class _Answer:
         texts = [[self._echo(stream)] for stream in self.streams]
         tokens: list[list] = [[] for _ in self.streams]
         try:
-            async for update in self._updates(request):
-                texts[update.stream.tag].append(update.text)
-                tokens[update.stream.tag].extend(update.tokens)
+            async for arrived in self._updates(request):
+                for update in arrived:
+                    texts[update.stream.tag].append(update.text)
+                    tokens[update.stream.tag].extend(update.tokens)
         except CharrnnError as error:
             raise ApiError(500, str(error), type="server_error") from None
         choices = []
@@ -239,26 +246,32 @@ class _Answer:
             choices.append(choice)
         return {**self._envelope(choices), "usage": self._usage()}
 
+    def _chunk(self, update: StreamUpdate) -> str:
+        if not update.text and not update.tokens and update.finish_reason is None:
+            return ""
+        choice: dict[str, Any] = {
+            "text": update.text,
+            "index": update.stream.tag,
+            "logprobs": None,
+            "finish_reason": update.finish_reason,
+        }
+        if self.request.logprobs is not None:
+            choice["logprobs"] = logprobs_object(update.tokens, len(self._echo(update.stream)))
+        return _sse(self._envelope([choice]))
+
     async def events(self, request: Request) -> AsyncIterator[str]:
         """The streamed answer: server-sent events, then `data: [DONE]`."""
         for stream in self.streams:  # each choice opens with its seed (and its prompt, with echo)
             opening = {"text": self._echo(stream), "index": stream.tag, "logprobs": None, "finish_reason": None}
             yield _sse(self._envelope([{**opening, "seed": stream.seed}]))
         try:
-            async for update in self._updates(request):
-                if update.finish_reason == CANCELLED:
+            async for arrived in self._updates(request):
+                if any(update.finish_reason == CANCELLED for update in arrived):
                     return  # the server is stopping: the stream closes without [DONE]
-                if not update.text and not update.tokens and update.finish_reason is None:
-                    continue
-                choice: dict[str, Any] = {
-                    "text": update.text,
-                    "index": update.stream.tag,
-                    "logprobs": None,
-                    "finish_reason": update.finish_reason,
-                }
-                if self.request.logprobs is not None:
-                    choice["logprobs"] = logprobs_object(update.tokens, len(self._echo(update.stream)))
-                yield _sse(self._envelope([choice]))
+                events = [self._chunk(update) for update in arrived]
+                text = "".join(event for event in events if event)
+                if text:
+                    yield text
         except CharrnnError as error:
             yield _sse(ApiError(500, str(error), type="server_error").body())
             return
