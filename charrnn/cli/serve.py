@@ -125,6 +125,7 @@ def serve(
         limits=Limits(max_tokens=max_tokens, max_n=max_n),
     )
     server = build_server(model.module, model.tokenizer, name, host, port, settings)
+    _check_can_listen(host, port)
     shown_host = f"[{host}]" if ":" in host else host
     print(f"Serving {name} at http://{shown_host}:{port}/ (the API under /v1; Ctrl-C stops)", file=sys.stderr)
     if not _is_loopback(host) and api_key is None:
@@ -133,7 +134,6 @@ def serve(
             "reach it can use the model.",
             file=sys.stderr,
         )
-    _check_can_listen(host, port)
     try:
         server.run()
     except (KeyboardInterrupt, Terminated):
