@@ -19,6 +19,7 @@ LAYERS = [
     {"generate", "inspect"},
     {"training"},
     {"api", "__init__"},
+    {"serve"},
     {"cli", "__main__"},
 ]
 

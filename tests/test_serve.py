@@ -133,7 +133,9 @@ def test_32_concurrent_streams_all_complete_each_as_it_is_alone(server, loaded):
 
     texts = asyncio.run(all_of_them())
     for body, text in zip(requests, texts):
-        assert text == _alone(loaded, body["prompt"], body["seed"], body["max_tokens"], temperature=body["temperature"])
+        assert text == _alone(
+            loaded, body["prompt"], body["seed"], body["max_tokens"], temperature=body["temperature"]
+        )
     assert engine.peak_streams_in_flight > 1  # they shared steps
 
 
@@ -145,7 +147,10 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(server):
     url, engine = server
     cancelled_before = _health(url)["streams_cancelled"]
     body = {"prompt": "the ", "max_tokens": 1_000_000, "stream": True, "seed": 1}
-    with httpx.Client(timeout=30) as http, http.stream("POST", url + "/v1/completions", json=body) as response:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", url + "/v1/completions", json=body) as response,
+    ):
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
@@ -163,7 +168,10 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(server):
 def test_health_answers_while_streams_are_written(server):
     url, _ = server
     body = {"prompt": "the ", "max_tokens": 1_000_000, "stream": True, "seed": 1}
-    with httpx.Client(timeout=30) as http, http.stream("POST", url + "/v1/completions", json=body) as response:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream("POST", url + "/v1/completions", json=body) as response,
+    ):
         lines = response.iter_lines()
         for _ in range(5):  # past the opening chunk: the stream is being written
             next(lines)
@@ -203,7 +211,9 @@ BAD_BODIES = [
 
 
 @pytest.mark.parametrize(("body", "status", "param", "phrase"), BAD_BODIES)
-def test_bad_input_is_one_clear_openai_error_and_the_server_keeps_serving(server, body, status, param, phrase):
+def test_bad_input_is_one_clear_openai_error_and_the_server_keeps_serving(
+    server, body, status, param, phrase
+):
     url, _ = server
     response = httpx.post(url + "/v1/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status
@@ -252,9 +262,10 @@ def test_api_key_queue_limit_and_cors(loaded):
         assert keyed.completions.create(model="x", prompt="the ", max_tokens=4).choices[0].text
         headers = {"Authorization": "Bearer sesame"}
         body = {"prompt": "the ", "max_tokens": 1_000_000, "stream": True}
-        with httpx.Client(timeout=30) as http, http.stream(
-            "POST", url + "/v1/completions", json=body, headers=headers
-        ) as long_one:
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", url + "/v1/completions", json=body, headers=headers) as long_one,
+        ):
             lines = long_one.iter_lines()  # kept: a dropped iterator closes the connection
             next(lines)
             busy = httpx.post(url + "/v1/completions", json={"prompt": "the "}, headers=headers)
@@ -293,7 +304,11 @@ def test_charrnn_serve_prints_its_url_serves_the_page_and_stops_on_sigterm(train
             except httpx.TransportError:
                 assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()  # type: ignore[union-attr]
                 time.sleep(0.2)
-        assert page.status_code == 200 and "<textarea" in page.text and "http" not in page.text.split("<script>")[1]
+        assert (
+            page.status_code == 200
+            and "<textarea" in page.text
+            and "http" not in page.text.split("<script>")[1]
+        )
         assert "run" in page.text  # the model's name (its run directory)
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
@@ -302,7 +317,10 @@ def test_charrnn_serve_prints_its_url_serves_the_page_and_stops_on_sigterm(train
             process.kill()
     assert process.returncode == 0, stderr
     assert stdout == b""
-    assert stderr.decode().splitlines() == [f"Serving run at {url}/ (the API under /v1; Ctrl-C stops)", "Stopped."]
+    assert stderr.decode().splitlines() == [
+        f"Serving run at {url}/ (the API under /v1; Ctrl-C stops)",
+        "Stopped.",
+    ]
 
 
 def test_charrnn_serve_refuses_a_taken_port_in_one_line(trained_run):

@@ -75,7 +75,9 @@ def test_text_that_may_start_a_stop_string_is_held_back_until_decided(loaded):
     batch = StreamBatch(loaded.model, loaded.tokenizer)
     # The pattern model writes "the quick brown fox ..." after "jumps over ": "the la" is
     # held while it could still become "the lazy dog" and never released.
-    stream = Stream(loaded.tokenizer, "jumps over ", SampleConfig(greedy=True, stop=("the lazy dog",)), 1, 200)
+    stream = Stream(
+        loaded.tokenizer, "jumps over ", SampleConfig(greedy=True, stop=("the lazy dog",)), 1, 200
+    )
     batch.add([stream])
     pieces = []
     while len(batch):

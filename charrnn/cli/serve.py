@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 
@@ -32,7 +33,9 @@ def _check_can_listen(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(infos[0][4])
     except OSError as error:
-        raise UsageProblem(f"cannot listen on {host}:{port}: {error.strerror or error} (try another --port)") from None
+        raise UsageProblem(
+            f"cannot listen on {host}:{port}: {error.strerror or error} (try another --port)"
+        ) from None
 
 
 def _model_name(weights_path) -> str:
@@ -42,8 +45,12 @@ def _model_name(weights_path) -> str:
 
 @cli.command()
 @click.argument("checkpoint", metavar="[MODEL]", required=False)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on."
+)
 @click.option(
     "--api-key",
     envvar="CHARRNN_API_KEY",
@@ -59,7 +66,11 @@ def _model_name(weights_path) -> str:
     help="Let pages from ORIGIN (e.g. http://localhost:3000, or *) call the API; repeatable. Default: none.",
 )
 @click.option(
-    "--max-tokens", type=click.IntRange(1), default=4096, show_default=True, help="Largest max_tokens a request may ask."
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=4096,
+    show_default=True,
+    help="Largest max_tokens a request may ask.",
 )
 @click.option(
     "--max-n", type=click.IntRange(1), default=16, show_default=True, help="Most completions in one request."
@@ -79,7 +90,11 @@ def _model_name(weights_path) -> str:
     help="Streams waiting for a slot; beyond them requests get 429.",
 )
 @click.option(
-    "--max-body", type=click.IntRange(1), default=1024 * 1024, show_default=True, help="Largest request body, bytes."
+    "--max-body",
+    type=click.IntRange(1),
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest request body, bytes.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 def serve(
@@ -134,8 +149,7 @@ def serve(
             "reach it can use the model.",
             file=sys.stderr,
         )
-    try:
+    # uvicorn handles Ctrl-C and SIGTERM itself; once it has shut down it passes the signal on.
+    with contextlib.suppress(KeyboardInterrupt, Terminated):
         server.run()
-    except (KeyboardInterrupt, Terminated):
-        pass  # uvicorn has already stopped: it passes the signal on once it has shut down
     print("Stopped.", file=sys.stderr)

@@ -79,7 +79,7 @@ class Stream:
         seed: int,
         max_tokens: int,
         logprobs: int | None = None,
-        tag: object = None,
+        tag: Any = None,
     ) -> None:
         self.prompt, self.config, self.seed, self.max_tokens = prompt, config, seed, max_tokens
         self.logprobs = logprobs

@@ -99,7 +99,9 @@ def _sse(data: dict | str) -> str:
 class CompletionServer:
     """The state the routes share: the model, its engine and the settings."""
 
-    def __init__(self, model: CharRNN, tokenizer: Tokenizer, model_name: str, settings: ServeSettings) -> None:
+    def __init__(
+        self, model: CharRNN, tokenizer: Tokenizer, model_name: str, settings: ServeSettings
+    ) -> None:
         self.tokenizer, self.model_name, self.settings = tokenizer, model_name, settings
         self.engine = Engine(model, tokenizer, settings.max_streams, settings.max_queued)
         self.started = int(time.time())
@@ -262,7 +264,12 @@ class _Answer:
     async def events(self, request: Request) -> AsyncIterator[str]:
         """The streamed answer: server-sent events, then `data: [DONE]`."""
         for stream in self.streams:  # each choice opens with its seed (and its prompt, with echo)
-            opening = {"text": self._echo(stream), "index": stream.tag, "logprobs": None, "finish_reason": None}
+            opening = {
+                "text": self._echo(stream),
+                "index": stream.tag,
+                "logprobs": None,
+                "finish_reason": None,
+            }
             yield _sse(self._envelope([{**opening, "seed": stream.seed}]))
         try:
             async for arrived in self._updates(request):

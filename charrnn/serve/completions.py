@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charrnn.config import SampleConfig
-from charrnn.data.tokenizer_interface import describe_char
 from charrnn.data.tokenizers import Tokenizer
 from charrnn.errors import CharrnnError
 from charrnn.generate.sampler import draw_seed, sample_seed
@@ -128,7 +127,8 @@ def _checked_text(tokenizer: Tokenizer, text: str, what: str, param: str) -> Non
     try:
         tokenizer.check_encodable(text, what)
     except CharrnnError as error:
-        raise bad_request(f"{error}; the model can only read and write the characters of its corpus", param)
+        message = f"{error}; the model can only read and write the characters of its corpus"
+        raise bad_request(message, param) from None
 
 
 def _prompts(body: dict, tokenizer: Tokenizer) -> list[str]:
@@ -190,8 +190,7 @@ def parse_completion_request(raw: bytes, tokenizer: Tokenizer, limits: Limits) -
     assert max_tokens is not None and n is not None
     if len(prompts) * n > limits.max_n:
         raise bad_request(
-            f"a request asks for at most {limits.max_n} completions (prompts x n), "
-            f"got {len(prompts)} x {n}",
+            f"a request asks for at most {limits.max_n} completions (prompts x n), got {len(prompts)} x {n}",
             "n",
         )
     temperature = _number(body, "temperature", 0.0, 100.0, 1.0)

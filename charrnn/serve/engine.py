@@ -23,7 +23,7 @@ from charrnn.generate.blas_threads import blas_threads_restored
 from charrnn.generate.stream_batch import CANCELLED, Stream, StreamBatch, StreamUpdate
 from charrnn.model import CharRNN
 
-Sink = Callable[[list[StreamUpdate] | BaseException], None]
+Sink = Callable[[list[StreamUpdate] | BaseException], object]
 
 
 class Busy(Exception):
@@ -39,7 +39,9 @@ class _Job:
 class Engine:
     """Continuous batching over one model: `submit` and `cancel` from any thread, steps on its own."""
 
-    def __init__(self, model: CharRNN, tokenizer: Tokenizer, max_streams: int = 32, max_queued: int = 64) -> None:
+    def __init__(
+        self, model: CharRNN, tokenizer: Tokenizer, max_streams: int = 32, max_queued: int = 64
+    ) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_streams, self.max_queued = max_streams, max_queued
         self.steps = 0  # batched steps run so far
