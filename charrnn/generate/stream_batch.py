@@ -17,7 +17,7 @@ which other streams share the batch, and a seed reproduces it.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,8 @@ from charrnn.generate.stop_strings import StopMatcher
 from charrnn.generate.token_choice import TokenChooser, UniformStream
 from charrnn.model import CharRNN, State, read_tokens
 
+WARM_CACHE_ENTRIES = 64  # prompts whose reading is kept (a state and a logits row each)
+WARM_CACHE_MAX_CHARS = 4096  # longer prompts are read each time
 FINISHED_AT_STOP = "stop"
 FINISHED_AT_LENGTH = "length"
 CANCELLED = "cancelled"
@@ -131,6 +133,9 @@ class StreamBatch:
         self.streams: list[Stream] = []
         self._logits = np.zeros((0, self.stepper.vocab_size), np.float32)  # each stream's next-token logits
         self._choosers: dict[tuple, TokenChooser] = {}
+        # Prompts read lately, (logits, state) by start ids: a page or a client that sends the same
+        # prompt again joins without reading it again (the numbers are the same either way).
+        self._warmed: OrderedDict[tuple, tuple[np.ndarray, State]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -142,15 +147,31 @@ class StreamBatch:
         states: list[State] = [self.stepper.state()] if self.streams else []
         rows = [self._logits] if self.streams else []
         for stream in streams:
-            last_logits, state = read_tokens(self.model, stream.start_pieces(self.tokenizer))
-            row = last_logits.float().numpy().copy()
-            if self.banned:
-                row[:, self.banned] = float("-inf")
+            row, state = self._warm(stream)
             rows.append(row)
             states.append(state)
         self.stepper.load_state(_concatenate_states(states))
         self._logits = np.concatenate(rows)
         self.streams.extend(streams)
+
+    def _warm(self, stream: Stream) -> tuple[np.ndarray, State]:
+        key = None
+        if stream.start_ids is not None:
+            key = ("ids", *stream.start_ids.tolist())
+        elif len(stream.prompt) <= WARM_CACHE_MAX_CHARS:
+            key = ("text", stream.prompt)
+        if key is not None and key in self._warmed:
+            self._warmed.move_to_end(key)
+            return self._warmed[key]
+        last_logits, state = read_tokens(self.model, stream.start_pieces(self.tokenizer))
+        row = last_logits.float().numpy().copy()
+        if self.banned:
+            row[:, self.banned] = float("-inf")
+        if key is not None:
+            self._warmed[key] = (row, state)
+            if len(self._warmed) > WARM_CACHE_ENTRIES:
+                self._warmed.popitem(last=False)
+        return row, state
 
     @staticmethod
     def cancel(stream: Stream) -> None:

@@ -8,6 +8,8 @@ answered while generation runs.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hmac
 import json
 import time
@@ -96,6 +98,37 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
+class _Mailbox:
+    """One request's updates from the worker thread. The loop is woken once for however many
+    arrived meanwhile, so a busy loop is not asked to wake for every step of every request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[list[StreamUpdate] | BaseException] = collections.deque()
+        self._ready = asyncio.Event()
+        self._woken = False  # a wake-up is on its way (set by the worker, cleared by the loop)
+
+    def put(self, item: list[StreamUpdate] | BaseException) -> None:
+        """Called by the worker thread."""
+        self._items.append(item)
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def take(self) -> list[list[StreamUpdate] | BaseException]:
+        """Everything that has arrived, waiting for at least one item."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            self._woken = False
+            items = []
+            while self._items:
+                items.append(self._items.popleft())
+            if items:
+                return items
+
+
 class CompletionServer:
     """The state the routes share: the model, its engine and the settings."""
 
@@ -125,10 +158,9 @@ class CompletionServer:
             streams = parsed.make_streams(self.tokenizer)
         except CharrnnError as error:
             raise ApiError(400, str(error), param="prompt") from None
-        updates: asyncio.Queue[list[StreamUpdate] | BaseException] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
+        updates = _Mailbox(asyncio.get_running_loop())
         try:
-            self.engine.submit(streams, lambda item: loop.call_soon_threadsafe(updates.put_nowait, item))
+            self.engine.submit(streams, updates.put)
         except Busy:
             raise ApiError(
                 429,
@@ -173,11 +205,17 @@ class _Answer:
         server: CompletionServer,
         request: CompletionRequest,
         streams: list[Stream],
-        updates: asyncio.Queue[list[StreamUpdate] | BaseException],
+        updates: _Mailbox,
     ) -> None:
         self.server, self.request, self.streams, self.updates = server, request, streams, updates
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        # A streamed chunk is this, the text, then the rest of its choice: written out by hand, as
+        # json.dumps of the whole envelope for every token of every stream is most of the loop's work.
+        self._chunk_start = (
+            f'data: {{"id": "{self.id}", "object": "text_completion", "created": {self.created}, '
+            f'"model": {json.dumps(server.model_name)}, "choices": [{{"text": '
+        )
 
     def _envelope(self, choices: list[dict]) -> dict[str, Any]:
         return {
@@ -205,9 +243,7 @@ class _Answer:
         try:
             remaining = len(self.streams)
             while remaining:
-                items = [await self.updates.get()]
-                while not self.updates.empty():  # a backlog goes out as one write
-                    items.append(self.updates.get_nowait())
+                items = await self.updates.take()  # a backlog goes out as one write
                 arrived: list[StreamUpdate] = []
                 for item in items:
                     if isinstance(item, BaseException):
@@ -251,15 +287,14 @@ class _Answer:
     def _chunk(self, update: StreamUpdate) -> str:
         if not update.text and not update.tokens and update.finish_reason is None:
             return ""
-        choice: dict[str, Any] = {
-            "text": update.text,
-            "index": update.stream.tag,
-            "logprobs": None,
-            "finish_reason": update.finish_reason,
-        }
+        logprobs = None
         if self.request.logprobs is not None:
-            choice["logprobs"] = logprobs_object(update.tokens, len(self._echo(update.stream)))
-        return _sse(self._envelope([choice]))
+            logprobs = logprobs_object(update.tokens, len(self._echo(update.stream)))
+        finish = json.dumps(update.finish_reason)
+        return (
+            f'{self._chunk_start}{json.dumps(update.text)}, "index": {update.stream.tag}, '
+            f'"logprobs": {json.dumps(logprobs)}, "finish_reason": {finish}}}]}}\n\n'
+        )
 
     async def events(self, request: Request) -> AsyncIterator[str]:
         """The streamed answer: server-sent events, then `data: [DONE]`."""

@@ -136,11 +136,14 @@ class Engine:
                 self.streams_in_flight = len(batch.streams)
 
     def _admit(self, batch: StreamBatch, waiting: collections.deque[_Job]) -> None:
+        # Every job that fits joins in one `add` (one new layout of the batch, not one per request).
+        joining: list[_Job] = []
+        free = self.max_streams - len(batch.streams)
         while waiting:
             job = waiting[0]
             live = [stream for stream in job.streams if not stream.cancelled]
-            if len(batch.streams) + len(live) > self.max_streams and batch.streams:
-                return
+            if len(live) > free and (batch.streams or joining):
+                break
             waiting.popleft()
             self.streams_queued -= len(job.streams)
             gone = [stream for stream in job.streams if stream.cancelled]
@@ -150,18 +153,22 @@ class Engine:
                 self.streams_cancelled += len(gone)
                 self._release(len(gone))
                 job.sink([StreamUpdate(stream, "", finish_reason=CANCELLED) for stream in gone])
-            if not live:
-                continue
-            for stream in live:
-                stream.sink = job.sink
-            try:
-                batch.add(live)
-            except Exception as error:  # reading the prompt failed: only this request is told
-                self._release(len(live))
+            if live:
+                for stream in live:
+                    stream.sink = job.sink
+                joining.append(_Job(live, job.sink))
+                free -= len(live)
+        if not joining:
+            return
+        try:
+            batch.add([stream for job in joining for stream in job.streams])
+        except Exception as error:  # reading a prompt failed: those requests are told, the batch goes on
+            for job in joining:
+                self._release(len(job.streams))
                 job.sink(error)
-                continue
-            self.streams_in_flight = len(batch.streams)
-            self.peak_streams_in_flight = max(self.peak_streams_in_flight, self.streams_in_flight)
+            return
+        self.streams_in_flight = len(batch.streams)
+        self.peak_streams_in_flight = max(self.peak_streams_in_flight, self.streams_in_flight)
 
     def _deliver(self, updates: list[StreamUpdate]) -> None:
         by_sink: dict[int, tuple[Sink, list[StreamUpdate]]] = {}
