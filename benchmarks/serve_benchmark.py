@@ -111,7 +111,7 @@ def main() -> None:
     )
     parser.add_argument("--model", default="shakespeare")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--single-tokens", type=int, default=3000)
+    parser.add_argument("--single-tokens", type=int, default=6000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--client-tokens", type=int, default=600)
     args = parser.parse_args()
@@ -120,7 +120,19 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "serve", args.model, "--port", str(port), "--max-streams", "64"],
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "serve",
+            args.model,
+            "--port",
+            str(port),
+            "--max-streams",
+            "64",
+            "--max-tokens",
+            "100000",
+        ],
         stderr=subprocess.DEVNULL,
     )
     try:

@@ -11,6 +11,7 @@ import click
 from charrnn.cli.group import Terminated, cli
 from charrnn.errors import UsageProblem
 
+SWITCH_INTERVAL_SECONDS = 0.0005
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 
@@ -149,6 +150,10 @@ def serve(
             "reach it can use the model.",
             file=sys.stderr,
         )
+    # The worker thread releases the GIL inside each matrix product and needs it back a few
+    # microseconds later; with the default 5 ms switch interval a busy event loop thread kept it
+    # that long each time, and 32 streams ran at half the engine's speed.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # uvicorn handles Ctrl-C and SIGTERM itself; once it has shut down it passes the signal on.
     with contextlib.suppress(KeyboardInterrupt, Terminated):
         server.run()
