@@ -286,10 +286,20 @@ def test_api_key_queue_limit_and_cors(loaded):
 # -- the command ------------------------------------------------------------------------------
 
 
-def test_charrnn_serve_prints_its_url_serves_the_page_and_stops_on_sigterm(trained_run, tmp_path):
+def test_charrnn_serve_prints_its_url_serves_the_page_and_stops_on_sigterm_closing_its_streams(trained_run):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "serve", str(trained_run), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "serve",
+            str(trained_run),
+            "--port",
+            str(port),
+            "--max-tokens",
+            "1000000",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "CHARRNN_API_KEY": ""},
@@ -310,7 +320,16 @@ def test_charrnn_serve_prints_its_url_serves_the_page_and_stops_on_sigterm(train
             and "http" not in page.text.split("<script>")[1]
         )
         assert "run" in page.text  # the model's name (its run directory)
-        process.send_signal(signal.SIGTERM)
+        body = {"prompt": "the ", "max_tokens": 1_000_000, "stream": True}
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", url + "/v1/completions", json=body) as stream,
+        ):
+            lines = stream.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)
+            rest = list(lines)  # the stream in flight is closed, at once, without [DONE]
+        assert "data: [DONE]" not in rest
         stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:

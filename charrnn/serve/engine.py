@@ -81,11 +81,15 @@ class Engine:
             StreamBatch.cancel(stream)
         self._incoming.put(None)  # wakes the worker when it waits for work
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker: streams still in flight end as cancelled."""
+    def stop(self) -> None:
+        """End every stream at the next step and refuse new ones (returns at once; any thread)."""
         with self._lock:
             self._closed = True
         self._incoming.put(None)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker and wait for it: streams still in flight end as cancelled."""
+        self.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
 

@@ -24,6 +24,15 @@ def build_server(
     import uvicorn
 
     app = create_app(model, tokenizer, model_name, settings)
+    engine = app.state.server.engine
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # Ctrl-C or SIGTERM: the streams in flight end now (their connections close without
+            # [DONE]) and new requests get 429, so the graceful shutdown does not wait them out.
+            engine.stop()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
     config = uvicorn.Config(
         app,
         host=host,
@@ -34,7 +43,7 @@ def build_server(
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         # The body limit is checked by the app as the body arrives; h11 needs no other limit.
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
