@@ -355,3 +355,48 @@ def test_charrnn_serve_refuses_a_taken_port_in_one_line(trained_run):
     assert result.exit_code == 2
     assert len(error_lines(result.stderr)) == 1
     assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+# -- faults of the model or the worker ------------------------------------------------------------
+
+
+def test_a_model_whose_scores_overflow_is_a_500_error_object_and_the_server_keeps_answering(loaded):
+    import copy
+
+    import torch
+
+    damaged = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        damaged.head.weight.mul_(1e38)  # finite weights whose products overflow float32
+    with server_in_thread(damaged, loaded.tokenizer, "damaged") as (url, _):
+        for stream in (False, True):
+            body = {"prompt": "the ", "max_tokens": 5, "stream": stream}
+            response = httpx.post(url + "/v1/completions", json=body, timeout=30)
+            if stream:
+                assert response.status_code == 200  # the error comes as an event: the answer had begun
+                error = json.loads(response.text.strip().split("\n\n")[-1][6:])["error"]
+            else:
+                assert response.status_code == 500
+                error = response.json()["error"]
+            assert error["type"] == "server_error" and "not finite" in error["message"]
+        assert _health(url)["status"] == "ok"
+
+
+class _WorkerFault(BaseException):
+    """Not an Exception: what the worker cannot carry on from."""
+
+
+def test_a_fault_in_the_worker_answers_the_requests_instead_of_leaving_them_hanging(loaded, monkeypatch):
+    from charrnn.generate.stream_batch import StreamBatch
+
+    def broken_step(self):
+        raise _WorkerFault("a bug")
+
+    monkeypatch.setattr(StreamBatch, "step", broken_step)
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # the worker thread's end is expected
+    with server_in_thread(loaded.model, loaded.tokenizer, "pattern") as (url, _):
+        response = httpx.post(url + "/v1/completions", json={"prompt": "the "}, timeout=30)
+        assert response.status_code == 500
+        assert "the generation worker stopped" in response.json()["error"]["message"]
+        after = httpx.post(url + "/v1/completions", json={"prompt": "the "}, timeout=30)
+        assert after.status_code == 503 and "shutting down" in after.json()["error"]["message"]

@@ -39,7 +39,7 @@ from charrnn.serve.completions import (
     prompt_token_count,
     usage,
 )
-from charrnn.serve.engine import Busy, Engine
+from charrnn.serve.engine import Busy, Engine, Stopped
 from charrnn.serve.errors import ApiError
 from charrnn.serve.page import page_html
 
@@ -183,6 +183,12 @@ class CompletionServer:
         updates = _Mailbox(asyncio.get_running_loop())
         try:
             self.engine.submit(streams, updates.put)
+        except Stopped:
+            raise ApiError(
+                503,
+                "the server is shutting down (or its generation worker stopped): start it again",
+                type="server_error",
+            ) from None
         except Busy:
             raise ApiError(
                 429,
@@ -299,7 +305,7 @@ class _Answer:
                 for update in arrived:
                     texts[update.stream.tag].append(update.text)
                     tokens[update.stream.tag].extend(update.tokens)
-        except CharrnnError as error:
+        except Exception as error:  # the model's (CharrnnError) or the worker's: the request is told
             raise ApiError(500, str(error), type="server_error") from None
         choices = []
         for stream in self.streams:
@@ -345,7 +351,7 @@ class _Answer:
                 text = "".join(event for event in events if event)
                 if text:
                     yield text
-        except CharrnnError as error:
+        except Exception as error:  # the answer has begun: the error is its last event
             yield _sse(ApiError(500, str(error), type="server_error").body())
             return
         if self.request.include_usage:

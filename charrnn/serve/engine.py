@@ -30,6 +30,10 @@ class Busy(Exception):
     """Every slot and the queue are taken: the request should come back later."""
 
 
+class Stopped(Exception):
+    """The engine takes no more streams (the server is stopping, or its worker failed)."""
+
+
 @dataclass
 class _Job:
     streams: list[Stream]
@@ -68,7 +72,7 @@ class Engine:
         """
         with self._lock:
             if self._closed:
-                raise Busy("the server is shutting down")
+                raise Stopped("the server is shutting down")
             if self._reserved + len(streams) > self.max_streams + self.max_queued:
                 raise Busy(f"{self._reserved} streams are in flight or queued")
             self._reserved += len(streams)
@@ -114,30 +118,50 @@ class Engine:
         with torch.inference_mode(), blas_threads_restored():
             batch = StreamBatch(self.model, self.tokenizer)
             waiting: collections.deque[_Job] = collections.deque()
-            while True:
-                if self._closed:
-                    self._end_all(batch, waiting)
-                    return
-                block = not batch.streams and not waiting
-                try:
-                    job = self._incoming.get(block=block)
-                    while True:
-                        if job is not None:
-                            waiting.append(job)
+            try:
+                self._loop(batch, waiting)
+            except BaseException as error:  # a fault of the worker itself: no request waits forever
+                with self._lock:
+                    self._closed = True
+                sinks = {id(stream.sink): stream.sink for stream in batch.streams}
+                sinks.update({id(job.sink): job.sink for job in waiting})
+                while True:
+                    try:
                         job = self._incoming.get_nowait()
-                except queue.Empty:
-                    pass
-                self._admit(batch, waiting)
-                if not batch.streams:
-                    continue
-                try:
-                    updates = batch.step()
-                except Exception as error:  # a damaged model (non-finite scores): every stream ends with it
-                    self._fail(batch, error)
-                    continue
-                self.steps += 1
-                self._deliver(updates)
-                self.streams_in_flight = len(batch.streams)
+                    except queue.Empty:
+                        break
+                    if job is not None:
+                        sinks[id(job.sink)] = job.sink
+                stopped = RuntimeError(f"the generation worker stopped ({error!r}); restart the server")
+                for sink in sinks.values():
+                    sink(stopped)
+                raise
+
+    def _loop(self, batch: StreamBatch, waiting: collections.deque[_Job]) -> None:
+        while True:
+            if self._closed:
+                self._end_all(batch, waiting)
+                return
+            block = not batch.streams and not waiting
+            try:
+                job = self._incoming.get(block=block)
+                while True:
+                    if job is not None:
+                        waiting.append(job)
+                    job = self._incoming.get_nowait()
+            except queue.Empty:
+                pass
+            self._admit(batch, waiting)
+            if not batch.streams:
+                continue
+            try:
+                updates = batch.step()
+            except Exception as error:  # a damaged model (non-finite scores): every stream ends with it
+                self._fail(batch, error)
+                continue
+            self.steps += 1
+            self._deliver(updates)
+            self.streams_in_flight = len(batch.streams)
 
     def _admit(self, batch: StreamBatch, waiting: collections.deque[_Job]) -> None:
         # Every job that fits joins in one `add` (one new layout of the batch, not one per request).
