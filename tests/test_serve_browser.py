@@ -102,17 +102,58 @@ def test_the_keyboard_generates_and_the_seed_reproduces_the_text(served, browser
     page.fill("#prompt", "lazy ")
     page.fill("#length", "60")
     page.fill("#temperature", "1.5")
-    page.fill("#seed", "7")
+    page.fill("#seed", "9007199254740993")  # 2^53 + 1: a JavaScript number would round it
     page.focus("#prompt")
     page.keyboard.press("Control+Enter")
     page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
     text = page.text_content("#output")
     answer = httpx.post(
-        url + "/v1/completions", json={"prompt": "lazy ", "max_tokens": 60, "temperature": 1.5, "seed": 7}
+        url + "/v1/completions",
+        json={"prompt": "lazy ", "max_tokens": 60, "temperature": 1.5, "seed": 9007199254740993},
     ).json()
     assert text == "lazy " + answer["choices"][0]["text"]
+    assert "Seed 9007199254740993." in (page.text_content("#status") or "")
     assert page.is_enabled("#copy") and page.is_disabled("#stop-button")
     page.close()
+
+
+def test_the_copy_button_copies_what_was_written(served, browser):
+    url, _ = served
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page = context.new_page()
+    page.goto(url + "/")
+    page.fill("#prompt", "the ")
+    page.fill("#length", "25")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+    page.click("#copy")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Copied')")
+    written = (page.text_content("#output") or "")[len("the ") :]
+    assert len(written) == 25 and page.evaluate("navigator.clipboard.readText()") == written
+    context.close()
+
+
+def test_a_server_with_an_api_key_asks_for_it_once(trained_run, browser):
+    loaded = load_weights(trained_run / "best.safetensors")
+    settings = ServeSettings(api_key="sesame")
+    with server_in_thread(loaded.model.eval(), loaded.tokenizer, "pattern", settings) as (url, _):
+        page = browser.new_page()
+        asked: list[str] = []
+
+        def answer(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept("sesame")
+
+        page.on("dialog", answer)
+        page.goto(url + "/")
+        page.fill("#prompt", "the ")
+        page.fill("#length", "20")
+        for _ in range(2):
+            page.click("#generate")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+        assert asked == ["This server needs its API key:"]
+        page.close()
 
 
 def test_surprise_colours_the_text_and_errors_are_shown(served, browser):
