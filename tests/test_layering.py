@@ -20,6 +20,7 @@ LAYERS = [
     {"generate", "inspect"},
     {"training"},
     {"api", "__init__"},
+    {"serve"},
     {"cli", "__main__"},
 ]
 
