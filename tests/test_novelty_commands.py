@@ -212,3 +212,39 @@ def test_copied_text_on_the_page_cannot_break_out_of_its_attribute():
     page = "".join(page_pieces(['{"segments": []}'], "t", hostile))
     assert read_novelty_data(page) == hostile
     assert page.count("</script>") == 2 and "<script>alert" not in page
+
+
+def test_an_onnx_export_is_a_model_for_novelty_and_sample_novelty(novelty_run, own_cache, tmp_path):
+    from charrnn.export.exporter import export_model
+
+    run, corpus, text = novelty_run
+    inside = run / "model.onnx"  # beside the run's state file: the corpus path is found there
+    elsewhere = tmp_path / "copy" / "model.onnx"  # alone: the fingerprint in its metadata finds the cache
+    export_model(run / "best.safetensors", inside)
+    elsewhere.parent.mkdir()
+    shutil.copy(inside, elsewhere)
+    try:
+        sample = tmp_path / "sample.txt"
+        copied = _lines(text, 40, 3)
+        sample.write_text("new: " + copied, encoding="utf-8")
+        result = run_cli("novelty", str(inside), str(sample), "--json")
+        assert result.exit_code == 0, result.stderr
+        longest = json.loads(result.stdout)["inputs"][0]["longest"]
+        assert (longest["length"], longest["line"], longest["file"]) == (len(copied), 40, str(corpus))
+        again = run_cli("novelty", str(elsewhere), str(sample), "--json")
+        assert again.exit_code == 0, again.stderr
+        assert json.loads(again.stdout)["inputs"][0]["longest"] == longest
+        sampled = run_cli(
+            "sample", str(elsewhere), "-n", "60", "--seed", "2", "--format", "jsonl", "--novelty"
+        )
+        assert sampled.exit_code == 0, sampled.stderr
+        assert json.loads(sampled.stdout.splitlines()[0])["novelty"]["chars"] == 60
+        empty = tmp_path / "empty-cache"
+        unknown = run_cli("novelty", str(elsewhere), str(sample), "--cache-dir", str(empty))
+        assert unknown.exit_code == 1
+        assert error_lines(unknown.stderr) == [
+            "Error: the training text of this model is not recorded and is not in the cache: "
+            "point at it with --corpus PATH"
+        ]
+    finally:
+        inside.unlink()

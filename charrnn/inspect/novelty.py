@@ -410,11 +410,12 @@ def training_text_of(weights: Path) -> TrainingText:
     """The training text of a model: its fingerprint and split from the weights' metadata, its path
     from the run's state file beside them (weights copied elsewhere do not know it)."""
     from charrnn.store.checkpoint import load_training_state
-    from charrnn.store.describe import describe_weights
     from charrnn.store.run_dir import RunDir
 
-    training = describe_weights(Path(weights))["training"]
-    train_config = training.get("train_config") or {}
+    training = _training_record(Path(weights))
+    train_config = training.get("train_config")
+    if not isinstance(train_config, dict):
+        train_config = {}
     val_fraction = train_config.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
         val_fraction = 0.1
@@ -435,6 +436,33 @@ def training_text_of(weights: Path) -> TrainingText:
         val_fraction=float(val_fraction),
         name=training.get("corpus") if isinstance(training.get("corpus"), str) else None,
     )
+
+
+def _training_record(weights: Path) -> dict[str, Any]:
+    """The training record in a model file's metadata: a checkpoint's header, or an `.onnx`
+    export's metadata_props (read with the onnx package: no onnxruntime session is made)."""
+    from charrnn.export.runtime import is_onnx_path
+
+    if not is_onnx_path(weights):
+        from charrnn.store.describe import describe_weights
+
+        return describe_weights(weights)["training"]
+    import json
+
+    from charrnn.export import graph
+    from charrnn.export.runtime import read_export
+    from charrnn.store.checkpoint import reading
+
+    with reading(weights, "model"):
+        data = weights.read_bytes()
+    _, metadata = read_export(data, weights)
+    try:
+        info = json.loads(metadata.get(graph.INFO_KEY, "{}"))
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise CharrnnError(f"{weights} is corrupted (its training record is not readable)")
+    return info
 
 
 def _point_at_it(where: str) -> str:
