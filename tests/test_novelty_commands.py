@@ -248,3 +248,37 @@ def test_an_onnx_export_is_a_model_for_novelty_and_sample_novelty(novelty_run, o
         ]
     finally:
         inside.unlink()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lines_are_cut_from_blocks_as_iter_lines_cuts_them(seed):
+    from charrnn.cli.novelty import _lines_of
+
+    rng = random.Random(seed)
+    text = "".join(rng.choice(["a", "b", "\n", "é", "\n\n"]) for _ in range(rng.randint(0, 400)))
+    data = text.encode("utf-8")
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 30))) if len(data) > 1 else []
+    blocks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    lines = [b"".join(pieces).decode("utf-8") for pieces in _lines_of(iter(blocks))]
+    expected = text.split("\n")
+    if text.endswith("\n") or not text:
+        expected = expected[:-1]
+    assert lines == expected
+
+
+def test_inputs_and_lines_longer_than_a_read_get_the_same_reports(
+    novelty_run, own_cache, tmp_path, monkeypatch
+):
+    from charrnn.cli import novelty as novelty_cli
+
+    run, corpus, text = novelty_run
+    lines = "zz " + _lines(text, 10, 30).replace("\n", " ") + "\nshort\n" + _lines(text, 90, 1)
+    whole_lines = run_cli("novelty", str(run), "--each-line", "--json", input=lines)
+    whole_input = run_cli("novelty", str(run), "--json", input=lines)
+    monkeypatch.setattr(novelty_cli, "READ_BYTES", 5)  # reads end inside copied spans and characters
+    assert run_cli("novelty", str(run), "--each-line", "--json", input=lines).stdout == whole_lines.stdout
+    assert run_cli("novelty", str(run), "--json", input=lines).stdout == whole_input.stdout
+    first = json.loads(whole_lines.stdout.splitlines()[0])
+    assert first["line"] == 1 and first["chars"] > 1000 and first["longest"]["length"] >= 40
+    whole = json.loads(whole_input.stdout)["inputs"][0]
+    assert whole["chars"] == len(lines) and whole["longest"]["length"] >= len(_lines(text, 90, 1))

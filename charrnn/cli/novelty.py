@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from charrnn.cli.model_options import model_option
 from charrnn.errors import UsageProblem
 
 PREVIEW_CHARS = 100  # of the longest span, on the terminal
+READ_BYTES = 1 << 20  # an input is read and checked this many bytes at a time, whatever its length
 
 
 def min_span_option(command):
@@ -129,7 +131,7 @@ def novelty_command(
       charrnn novelty runs/lyrics --each-line --json < generated.txt
       charrnn novelty --corpus my-notes/ draft.txt
     """
-    from charrnn.data.reader import TextSource, iter_lines, read_all_text
+    from charrnn.data.reader import TextSource, iter_blocks
 
     model_argument, files = split_model_argument(arguments, model_path, "optional")
     files = files or ["-"]
@@ -138,8 +140,9 @@ def novelty_command(
     checker = open_checker(model_argument, corpus, cache_dir, need_model=False)
     if each_line:
         for name in files:
-            for number, line in enumerate(iter_lines(TextSource.of(name)), start=1):
-                report = checker.check(line, min_span)
+            blocks = (raw for _, raw in iter_blocks(TextSource.of(name), READ_BYTES))
+            for number, line in enumerate(_lines_of(blocks), start=1):
+                report = checker.check_stream(line, min_span)
                 with closed_pipe_ends_quietly():
                     if as_json:
                         click.echo(_json_line({"file": _shown(name), "line": number, **report.to_dict()}))
@@ -148,7 +151,8 @@ def novelty_command(
         return
     results = []
     for name in files:
-        report = checker.check(read_all_text(TextSource.of(name)), min_span)
+        blocks = (raw for _, raw in iter_blocks(TextSource.of(name), READ_BYTES))
+        report = checker.check_stream(blocks, min_span)
         results.append((name, report))
     if as_json:
         print_json(
@@ -162,6 +166,37 @@ def novelty_command(
     with closed_pipe_ends_quietly():
         for name, report in results:
             click.echo(_report_lines(_shown(name), report))
+
+
+def _lines_of(blocks: Iterator[bytes]) -> Iterator[Iterator[bytes]]:
+    """Each line of the text in `blocks`, without its line end, as an iterator of byte pieces (a
+    line as long as the input is never held whole); read each line to its end before the next."""
+    block, at = b"", 0  # the block being cut into lines, and where its unread part starts
+
+    def one_line() -> Iterator[bytes]:
+        nonlocal block, at
+        while True:
+            cut = block.find(b"\n", at)
+            if cut >= 0:
+                piece, at = block[at:cut], cut + 1
+                if piece:
+                    yield piece
+                return
+            if at < len(block):
+                yield block[at:]
+            block, at = next(blocks, b""), 0
+            if not block:
+                return
+
+    while True:
+        if at >= len(block):
+            block, at = next(blocks, b""), 0
+            if not block:
+                return
+        line = one_line()
+        yield line
+        for _ in line:  # whatever the reader left of this line
+            pass
 
 
 def _json_line(value: dict) -> str:
