@@ -397,7 +397,11 @@ class _QueryStream:
     def __init__(self, pieces: Iterator[bytes], corpus: np.ndarray) -> None:
         self.pieces = pieces
         self.corpus = corpus
-        self.buffer = np.zeros(0, dtype=np.uint8)
+        # One array reused for the whole text (bytes moved to its front as they are dropped): new
+        # arrays of a size that changes with every read would leave the allocator's heap in
+        # fragments that it keeps, and the process would grow with the text after all.
+        self.storage = np.zeros(4 * READ_BYTES, dtype=np.uint8)
+        self.held = 0  # bytes in use at the front of storage
         self.start = 0  # offset of buffer[0] in the text
         self.chars_before_start = 0
         self.at_end = False
@@ -408,7 +412,12 @@ class _QueryStream:
     @property
     def end(self) -> int:
         """Offset after the last byte read so far (the text's length once `at_end`)."""
-        return self.start + len(self.buffer)
+        return self.start + self.held
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The bytes held, text[start:end] (a view: valid until the next read)."""
+        return self.storage[: self.held]
 
     def keep_from(self, offset: int) -> None:
         """Nothing before `offset` will be read again (offsets only grow)."""
@@ -433,7 +442,13 @@ class _QueryStream:
                 break
             if piece:
                 self._drop_read_bytes()
-                self.buffer = np.concatenate([self.buffer, np.frombuffer(piece, dtype=np.uint8)])
+                needed = self.held + len(piece)
+                if needed > len(self.storage):
+                    grown = np.zeros(max(needed, 2 * len(self.storage)), dtype=np.uint8)
+                    grown[: self.held] = self.storage[: self.held]
+                    self.storage = grown
+                self.storage[self.held : needed] = np.frombuffer(piece, dtype=np.uint8)
+                self.held = needed
         return min(offset, self.end)
 
     def _drop_read_bytes(self) -> None:
@@ -445,7 +460,9 @@ class _QueryStream:
         drop_to = min(drop_to, self.end)
         if drop_to > self.start:
             self.chars_before_start += _count_chars(self.buffer[: drop_to - self.start])
-            self.buffer = self.buffer[drop_to - self.start :].copy()
+            kept = self.held - (drop_to - self.start)
+            self.storage[:kept] = self.storage[drop_to - self.start : self.held]
+            self.held = kept
             self.start = drop_to
             self.memo = (self.start, self.chars_before_start)
 
@@ -511,7 +528,7 @@ class _ReportBuilder:
         query = self.query
         ends = starts + lengths
         first, last = int(starts[0]), int(ends.max())
-        if last - first > READ_BYTES:  # a long passage: counted through the training text, in blocks
+        if last - first > 4 * CHUNK_POSITIONS:  # a long passage: counted through the training text, in blocks
             for start, end, place in zip(starts.tolist(), ends.tolist(), places.tolist()):
                 while end > start and (query.get(end, end + 1)[:1] & 0xC0).tolist() == [0x80]:
                     end -= 1  # the match ends inside a character: cut to its start
