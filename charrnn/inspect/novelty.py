@@ -400,7 +400,7 @@ class _QueryStream:
         # One array reused for the whole text (bytes moved to its front as they are dropped): new
         # arrays of a size that changes with every read would leave the allocator's heap in
         # fragments that it keeps, and the process would grow with the text after all.
-        self.storage = np.zeros(4 * READ_BYTES, dtype=np.uint8)
+        self.storage = np.zeros(1 << 18, dtype=np.uint8)  # grows (doubling) to what the reads need
         self.held = 0  # bytes in use at the front of storage
         self.start = 0  # offset of buffer[0] in the text
         self.chars_before_start = 0
