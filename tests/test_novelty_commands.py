@@ -145,9 +145,41 @@ def test_corpus_alone_checks_any_text_against_any_text(own_cache, tmp_path):
     assert report["longest"]["start"] == 9 and report["copied_chars"] == 59
 
 
-def test_bad_min_span_is_a_usage_error(novelty_run, own_cache):
-    result = run_cli("novelty", str(novelty_run[0]), "--min-span", "0", input="abc")
-    assert result.exit_code == 2 and "--min-span" in result.stderr
+@pytest.mark.parametrize("value", ["0", "-5", "1000000000001", "99999999999999999999999", "abc"])
+def test_bad_min_span_is_one_usage_error(novelty_run, own_cache, value):
+    result = run_cli("novelty", str(novelty_run[0]), "--min-span", value, input="abc")
+    assert result.exit_code == 2
+    assert [line for line in error_lines(result.stderr) if "--min-span" in line]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_bad_min_span_in_python_is_a_usage_problem(novelty_run, own_cache):
+    model = charrnn.load(novelty_run[0])
+    for value in (0, -1, 10**13, 2.5, True):
+        with pytest.raises(UsageProblem, match="min-span"):
+            model.novelty("abc", min_span=value)  # type: ignore[arg-type]
+
+
+def test_empty_binary_and_one_span_inputs_for_people(novelty_run, own_cache, tmp_path):
+    run, corpus, text = novelty_run
+    empty, binary, copy = tmp_path / "empty.txt", tmp_path / "binary.dat", tmp_path / "copy.txt"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 4)
+    copy.write_text(_lines(text, 5, 3), encoding="utf-8")
+    result = run_cli("novelty", str(run), str(empty), str(copy))
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"{empty}: 0 chars, 0.0% in copied spans of >= 50 chars (0 spans)\n  the text is empty\n"
+        in result.stdout
+    )
+    assert f"{copy}: {len(_lines(text, 5, 3))} chars, 100.0% in copied spans of >= 50 chars (1 span)\n" in (
+        result.stdout
+    )
+    refused = run_cli("novelty", str(run), str(binary))
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert error_lines(refused.stderr) == [
+        f"Error: {binary} is not valid UTF-8: byte 0x80 at offset 128 (line 2)"
+    ]
 
 
 def test_sample_novelty_in_jsonl_and_on_stderr(novelty_run, own_cache):

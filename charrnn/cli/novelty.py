@@ -24,11 +24,11 @@ READ_BYTES = 1 << 16
 
 def min_span_option(command):
     """--min-span, shared by `novelty` and `sample --novelty`."""
-    from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN
+    from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN, MAX_MIN_SPAN
 
     return click.option(
         "--min-span",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=MAX_MIN_SPAN),
         default=DEFAULT_MIN_SPAN,
         show_default=True,
         help="Characters a span found in the training text must have to count as copied "
@@ -227,10 +227,13 @@ def _report_lines(name: str, report) -> str:
     """The report of one input, for people."""
     lines = [
         f"{terminal_safe(name)}: {report.num_chars:,} chars, {report.copied_share:.1%} in copied spans "
-        f"of >= {report.min_span} chars ({len(report.spans)} spans)"
+        f"of >= {report.min_span:,} chars ({report.num_spans:,} span{'' if report.num_spans == 1 else 's'})"
     ]
     longest = report.longest
-    if longest is None or longest.length == 0:
+    if longest is None:
+        lines.append("  the text is empty")
+        return "\n".join(lines)
+    if longest.length == 0:
         lines.append("  nothing of it is in the training text")
         return "\n".join(lines)
     preview = longest.text if len(longest.text) <= PREVIEW_CHARS else longest.text[:PREVIEW_CHARS] + "..."

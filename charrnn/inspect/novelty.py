@@ -39,7 +39,7 @@ import numpy as np
 from charrnn.data.corpus import corpus_files, describe_source, scan_corpus
 from charrnn.data.suffix_index import SuffixIndex, cached_suffix_index, find_cached_index
 from charrnn.errors import CharrnnError, UsageProblem
-from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN
+from charrnn.inspect.novelty_threshold import DEFAULT_MIN_SPAN, MAX_MIN_SPAN
 
 __all__ = [
     "DEFAULT_MIN_SPAN",
@@ -167,8 +167,10 @@ class NoveltyChecker:
         `check` gives for the whole text, except that each span's text is cut to `text_cap`
         characters (its length and place stay exact) and only the first `max_spans` spans are
         listed (`num_spans` counts them all); None: no limit."""
-        if isinstance(min_span, bool) or not isinstance(min_span, int) or min_span < 1:
-            raise UsageProblem(f"--min-span must be a whole number >= 1, got {min_span!r}")
+        if isinstance(min_span, bool) or not isinstance(min_span, int) or not 1 <= min_span <= MAX_MIN_SPAN:
+            raise UsageProblem(
+                f"--min-span must be a whole number from 1 to {MAX_MIN_SPAN:,}, got {min_span!r}"
+            )
         query = _QueryStream(iter(pieces), self.text)
         builder = _ReportBuilder(self, query, min_span, text_cap, max_spans)
         for starts, lengths, places in self._maximal_matches(query):
