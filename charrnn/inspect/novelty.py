@@ -521,7 +521,7 @@ class _ReportBuilder:
         self.max_spans = max_spans
         self.covered_to = 0  # characters up to here are already counted as copied
         self.copied = 0
-        self.longest: CopiedSpan | None = None
+        self.longest: tuple[int, int, int, int] | None = None  # char start, char length, place, bytes
         self.spans: list[CopiedSpan] = []
         self.num_spans = 0
 
@@ -566,8 +566,8 @@ class _ReportBuilder:
         self._copied(char_start, char_length, place, byte_length)
 
     def _maybe_longest(self, char_start: int, char_length: int, place: int, byte_length: int) -> None:
-        if char_length > 0 and (self.longest is None or char_length > self.longest.length):
-            self.longest = self._span(char_start, char_length, place, byte_length)
+        if char_length > 0 and (self.longest is None or char_length > self.longest[1]):
+            self.longest = (char_start, char_length, place, byte_length)  # located at the end, once
 
     def _copied(self, char_start: int, char_length: int, place: int, byte_length: int) -> None:
         if char_length < self.min_span:
@@ -589,7 +589,7 @@ class _ReportBuilder:
         return CopiedSpan(char_start, char_length, text, file, line, column, len(text) < char_length)
 
     def report(self, num_chars: int) -> NoveltyReport:
-        longest = self.longest
+        longest = None if self.longest is None else self._span(*self.longest)
         if longest is None and num_chars:
             longest = CopiedSpan(0, 0, "", "", 0, 0)
         return NoveltyReport(
