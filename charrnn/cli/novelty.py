@@ -123,8 +123,10 @@ def novelty_command(
     at least --min-span characters. Any text works, not only charrnn's samples. With no
     FILE, or -, standard input is read.
 
-    MODEL is the first argument when it is a .safetensors file, a run directory or a
-    bundled model's name; else --model, else the most recent run under runs/. The training
+    MODEL is the first argument when it is a .safetensors file, an exported .onnx, a run
+    directory or a bundled model's name; else --model, else the most recent run under runs/.
+    Each input is read a piece at a time (a span's text is shown up to 1,000 characters,
+    its length and place in full). The training
     text is found where the run read it (the validation part is left out) and indexed once
     into the cache; when it has moved, point at it with --corpus. --corpus without a model
     checks against all of that text.
