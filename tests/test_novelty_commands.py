@@ -314,3 +314,13 @@ def test_inputs_and_lines_longer_than_a_read_get_the_same_reports(
     assert first["line"] == 1 and first["chars"] > 1000 and first["longest"]["length"] >= 40
     whole = json.loads(whole_input.stdout)["inputs"][0]
     assert whole["chars"] == len(lines) and whole["longest"]["length"] >= len(_lines(text, 90, 1))
+
+
+def test_the_bundled_model_is_named_when_it_records_no_training_text(own_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: MODEL is the bundled model
+    result = run_cli("novelty", input="some text")
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        "Error: the bundled model shakespeare does not record its training text: "
+        "point at it with --corpus PATH"
+    ]

@@ -613,6 +613,7 @@ class TrainingText:
     fingerprint: str | None
     val_fraction: float
     name: str | None  # the corpus's short name (the cache entry's name)
+    model: str | None = None  # the model file, for messages
 
 
 def training_text_of(weights: Path) -> TrainingText:
@@ -644,7 +645,18 @@ def training_text_of(weights: Path) -> TrainingText:
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         val_fraction=float(val_fraction),
         name=training.get("corpus") if isinstance(training.get("corpus"), str) else None,
+        model=_model_name(Path(weights)),
     )
+
+
+def _model_name(weights: Path) -> str:
+    """The model as a message names it: a bundled model by its name (the package path says nothing)."""
+    from charrnn.store.bundled import BUNDLED_MODELS, is_bundled
+
+    if is_bundled(weights):
+        name = next(name for name, path in BUNDLED_MODELS.items() if path.resolve() == weights.resolve())
+        return f"the bundled model {name}"
+    return f"the model {weights}"
 
 
 def _training_record(weights: Path) -> dict[str, Any]:
@@ -693,7 +705,8 @@ def open_training_index(
     notes: list[str] = []
     if corpus is None:
         if training is None or training.fingerprint is None:
-            raise CharrnnError(_point_at_it("this model does not record its training text"))
+            model = "this model" if training is None or training.model is None else training.model
+            raise CharrnnError(_point_at_it(f"{model} does not record its training text"))
         cached = find_cached_index(training.fingerprint, training.val_fraction, cache_dir)
         if cached is not None:
             return NoveltyChecker(cached), notes  # found by its hash: the corpus itself is not read
