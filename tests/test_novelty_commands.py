@@ -175,8 +175,8 @@ def test_empty_binary_and_one_span_inputs_for_people(novelty_run, own_cache, tmp
     assert f"{copy}: {len(_lines(text, 5, 3))} chars, 100.0% in copied spans of >= 50 chars (1 span)\n" in (
         result.stdout
     )
-    refused = run_cli("novelty", str(run), str(binary))
-    assert refused.exit_code == 1 and refused.stdout == ""
+    refused = run_cli("novelty", str(run), str(copy), str(binary))
+    assert refused.exit_code == 1 and refused.stdout.startswith(f"{copy}: ")  # the report before it stays
     assert error_lines(refused.stderr) == [
         f"Error: {binary} is not valid UTF-8: byte 0x80 at offset 128 (line 2)"
     ]

@@ -159,7 +159,11 @@ def novelty_command(
     for name in files:
         blocks = (raw for _, raw in iter_blocks(TextSource.of(name), READ_BYTES))
         report = checker.check_stream(blocks, min_span)
-        results.append((name, report))
+        if as_json:
+            results.append((name, report))
+            continue
+        with closed_pipe_ends_quietly():  # each report as soon as it is known (a later input may fail)
+            click.echo(_report_lines(_shown(name), report))
     if as_json:
         print_json(
             {
@@ -168,10 +172,6 @@ def novelty_command(
                 "inputs": [{"file": _shown(name), **report.to_dict()} for name, report in results],
             }
         )
-        return
-    with closed_pipe_ends_quietly():
-        for name, report in results:
-            click.echo(_report_lines(_shown(name), report))
 
 
 def _lines_of(blocks: Iterator[bytes]) -> Iterator[Iterator[bytes]]:
