@@ -271,6 +271,10 @@ def test_an_onnx_export_is_a_model_for_novelty_and_sample_novelty(novelty_run, o
         )
         assert sampled.exit_code == 0, sampled.stderr
         assert json.loads(sampled.stdout.splitlines()[0])["novelty"]["chars"] == 60
+        in_python = charrnn.load(elsewhere).novelty("new: " + copied)
+        assert in_python.longest is not None and (in_python.longest.length, in_python.longest.line) == (
+            len(copied), 40,
+        )  # fmt: skip
         empty = tmp_path / "empty-cache"
         unknown = run_cli("novelty", str(elsewhere), str(sample), "--cache-dir", str(empty))
         assert unknown.exit_code == 1
