@@ -63,8 +63,11 @@ def test_longest_span_and_copied_share_match_a_brute_force(tmp_path, seed):
         path = tmp_path / f"corpus-{trial}.txt"
         path.write_text(corpus, encoding="utf-8")
         min_span = rng.choice([1, 5, 40])
-        report = _checker(path, tmp_path / "cache").check(text, min_span)
+        checker = _checker(path, tmp_path / "cache")
+        report = checker.check(text, min_span)
         longest, copied = _brute_force(corpus, text, min_span)
+        streamed = checker.check_stream(_pieces(text.encode("utf-8"), rng, 9), min_span, None, None)
+        assert streamed.to_dict() == report.to_dict(), (corpus, text)  # read in pieces of 1-9 bytes
         assert (report.longest.length if report.longest else 0) == longest, (corpus, text)
         assert report.copied_chars == copied, (corpus, text, min_span)
         if report.longest is not None and report.longest.length:
