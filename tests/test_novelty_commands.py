@@ -328,3 +328,11 @@ def test_the_bundled_model_is_named_when_it_records_no_training_text(own_cache, 
         "Error: the bundled model shakespeare does not record its training text: "
         "point at it with --corpus PATH"
     ]
+
+
+def test_a_missing_input_is_said_before_the_training_text_is_indexed(novelty_run, own_cache, tmp_path):
+    run, corpus, text = novelty_run
+    result = run_cli("novelty", str(run), str(tmp_path / "nosuch.txt"))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [f"Error: file not found: {tmp_path / 'nosuch.txt'}"]
+    assert "novelty index" not in result.stderr and not list(own_cache.glob("*.sa"))

@@ -143,6 +143,10 @@ def novelty_command(
     files = files or ["-"]
     if files.count("-") > 1:
         raise UsageProblem("standard input (-) can be read only once")
+    for name in files:  # a missing or unreadable input said before the training text is indexed
+        if name != "-":
+            source = TextSource.of(name)
+            source.close(source.open())
     checker = open_checker(model_argument, corpus, cache_dir, need_model=False)
     if each_line:
         for name in files:
