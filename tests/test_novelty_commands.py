@@ -336,3 +336,19 @@ def test_a_missing_input_is_said_before_the_training_text_is_indexed(novelty_run
     assert result.exit_code == 1
     assert error_lines(result.stderr) == [f"Error: file not found: {tmp_path / 'nosuch.txt'}"]
     assert "novelty index" not in result.stderr and not list(own_cache.glob("*.sa"))
+
+
+def test_a_named_pipe_input_is_read_once(novelty_run, own_cache, tmp_path):
+    import os
+    import threading
+
+    run, corpus, text = novelty_run
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    copied = _lines(text, 60, 2)
+    writer = threading.Thread(target=lambda: fifo.write_text(copied, encoding="utf-8"), daemon=True)
+    writer.start()
+    result = run_cli("novelty", str(run), str(fifo), "--json")
+    writer.join(timeout=10)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["inputs"][0]["longest"]["length"] == len(copied)

@@ -144,7 +144,8 @@ def novelty_command(
     if files.count("-") > 1:
         raise UsageProblem("standard input (-) can be read only once")
     for name in files:  # a missing or unreadable input said before the training text is indexed
-        if name != "-":
+        path = Path(name)
+        if name != "-" and (path.is_file() or path.is_dir() or not path.exists()):  # a FIFO is read once
             source = TextSource.of(name)
             source.close(source.open())
     checker = open_checker(model_argument, corpus, cache_dir, need_model=False)
