@@ -2,6 +2,7 @@
 
     python benchmarks/novelty_benchmark.py CORPUS [--cache-dir DIR] [--text-chars N]
     python benchmarks/novelty_benchmark.py --held-out CORPUS...   # chance spans of held-out text
+    python benchmarks/novelty_benchmark.py --input-memory CORPUS [--input-mb 60]
 
 Prints (the targets of issue 27 in brackets):
 - the index build of CORPUS, run in a child process: seconds [< 30 s for 100 MB] and peak
@@ -16,6 +17,12 @@ Prints (the targets of issue 27 in brackets):
 --held-out indexes each corpus's training 90% (as a run does) and checks its validation 10%,
 2,000 characters at a time: the longest span and the share in spans of >= 20, 30, 50 and 80
 characters of text the index has never seen, but of the same kind.
+
+--input-memory: the peak resident memory of `charrnn novelty` (a child process, its
+ru_maxrss) for one input of --input-mb MB and for a tiny one, checked whole and with
+--each-line (the big input is one line): memory must not grow with the input. CORPUS is
+flattened to one line (line ends made spaces) and indexed; the input is passages of it (10 KB
+to 2 MB, straddling the 1 MB reads) with new text between, so the check is quick.
 
 The whole corpus is indexed (no validation part is left out). The index goes to a temporary
 folder unless --cache-dir is given, and is deleted afterwards.
@@ -119,6 +126,63 @@ def held_out(corpus: str, cache_dir: str | None) -> None:
         )
 
 
+MEASURE_CHILD = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "charrnn", *sys.argv[1:]])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(done.returncode)
+"""
+
+
+def _child_run(args: list[str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS in KiB, stdout) of `charrnn ARGS`, the only child of a process of its own
+    (so that RUSAGE_CHILDREN is that command's alone)."""
+    started = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, "-c", MEASURE_CHILD, *args], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if child.returncode:
+        raise SystemExit(f"charrnn {' '.join(args)} failed: {child.stderr}")
+    return seconds, int(child.stderr.strip().splitlines()[-1]), child.stdout
+
+
+def input_memory(corpus: str, input_mb: int) -> None:
+    """Peak RSS of `charrnn novelty` for a big input and a tiny one, whole and --each-line."""
+    with tempfile.TemporaryDirectory(prefix="novelty-input-") as temp:
+        folder = Path(temp)
+        flat = folder / "flat.txt"
+        flat.write_text(Path(corpus).read_text(encoding="utf-8").replace("\n", " "), encoding="utf-8")
+        text = flat.read_text(encoding="utf-8")
+        fresh = new_text(100_000).replace("\n", " ")
+        rng = random.Random(0)
+        big, tiny = folder / "big.txt", folder / "tiny.txt"
+        written = passages = 0
+        with big.open("w", encoding="utf-8") as out:
+            while written < input_mb * 1_000_000:
+                length = rng.randint(10_000, 2_000_000)
+                start = rng.randrange(max(1, len(text) - length))
+                gap = fresh[rng.randrange(len(fresh) - 500) :][:200]
+                out.write(gap + text[start : start + length])
+                written += len(gap) + min(length, len(text) - start)
+                passages += 1
+        tiny.write_text(fresh[:2000], encoding="utf-8")
+        cache = ["--cache-dir", str(folder / "cache"), "--corpus", str(flat)]
+        _child_run(["novelty", *cache, str(tiny)])  # builds the index
+        print(f"input: {big.stat().st_size:,} bytes on one line ({passages} passages with new text between)")
+        for mode in ([], ["--each-line"]):
+            for name in (tiny, big):
+                seconds, peak_kib, stdout = _child_run(["novelty", *cache, *mode, "--json", str(name)])
+                answer = json.loads(stdout.splitlines()[0] if mode else stdout)
+                report = answer if mode else answer["inputs"][0]
+                label = " ".join(mode) or "(whole input)"
+                print(
+                    f"novelty {label} {name.name}: peak RSS {peak_kib / 1024:.0f} MiB, {seconds:.1f} s, "
+                    f"{report['chars']:,} chars, longest span {report['longest']['length']:,}, "
+                    f"{report['copied_share']:.1%} copied"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="+")
@@ -127,7 +191,12 @@ def main() -> None:
     parser.add_argument(
         "--held-out", action="store_true", help="Chance spans of each corpus's validation part."
     )
+    parser.add_argument("--input-memory", action="store_true", help="Peak RSS for a big input.")
+    parser.add_argument("--input-mb", type=int, default=60)
     args = parser.parse_args()
+    if args.input_memory:
+        input_memory(args.corpus[0], args.input_mb)
+        return
     if args.held_out:
         for corpus in args.corpus:
             held_out(corpus, args.cache_dir)

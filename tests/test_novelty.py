@@ -63,8 +63,11 @@ def test_longest_span_and_copied_share_match_a_brute_force(tmp_path, seed):
         path = tmp_path / f"corpus-{trial}.txt"
         path.write_text(corpus, encoding="utf-8")
         min_span = rng.choice([1, 5, 40])
-        report = _checker(path, tmp_path / "cache").check(text, min_span)
+        checker = _checker(path, tmp_path / "cache")
+        report = checker.check(text, min_span)
         longest, copied = _brute_force(corpus, text, min_span)
+        streamed = checker.check_stream(_pieces(text.encode("utf-8"), rng, 9), min_span, None, None)
+        assert streamed.to_dict() == report.to_dict(), (corpus, text)  # read in pieces of 1-9 bytes
         assert (report.longest.length if report.longest else 0) == longest, (corpus, text)
         assert report.copied_chars == copied, (corpus, text, min_span)
         if report.longest is not None and report.longest.length:
@@ -84,6 +87,85 @@ def test_long_texts_are_searched_a_chunk_at_a_time_with_the_same_answer(tmp_path
     chunked = checker.check(text, 20)
     assert chunked.to_dict() == whole.to_dict()
     assert any(span.start <= 3000 and span.start + span.length >= 7000 for span in whole.spans)
+
+
+def _pieces(data: bytes, rng: random.Random, largest: int) -> list[bytes]:
+    """`data` cut at random byte offsets (inside characters too) into pieces of 1..largest bytes."""
+    pieces, at = [], 0
+    while at < len(data):
+        step = rng.randint(1, largest)
+        pieces.append(data[at : at + step])
+        at += step
+    return pieces
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_text_read_in_tiny_pieces_gets_the_report_of_the_whole_text(tmp_path, monkeypatch, seed):
+    rng = random.Random(seed)
+    alphabet = rng.choice(["abcd", "aé€😀\n", "ab\n"])
+    corpus = "".join(rng.choice(alphabet) for _ in range(30_000))
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus, encoding="utf-8")
+    checker = _checker(path, tmp_path / "cache")
+    new = "".join(rng.choice(alphabet) for _ in range(2000))
+    # Copied passages far longer than the pieces (and the probe), a copy right at the end.
+    text = (
+        new[:700] + corpus[1000:5000] + new[700:1400] + corpus[9000:9300] + new[1400:] + corpus[20_000:23_000]
+    )
+    whole = checker.check(text, 40)
+    monkeypatch.setattr(novelty, "CHUNK_POSITIONS", rng.choice([97, 1000]))
+    for largest in (1, 7, 300):
+        pieces = _pieces(text.encode("utf-8"), rng, largest)
+        streamed = checker.check_stream(pieces, 40, text_cap=None, max_spans=None)
+        assert streamed.to_dict() == whole.to_dict(), largest
+    assert whole.longest is not None and whole.longest.length >= 4000
+    assert whole.num_chars == len(text)
+
+
+def test_a_streamed_report_caps_span_text_and_listed_spans_but_not_lengths(tmp_path):
+    rng = random.Random(8)
+    corpus = _random_text(rng, 40_000)
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus, encoding="utf-8")
+    checker = _checker(path, tmp_path / "cache")
+    text = "".join("#" + corpus[at : at + 90] for at in range(0, 3000, 100)) + "#" + corpus[10_000:15_000]
+    full = checker.check(text, 50)
+    capped = checker.check_stream([text.encode("utf-8")], 50, text_cap=30, max_spans=4)
+    assert full.num_spans == capped.num_spans == 31 and len(capped.spans) == 4
+    assert (capped.copied_chars, capped.num_chars) == (full.copied_chars, full.num_chars)
+    assert capped.longest is not None and full.longest is not None
+    assert (capped.longest.start, capped.longest.length, capped.longest.line) == (
+        full.longest.start, full.longest.length, full.longest.line,
+    )  # fmt: skip
+    assert capped.longest.length == 5000 and capped.longest.text == corpus[10_000:10_030]
+    assert capped.longest.text_truncated and not full.longest.text_truncated
+    assert capped.to_dict()["longest"]["text_truncated"] is True
+
+
+def test_memory_does_not_grow_with_the_length_of_the_text(tmp_path):
+    import tracemalloc
+
+    rng = random.Random(4)
+    corpus = _random_text(rng, 200_000)
+    corpus = corpus * 30  # 6 MB, indexed quickly
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus, encoding="utf-8")
+    checker = _checker(path, tmp_path / "cache")
+    text = "new text, not in the corpus " + corpus[123:] + " and the end"  # a 6 MB copied passage
+
+    def pieces():
+        for at in range(0, len(text), 1 << 16):
+            yield text[at : at + (1 << 16)].encode("utf-8")
+
+    tracemalloc.start()
+    try:
+        report = checker.check_stream(pieces(), 50)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.longest is not None and report.longest.length == len(corpus) - 123
+    assert report.num_chars == len(text)
+    assert peak < 3_000_000, peak  # the text is 6 MB: holding it (or a copy of it) fails this
 
 
 def _line_of(text: str, position: int) -> tuple[int, int]:

@@ -145,9 +145,41 @@ def test_corpus_alone_checks_any_text_against_any_text(own_cache, tmp_path):
     assert report["longest"]["start"] == 9 and report["copied_chars"] == 59
 
 
-def test_bad_min_span_is_a_usage_error(novelty_run, own_cache):
-    result = run_cli("novelty", str(novelty_run[0]), "--min-span", "0", input="abc")
-    assert result.exit_code == 2 and "--min-span" in result.stderr
+@pytest.mark.parametrize("value", ["0", "-5", "1000000000001", "99999999999999999999999", "abc"])
+def test_bad_min_span_is_one_usage_error(novelty_run, own_cache, value):
+    result = run_cli("novelty", str(novelty_run[0]), "--min-span", value, input="abc")
+    assert result.exit_code == 2
+    assert [line for line in error_lines(result.stderr) if "--min-span" in line]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_bad_min_span_in_python_is_a_usage_problem(novelty_run, own_cache):
+    model = charrnn.load(novelty_run[0])
+    for value in (0, -1, 10**13, 2.5, True):
+        with pytest.raises(UsageProblem, match="min-span"):
+            model.novelty("abc", min_span=value)  # type: ignore[arg-type]
+
+
+def test_empty_binary_and_one_span_inputs_for_people(novelty_run, own_cache, tmp_path):
+    run, corpus, text = novelty_run
+    empty, binary, copy = tmp_path / "empty.txt", tmp_path / "binary.dat", tmp_path / "copy.txt"
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes(range(256)) * 4)
+    copy.write_text(_lines(text, 5, 3), encoding="utf-8")
+    result = run_cli("novelty", str(run), str(empty), str(copy))
+    assert result.exit_code == 0, result.stderr
+    assert (
+        f"{empty}: 0 chars, 0.0% in copied spans of >= 50 chars (0 spans)\n  the text is empty\n"
+        in result.stdout
+    )
+    assert f"{copy}: {len(_lines(text, 5, 3))} chars, 100.0% in copied spans of >= 50 chars (1 span)\n" in (
+        result.stdout
+    )
+    refused = run_cli("novelty", str(run), str(copy), str(binary))
+    assert refused.exit_code == 1 and refused.stdout.startswith(f"{copy}: ")  # the report before it stays
+    assert error_lines(refused.stderr) == [
+        f"Error: {binary} is not valid UTF-8: byte 0x80 at offset 128 (line 2)"
+    ]
 
 
 def test_sample_novelty_in_jsonl_and_on_stderr(novelty_run, own_cache):
@@ -212,3 +244,111 @@ def test_copied_text_on_the_page_cannot_break_out_of_its_attribute():
     page = "".join(page_pieces(['{"segments": []}'], "t", hostile))
     assert read_novelty_data(page) == hostile
     assert page.count("</script>") == 2 and "<script>alert" not in page
+
+
+def test_an_onnx_export_is_a_model_for_novelty_and_sample_novelty(novelty_run, own_cache, tmp_path):
+    from charrnn.export.exporter import export_model
+
+    run, corpus, text = novelty_run
+    inside = run / "model.onnx"  # beside the run's state file: the corpus path is found there
+    elsewhere = tmp_path / "copy" / "model.onnx"  # alone: the fingerprint in its metadata finds the cache
+    export_model(run / "best.safetensors", inside)
+    elsewhere.parent.mkdir()
+    shutil.copy(inside, elsewhere)
+    try:
+        sample = tmp_path / "sample.txt"
+        copied = _lines(text, 40, 3)
+        sample.write_text("new: " + copied, encoding="utf-8")
+        result = run_cli("novelty", str(inside), str(sample), "--json")
+        assert result.exit_code == 0, result.stderr
+        longest = json.loads(result.stdout)["inputs"][0]["longest"]
+        assert (longest["length"], longest["line"], longest["file"]) == (len(copied), 40, str(corpus))
+        again = run_cli("novelty", str(elsewhere), str(sample), "--json")
+        assert again.exit_code == 0, again.stderr
+        assert json.loads(again.stdout)["inputs"][0]["longest"] == longest
+        sampled = run_cli(
+            "sample", str(elsewhere), "-n", "60", "--seed", "2", "--format", "jsonl", "--novelty"
+        )
+        assert sampled.exit_code == 0, sampled.stderr
+        assert json.loads(sampled.stdout.splitlines()[0])["novelty"]["chars"] == 60
+        in_python = charrnn.load(elsewhere).novelty("new: " + copied)
+        assert in_python.longest is not None and (in_python.longest.length, in_python.longest.line) == (
+            len(copied), 40,
+        )  # fmt: skip
+        empty = tmp_path / "empty-cache"
+        unknown = run_cli("novelty", str(elsewhere), str(sample), "--cache-dir", str(empty))
+        assert unknown.exit_code == 1
+        assert error_lines(unknown.stderr) == [
+            "Error: the training text of this model is not recorded and is not in the cache: "
+            "point at it with --corpus PATH"
+        ]
+    finally:
+        inside.unlink()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lines_are_cut_from_blocks_as_iter_lines_cuts_them(seed):
+    from charrnn.cli.novelty import _lines_of
+
+    rng = random.Random(seed)
+    text = "".join(rng.choice(["a", "b", "\n", "é", "\n\n"]) for _ in range(rng.randint(0, 400)))
+    data = text.encode("utf-8")
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 30))) if len(data) > 1 else []
+    blocks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    lines = [b"".join(pieces).decode("utf-8") for pieces in _lines_of(iter(blocks))]
+    expected = text.split("\n")
+    if text.endswith("\n") or not text:
+        expected = expected[:-1]
+    assert lines == expected
+
+
+def test_inputs_and_lines_longer_than_a_read_get_the_same_reports(
+    novelty_run, own_cache, tmp_path, monkeypatch
+):
+    from charrnn.cli import novelty as novelty_cli
+
+    run, corpus, text = novelty_run
+    lines = "zz " + _lines(text, 10, 30).replace("\n", " ") + "\nshort\n" + _lines(text, 90, 1)
+    whole_lines = run_cli("novelty", str(run), "--each-line", "--json", input=lines)
+    whole_input = run_cli("novelty", str(run), "--json", input=lines)
+    monkeypatch.setattr(novelty_cli, "READ_BYTES", 5)  # reads end inside copied spans and characters
+    assert run_cli("novelty", str(run), "--each-line", "--json", input=lines).stdout == whole_lines.stdout
+    assert run_cli("novelty", str(run), "--json", input=lines).stdout == whole_input.stdout
+    first = json.loads(whole_lines.stdout.splitlines()[0])
+    assert first["line"] == 1 and first["chars"] > 1000 and first["longest"]["length"] >= 40
+    whole = json.loads(whole_input.stdout)["inputs"][0]
+    assert whole["chars"] == len(lines) and whole["longest"]["length"] >= len(_lines(text, 90, 1))
+
+
+def test_the_bundled_model_is_named_when_it_records_no_training_text(own_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: MODEL is the bundled model
+    result = run_cli("novelty", input="some text")
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [
+        "Error: the bundled model shakespeare does not record its training text: "
+        "point at it with --corpus PATH"
+    ]
+
+
+def test_a_missing_input_is_said_before_the_training_text_is_indexed(novelty_run, own_cache, tmp_path):
+    run, corpus, text = novelty_run
+    result = run_cli("novelty", str(run), str(tmp_path / "nosuch.txt"))
+    assert result.exit_code == 1
+    assert error_lines(result.stderr) == [f"Error: file not found: {tmp_path / 'nosuch.txt'}"]
+    assert "novelty index" not in result.stderr and not list(own_cache.glob("*.sa"))
+
+
+def test_a_named_pipe_input_is_read_once(novelty_run, own_cache, tmp_path):
+    import os
+    import threading
+
+    run, corpus, text = novelty_run
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    copied = _lines(text, 60, 2)
+    writer = threading.Thread(target=lambda: fifo.write_text(copied, encoding="utf-8"), daemon=True)
+    writer.start()
+    result = run_cli("novelty", str(run), str(fifo), "--json")
+    writer.join(timeout=10)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["inputs"][0]["longest"]["length"] == len(copied)

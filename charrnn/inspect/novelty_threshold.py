@@ -9,3 +9,7 @@
 # code shares real boilerplate (licence headers, imports), 5.7% of it in spans of >= 50.
 # 50 characters (8-10 English words, a line of code) is well past chance at any size.
 DEFAULT_MIN_SPAN = 50
+
+# The largest --min-span taken: longer than any text a machine holds an index for (a span is at
+# most as long as the training text); past it a number is a typo, said so at once.
+MAX_MIN_SPAN = 10**12
