@@ -19,14 +19,16 @@ from charrnn.data.reader import TextSource, iter_lines, iter_text_chunks
 from charrnn.errors import UsageProblem
 from charrnn.inspect.eval_text import TextEvaluation, default_temp_folder, evaluate_chunks, text_chunks
 from charrnn.inspect.scoring import LineScore, LineScorer
-from charrnn.store.checkpoint import LoadedModel, load_weights
+from charrnn.store.checkpoint import LoadedModel
 from charrnn.store.run_dir import resolve_weights
 
 if TYPE_CHECKING:
+    from charrnn.inspect.novelty import NoveltyChecker, NoveltyReport
     from charrnn.model import CharRNN
     from charrnn.training.session import TrainingOutcome
 
 PathLike = str | os.PathLike[str]
+_NOVELTY_LOCK = threading.Lock()  # one index opened per model and corpus, whichever thread asks first
 
 
 class Model:
@@ -36,6 +38,7 @@ class Model:
         self._loaded = loaded
         self.device = device
         self._cpu_copy: CharRNN | None = None
+        self._novelty_checkers: dict[tuple[str | None, str | None], NoveltyChecker] = {}
         # How the training that made it ended, for a model `charrnn.train()` returns (else None):
         # a `TrainingOutcome` (`reason`, `step`, `stopped`, `run_dir`).
         self.outcome: TrainingOutcome | None = None
@@ -185,6 +188,35 @@ class Model:
         """`score_lines` over the lines of a file (or `-` for standard input), read as they come."""
         return self.score_lines(iter_lines(TextSource.of(_file_path(path))), skip_unknown, carry_state)
 
+    # -- novelty ----------------------------------------------------------------------------
+
+    def novelty(
+        self,
+        text: str,
+        min_span: int | None = None,
+        corpus: PathLike | None = None,
+        cache_dir: PathLike | None = None,
+    ) -> NoveltyReport:
+        """How much of `text` is copied from the training text (as `charrnn novelty`): the longest
+        span found verbatim, where it is, and the share of characters in copied spans of at least
+        `min_span` characters (default `DEFAULT_MIN_SPAN`). The training text is indexed once
+        into the cache; `corpus` names it when it has moved (or any text to check against)."""
+        from charrnn.inspect.novelty import DEFAULT_MIN_SPAN, open_training_index, training_text_of
+
+        if not isinstance(text, str):
+            raise UsageProblem(f"novelty takes text (a str), not {type(text).__name__}")
+        key = (
+            None if corpus is None else os.fspath(corpus),
+            None if cache_dir is None else os.fspath(cache_dir),
+        )
+        with _NOVELTY_LOCK:
+            checker = self._novelty_checkers.get(key)
+            if checker is None:
+                folder = None if cache_dir is None else Path(cache_dir)
+                checker, _ = open_training_index(training_text_of(self.path), key[0], folder)
+                self._novelty_checkers[key] = checker
+        return checker.check(text, DEFAULT_MIN_SPAN if min_span is None else min_span)
+
 
 def _sample_config(options: dict[str, Any]) -> SampleConfig:
     """The validated `SampleConfig` of `generate`'s keyword arguments."""
@@ -213,15 +245,18 @@ def _file_path(path: object) -> str | os.PathLike[str]:
 
 
 def load(path: PathLike | None = None, device: str = "auto") -> Model:
-    """Load a model: a `.safetensors` file, a run directory, or (None) the most recent run under runs/.
+    """Load a model: a `.safetensors` file, an exported `.onnx` file, a run directory, or (None) the
+    most recent run under runs/.
 
-    `device` is auto (a GPU when there is one), cpu, cuda or mps.
+    `device` is auto (a GPU when there is one), cpu, cuda or mps. An `.onnx` file runs on
+    onnxruntime's CPU build (the `onnx` extra), whatever `device` says.
     """
+    from charrnn.export.runtime import is_onnx_path, load_model_file
     from charrnn.hardware import resolve_device
 
-    resolved_device = resolve_device(device)
     weights = resolve_weights(None if path is None else str(path))
-    return Model(load_weights(weights, resolved_device), resolved_device)
+    resolved_device = torch.device("cpu") if is_onnx_path(weights) else resolve_device(device)
+    return Model(load_model_file(weights, resolved_device), resolved_device)
 
 
 def train(

@@ -16,9 +16,11 @@ LAYERS = [
     {"config", "errors", "events", "model", "hardware", "distributed", "loss", "atomic"},
     {"data"},
     {"store"},
+    {"export"},
     {"generate", "inspect"},
     {"training"},
     {"api", "__init__"},
+    {"serve"},
     {"cli", "__main__"},
 ]
 

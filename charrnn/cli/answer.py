@@ -78,12 +78,12 @@ def print_json(value: Any) -> None:
 
 
 def looks_like_model(argument: str) -> bool:
-    """True when a command-line argument names a model: a .safetensors file, a run directory, or the
-    name of a bundled model (`shakespeare`) when no file of that name exists."""
+    """True when a command-line argument names a model: a .safetensors file, an exported .onnx file,
+    a run directory, or the name of a bundled model (`shakespeare`) when no file of that name exists."""
     from charrnn.store.bundled import bundled_weights
 
     path = Path(argument)
-    if argument.endswith(".safetensors"):
+    if argument.endswith(".safetensors") or argument.lower().endswith(".onnx"):
         return True
     if not path.exists() and bundled_weights(argument) is not None:
         return True

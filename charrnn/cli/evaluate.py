@@ -31,7 +31,7 @@ def eval_command(
 ) -> None:
     """How well a model predicts each FILE: bits per character, loss per token, speed.
 
-    MODEL is the first argument when it is a .safetensors file, a run directory
+    MODEL is the first argument when it is a .safetensors or .onnx file, a run directory
     (a folder with best.safetensors) or a bundled model's name (shakespeare);
     otherwise every argument is a FILE and the model is --model or the most
     recent run under runs/. - reads standard input.

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from charrnn.cli.group import cli
+from charrnn.cli.novelty import novelty_options, open_checker
 from charrnn.cli.output import write_stream
 from charrnn.errors import CorpusError, UsageProblem
 
@@ -137,6 +138,7 @@ def _coloured_text(analysis, view, colours: bool) -> Iterator[tuple[object, str]
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch."
 )
+@novelty_options("With --html: underline the spans of the text found in the training text")
 def explain(
     arguments: tuple[str, ...],
     unit: str | None,
@@ -147,6 +149,9 @@ def explain(
     max_chars: int,
     as_json: bool,
     threads: int,
+    novelty: bool,
+    min_span: int,
+    corpus: str | None,
 ) -> None:
     """Show a text coloured by how surprised the model is at each character, or by one unit.
 
@@ -169,6 +174,8 @@ def explain(
         raise UsageProblem("--html needs a file name (- writes the page to stdout)")
     if html_path and as_json:
         raise UsageProblem("--html and --json are two different answers: choose one")
+    if novelty and not html_path:
+        raise UsageProblem("--novelty marks the copied spans on the --html page: add --html")
     from charrnn.atomic import check_output
 
     html_file = Path(html_path) if html_path and html_path != "-" else None  # "-": stdout
@@ -240,7 +247,13 @@ def explain(
         from charrnn.cli.explain_html import page_pieces
 
         data = explanation_json(analysis, views, str(loaded.path), loaded.tokenizer.kind, found)
-        page = page_pieces(data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}")
+        copied = None
+        if novelty:
+            checker = open_checker(model_arg, corpus, None, need_model=True)
+            copied = checker.check(analysis.text, min_span).to_dict()
+        page = page_pieces(
+            data, f"charrnn explain: {Path(source).name if source != '-' else 'stdin'}", copied
+        )
         if html_file is None:
             write_stream(page)
             return

@@ -42,6 +42,8 @@ select { font-size: 1em; padding: .2em; max-width: 40em; }
 #tip .pbar { height: .7em; background: #e04030; }
 #tip tr.actual td { font-weight: bold; }
 #tip .head { margin-bottom: .3em; }
+#text span.copied { box-shadow: inset 0 -3px 0 #1a7f37; }
+#novelty { font-size: .9em; margin-bottom: .8em; color: #1a5f2f; }
 </style>
 </head>
 <body>
@@ -51,6 +53,7 @@ select { font-size: 1em; padding: .2em; max-width: 40em; }
   <label>Colour by <select id="view"></select></label>
   <div class="legend"><span id="low"></span><div class="bar" id="bar"></div><span id="high"></span></div>
 </div>
+<div id="novelty" data-novelty="__NOVELTY__"></div>
 <div id="text"></div>
 <div id="tip"></div>
 <script type="application/json" id="explain-data">__DATA__</script>
@@ -99,6 +102,29 @@ function paint() {
   document.getElementById("bar").style.background = "linear-gradient(to right," + stops.join(",") + ")";
 }
 select.addEventListener("change", paint);
+// `explain --novelty`: underline the segments inside spans copied from the training text
+// (offsets are in characters, so count code points, not UTF-16 units).
+const novelty = JSON.parse(document.getElementById("novelty").dataset.novelty);
+const copiedFrom = spans.map(() => null);
+if (novelty) {
+  let offset = 0, next = 0;  // spans come in order of start and of end: one sweep
+  data.segments.forEach((segment, index) => {
+    const length = Array.from(segment.text).length;
+    const spansLeft = novelty.spans;
+    while (next < spansLeft.length && spansLeft[next].start + spansLeft[next].length <= offset) next++;
+    const span = next < spansLeft.length && spansLeft[next].start < offset + length ? spansLeft[next] : null;
+    if (span) {
+      spans[index].classList.add("copied");
+      copiedFrom[index] = span.file + ", line " + span.line;
+    }
+    offset += length;
+  });
+  const longest = novelty.longest;
+  document.getElementById("novelty").textContent = (100 * novelty.copied_share).toFixed(1) +
+    "% of the text is in spans of " + novelty.min_span + "+ characters found in the training text " +
+    "(underlined in green)" + (longest && longest.length ? "; the longest is " + longest.length +
+    " characters, from " + longest.file + ", line " + longest.line : "") + ".";
+}
 document.getElementById("meta").textContent = data.model + " \\u2014 " + data.model_kind + ", " +
   data.tokenizer + " tokens, " + data.characters.toLocaleString() + " characters, " +
   (data.bits_per_char === null ? "-" : data.bits_per_char.toFixed(3)) +
@@ -110,6 +136,7 @@ function showTip(span, event) {
   body += segment.bits === null ? "(first: not predicted)" : segment.bits.toFixed(2) + " bits";
   if (current.kind === "unit") body += ", " + current.key + " = " + current.values[index];
   body += "</div>";
+  if (copiedFrom[index]) body += '<div class="head">copied from ' + escapeHtml(copiedFrom[index]) + "</div>";
   if (segment.top.length) {
     body += "<table>";
     segment.top.forEach(([label, p]) => {
@@ -157,9 +184,14 @@ def embed_json(text: str) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def page_pieces(json_pieces: Iterable[str], title: str) -> Iterator[str]:
-    """The page, a piece at a time, around JSON text given a piece at a time (`explanation_json`)."""
-    before, after = PAGE.replace("__TITLE__", html.escape(title)).split("__DATA__")
+def page_pieces(
+    json_pieces: Iterable[str], title: str, novelty: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """The page, a piece at a time, around JSON text given a piece at a time (`explanation_json`);
+    `novelty` (a `NoveltyReport.to_dict()`) marks the copied spans."""
+    # An attribute, not a script element: its quotes and ampersands escaped, it cannot end early.
+    page = PAGE.replace("__NOVELTY__", html.escape(json.dumps(novelty, ensure_ascii=False), quote=True))
+    before, after = page.replace("__TITLE__", html.escape(title)).split("__DATA__")
     yield before
     for piece in json_pieces:
         yield embed_json(piece)
@@ -176,3 +208,10 @@ def read_embedded_data(page: str) -> dict[str, Any]:
     start_tag = '<script type="application/json" id="explain-data">'
     start = page.index(start_tag) + len(start_tag)
     return json.loads(page[start : page.index("</script>", start)])
+
+
+def read_novelty_data(page: str) -> Any:
+    """The copied spans a page marks (`explain --html --novelty`; None without --novelty)."""
+    start_tag = '<div id="novelty" data-novelty="'
+    start = page.index(start_tag) + len(start_tag)
+    return json.loads(html.unescape(page[start : page.index('"', start)]))

@@ -13,7 +13,7 @@ model_option = click.option(
     "-m",
     "model_path",
     default=None,
-    help="The model (a .safetensors file or a run directory); default: the first argument "
+    help="The model (a .safetensors or exported .onnx file, or a run directory); default: the first argument "
     "when it is one, else the most recent run under runs/.",
 )
 

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import click
 
+from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
+from charrnn.cli.novelty import novelty_options, open_checker
 from charrnn.cli.output import unescape, write_stream
 from charrnn.config import SampleConfig
 from charrnn.errors import CorpusError, UsageProblem
@@ -132,6 +134,9 @@ def _check_combinations(
     "\\n, \\t and \\\\ are understood, as for --stop.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+@novelty_options(
+    'Check each sample against the training text: a line on stderr, or "novelty" in --format jsonl'
+)
 def sample(
     checkpoint: str | None,
     temperature: float,
@@ -150,10 +155,13 @@ def sample(
     num_samples: int,
     separator: str | None,
     threads: int,
+    novelty: bool,
+    min_span: int,
+    corpus: str | None,
 ) -> None:
     """Write text from a trained model to stdout.
 
-    MODEL is a .safetensors file, a run directory or a bundled model's name
+    MODEL is a .safetensors or .onnx file, a run directory or a bundled model's name
     (shakespeare); by default, the most recently trained run under runs/, else the
     bundled model. Only the text goes to stdout.
 
@@ -187,15 +195,15 @@ def sample(
         batch_size=batch_size,
     ).validate()
 
+    from charrnn.export.runtime import load_model_file
     from charrnn.generate.sampler import check_stops, draw_seed
     from charrnn.hardware import configure_threads
     from charrnn.store.bundled import is_bundled
-    from charrnn.store.checkpoint import load_weights
     from charrnn.store.run_dir import resolve_weights
 
     configure_threads(threads)
     weights = resolve_weights(checkpoint)
-    loaded = load_weights(weights)
+    loaded = load_model_file(weights)
     check_stops(loaded.tokenizer, config.stop)
     if config.seed is None:
         config.seed = draw_seed()
@@ -206,7 +214,11 @@ def sample(
             "no trained run under runs/: writing with the bundled model (`charrnn sample shakespeare`)",
             err=True,
         )
-    write_stream(_output(loaded, config, each_line, input_file, output_format))
+    if novelty and length == -1:
+        raise UsageProblem("--novelty checks whole samples: give a --length (not -1)")
+    checker = open_checker(checkpoint, corpus, None, need_model=True) if novelty else None
+    novelty_check = None if checker is None else (lambda text: checker.check(text, min_span))
+    write_stream(_output(loaded, config, each_line, input_file, output_format, novelty_check))
 
 
 def _prime_from_stdin() -> str:
@@ -221,12 +233,17 @@ def _prime_from_stdin() -> str:
 
 
 def _output(
-    loaded, config: SampleConfig, each_line: bool, input_file: str | None, output_format: str
+    loaded,
+    config: SampleConfig,
+    each_line: bool,
+    input_file: str | None,
+    output_format: str,
+    novelty_check=None,
 ) -> Iterator[str]:
-    """The text stdout receives, as it is written."""
+    """The text stdout receives, as it is written (`novelty_check(text)`: `sample --novelty`)."""
     from charrnn.generate.sampler import generate_records, generate_text
 
-    if not each_line and output_format == "text":
+    if not each_line and output_format == "text" and novelty_check is None:
         yield from generate_text(loaded.model, loaded.tokenizer, config)
         return
     with contextlib.ExitStack() as open_files:
@@ -246,12 +263,19 @@ def _output(
             )
         records = generate_records(loaded.model, loaded.tokenizer, config, prime_batches=batches)
         for number, record in enumerate(records):
+            report = None if novelty_check is None else novelty_check(record.text)
             if output_format == "jsonl":
-                yield json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
+                fields = (
+                    record.to_dict() if report is None else {**record.to_dict(), "novelty": report.to_dict()}
+                )
+                yield json.dumps(fields, ensure_ascii=False) + "\n"
             elif each_line:
                 yield record.prime + record.text + config.separator
             else:
                 yield (config.separator if number else "") + record.prime + record.text
+            if report is not None and output_format == "text":
+                sys.stdout.flush()  # the sample first, then its line on stderr
+                click.echo(f"novelty of sample {number + 1}: {terminal_safe(report.summary())}", err=True)
 
 
 def _line_check(tokenizer, what: str):

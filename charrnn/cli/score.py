@@ -43,7 +43,7 @@ def score_command(
 
     Each line is scored alone, from a fresh state primed with a newline, so its score
     does not depend on its neighbours; its line end counts as one more character.
-    MODEL is the first argument when it is a .safetensors file, a run directory or a
+    MODEL is the first argument when it is a .safetensors or .onnx file, a run directory or a
     bundled model's name (shakespeare).
     A line with characters a char model never saw scores inf (sort -g puts it first),
     and stderr says how many there were; --skip-unknown scores it without them.

@@ -26,6 +26,7 @@ import torch
 from charrnn.config import SampleConfig
 from charrnn.data.tokenizers import Tokenizer, describe_char
 from charrnn.errors import UsageProblem
+from charrnn.export.runtime import OnnxCharRNN, OnnxStepper
 from charrnn.generate.blas_threads import blas_threads_restored
 from charrnn.generate.stepper import RecurrentStepper
 from charrnn.generate.stop_strings import StopMatcher
@@ -200,7 +201,7 @@ def _concatenate_states(states: list[State]) -> State:
 def _run_batch(
     model: CharRNN,
     tokenizer: Tokenizer,
-    stepper: RecurrentStepper,
+    stepper: RecurrentStepper | OnnxStepper,
     samples: list[_Sample],
     config: SampleConfig,
     banned: list[int],
@@ -287,7 +288,7 @@ def _events(
     was_training = model.training
     model.eval()
     first_index = 0
-    stepper: RecurrentStepper | None = None
+    stepper: RecurrentStepper | OnnxStepper | None = None
     try:
         with torch.inference_mode(), blas_threads_restored():
             for primes in prime_batches:
@@ -304,7 +305,10 @@ def _events(
                 if not samples:
                     continue
                 if stepper is None:  # laid out once for every batch of the run (tens of milliseconds)
-                    stepper = RecurrentStepper(model)
+                    # An exported model (`sample model.onnx`) steps on onnxruntime, the same interface.
+                    stepper = (
+                        OnnxStepper(model) if isinstance(model, OnnxCharRNN) else RecurrentStepper(model)
+                    )
                     stepper.ban_tokens(banned)
                 for kind, position, value in _run_batch(
                     model, tokenizer, stepper, samples, config, banned, score

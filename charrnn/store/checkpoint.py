@@ -84,6 +84,10 @@ def _read_file(path: Path, what: str) -> bytes:
 
 def read_metadata(data: bytes, path: Path) -> dict[str, str]:
     """The charrnn metadata of a safetensors file's bytes, after checking the header is sane."""
+    if Path(path).suffix.lower() == ".onnx":  # sample, eval and score read one; the others need the weights
+        raise CheckpointError(
+            f"{path} is an ONNX export: this needs the .safetensors checkpoint it was exported from"
+        )
     if len(data) < 8:
         raise CheckpointError(f"{path} is corrupted (too short to be a checkpoint)")
     (header_len,) = struct.unpack("<Q", data[:8])
