@@ -338,7 +338,9 @@ def defaults(args: argparse.Namespace) -> None:
             and _same_options(r["options"], options)
         ]
         if not done and not args.dry_run:
-            run_args = argparse.Namespace(**{**vars(args), "minutes": minutes, "steps_per_minute": per_minute})
+            run_args = argparse.Namespace(
+                **{**vars(args), "minutes": minutes, "steps_per_minute": per_minute}
+            )
             with tempfile.TemporaryDirectory() as folder:
                 done = [run_setting(run_args, options, 1, Path(folder), identity, steps=stop_after)]
         best = statistics.median(r["best_val_loss"] for r in done) if done else None
@@ -387,7 +389,8 @@ def choice_time(args: argparse.Namespace) -> None:
         seconds.append(time.perf_counter() - started)
     print(
         f"sizing before the first step: median {statistics.median(seconds):.3f} s "
-        f"(min {min(seconds):.3f}, max {max(seconds):.3f}; {args.rounds} runs, {threads} threads, {cpu_name()})"
+        f"(min {min(seconds):.3f}, max {max(seconds):.3f}; {args.rounds} runs, {threads} threads, "
+        f"{cpu_name()})"
     )
 
 

@@ -20,7 +20,9 @@ MEASURED_SPEED = 19.0
 MINUTE = 60.0
 
 
-def inputs(train_tokens: int, minutes: float | None = None, steps: int | None = None, **overrides) -> SizingInputs:
+def inputs(
+    train_tokens: int, minutes: float | None = None, steps: int | None = None, **overrides
+) -> SizingInputs:
     values = dict(
         train_tokens=train_tokens,
         chars_per_token=1.0,
@@ -30,7 +32,13 @@ def inputs(train_tokens: int, minutes: float | None = None, steps: int | None = 
         reference_steps_per_second=MEASURED_SPEED,
         batch_size=8,
         seq_len=128,
-        model_options={"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64, "dropout": 0.0},
+        model_options={
+            "model": "lstm",
+            "num_layers": 2,
+            "hidden_size": 384,
+            "embedding_size": 64,
+            "dropout": 0.0,
+        },
         given=frozenset(),
     )
     values.update(overrides)
@@ -63,7 +71,9 @@ def test_a_small_corpus_and_a_long_budget_get_regularisation_a_smaller_model_and
 
 
 def test_an_early_end_keeps_a_time_limit_the_user_gave():
-    choice = choose_size(inputs(180_000, minutes=30, given_max_time=30 * MINUTE, given=frozenset({"max_time"})))
+    choice = choose_size(
+        inputs(180_000, minutes=30, given_max_time=30 * MINUTE, given=frozenset({"max_time"}))
+    )
     assert "max_steps" in choice.chosen and "max_time" not in choice.chosen
 
 
@@ -130,7 +140,9 @@ def test_dropout_rises_with_passes_and_weights_per_token_and_is_bounded():
     assert values[:3] == [0.0, 0.0, 0.0]
     assert values == sorted(values)
     assert values[-1] == 0.5
-    assert dropout_for_exposure(10, 5.0) > dropout_for_exposure(10, 2.0) > dropout_for_exposure(10, 0.5) == 0.0
+    assert (
+        dropout_for_exposure(10, 5.0) > dropout_for_exposure(10, 2.0) > dropout_for_exposure(10, 0.5) == 0.0
+    )
 
 
 def test_the_reason_says_corpus_budget_passes_and_choice_in_words():
@@ -166,7 +178,9 @@ def test_a_real_run_says_what_was_chosen_first_and_records_it(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip() and "reading corpus" not in line]
     assert lines[0].startswith("sized: ")
     # 60 steps x 4 streams x 32 tokens over 907 training characters: 8.5 passes.
-    assert lines[0].startswith("sized: 907 characters, 60 steps: 8.5 passes over the text, so 1 x 16 with dropout")
+    assert lines[0].startswith(
+        "sized: 907 characters, 60 steps: 8.5 passes over the text, so 1 x 16 with dropout"
+    )
 
     info = run_cli("info", str(out), "--json")
     training = json.loads(info.stdout)["training"]
@@ -228,7 +242,11 @@ def test_the_speed_probe_times_real_steps_and_leaves_the_random_generator_alone(
     torch.manual_seed(5)
     ticks = iter(range(100))
     speed = reference_steps_per_second(
-        TrainConfig(batch_size=2, seq_len=8), 20, torch.device("cpu"), "fp32", time_source=lambda: next(ticks) * 0.25
+        TrainConfig(batch_size=2, seq_len=8),
+        20,
+        torch.device("cpu"),
+        "fp32",
+        time_source=lambda: next(ticks) * 0.25,
     )
     assert speed == pytest.approx(4.0)  # every timed step took one tick of the fake clock: 0.25 s
     assert torch.equal(torch.rand(3), expected)

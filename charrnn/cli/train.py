@@ -155,7 +155,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--max-steps",
     type=int,
     default=None,
-    show_default="no limit",
+    show_default="no limit; sized: 16 passes when the time would read the text more often",
     help="Stop after this many steps (the learning-rate schedule then runs over steps).",
 )
 @click.option(
@@ -228,7 +228,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--early-stop",
     type=int,
     default=None,
-    show_default="sized: on when the budget reads the text 30+ times",
+    show_default="off",
     help="Stop when validation has not improved for N evaluations in a row.",
 )
 @click.option(
@@ -236,8 +236,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "auto_size",
     default=True,
     show_default=True,
-    help="Choose the model's depth and width, dropout and early stopping from the corpus size, the "
-    "budget and this machine's speed (options you give are kept). --no-auto-size: the fixed "
+    help="Choose the model's depth and width, dropout and, when the time budget would only memorise "
+    "the text, an earlier end (--max-steps) from the corpus size, the budget and this machine's "
+    "speed (options you give are kept). --no-auto-size: the fixed "
     f"defaults ({_MODEL_DEFAULTS.num_layers} x {_MODEL_DEFAULTS.hidden_size}, no dropout).",
 )
 @click.option(
@@ -287,7 +288,7 @@ def train(
 ) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
-    The model sizes itself: depth, width, dropout and early stopping not given are chosen from
+    The model sizes itself: depth, width, dropout and an early end not given are chosen from
     the corpus size, the budget and this machine's speed (the first line says what and why).
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
 

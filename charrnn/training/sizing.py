@@ -77,7 +77,9 @@ def dropout_for_exposure(passes: float, weights_per_token: float) -> float:
     return round(min(0.5, 0.1 + 0.1 * math.log2(exposure / NO_DROPOUT_UP_TO_EXPOSURE)), 2)
 
 
-def parameters_of(num_layers: int, hidden_size: int, vocab_size: int, embedding_size: int, cell_gates: int) -> int:
+def parameters_of(
+    num_layers: int, hidden_size: int, vocab_size: int, embedding_size: int, cell_gates: int
+) -> int:
     """Weights of a charrnn model of this shape (embedding, recurrent layers with biases, output layer)."""
     recurrent = sum(
         cell_gates * hidden_size * ((embedding_size if layer == 0 else hidden_size) + hidden_size + 2)
@@ -201,7 +203,11 @@ def _relative_cost(layers: int, hidden: int) -> float:
 
 def _why_shape(fitting, candidates, picked, steps_of, weights_of, train_tokens) -> str:
     """Why the picked shape, in a few words: what stopped the next larger one."""
-    larger = [shape for shape in candidates if shape not in fitting and candidates.index(shape) > candidates.index(picked)]
+    larger = [
+        shape
+        for shape in candidates
+        if shape not in fitting and candidates.index(shape) > candidates.index(picked)
+    ]
     if not fitting:
         return "the budget is too short for a larger model"
     if not larger:
@@ -283,7 +289,9 @@ def _passes_text(passes: float) -> str:
     return f"{passes:.0f} passes"
 
 
-def options_text(chosen: dict[str, Any], layers: int, hidden: int, model_options: dict, given: frozenset) -> str:
+def options_text(
+    chosen: dict[str, Any], layers: int, hidden: int, model_options: dict, given: frozenset
+) -> str:
     """'3 x 512 with dropout 0.25' (what the run will use, chosen or given)."""
     dropout = chosen.get("dropout", model_options.get("dropout", 0.0))
     text = f"{layers} x {hidden}"
