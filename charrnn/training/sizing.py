@@ -30,6 +30,7 @@ is chosen; so it is when the machine's speed is unknown.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,7 +202,14 @@ def _relative_cost(layers: int, hidden: int) -> float:
     return max(0.05, layers * hidden**2 / reference)
 
 
-def _why_shape(fitting, candidates, picked, steps_of, weights_of, train_tokens) -> str:
+def _why_shape(
+    fitting: list[tuple[int, int]],
+    candidates: list[tuple[int, int]],
+    picked: tuple[int, int],
+    steps_of: Callable[[int, int], int],
+    weights_of: Callable[[int, int], int],
+    train_tokens: int,
+) -> str:
     """Why the picked shape, in a few words: what stopped the next larger one."""
     larger = [
         shape
@@ -263,7 +271,7 @@ def _reason(
         budget = "no budget"
     if not (timed or inputs.max_steps is not None):
         return f"{corpus}, {budget}: the speed of this machine is unknown, so the default size"
-    model = options_text(chosen, layers, hidden, inputs.model_options, inputs.given)
+    model = _model_text(chosen, layers, hidden, inputs.model_options)
     estimate = "about " if timed and budget_passes >= 0.1 else ""
     passes_text = f"{estimate}{_passes_text(budget_passes)} over the text"
     if "max_steps" in chosen:
@@ -289,9 +297,7 @@ def _passes_text(passes: float) -> str:
     return f"{passes:.0f} passes"
 
 
-def options_text(
-    chosen: dict[str, Any], layers: int, hidden: int, model_options: dict, given: frozenset
-) -> str:
+def _model_text(chosen: dict[str, Any], layers: int, hidden: int, model_options: dict[str, Any]) -> str:
     """'3 x 512 with dropout 0.25' (what the run will use, chosen or given)."""
     dropout = chosen.get("dropout", model_options.get("dropout", 0.0))
     text = f"{layers} x {hidden}"
