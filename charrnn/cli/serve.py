@@ -113,8 +113,8 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: OpenAI's /v1/completions (streamed, batched) and a page at /.
 
-    MODEL is a run directory, a .safetensors file or a bundled model's name; default: the most
-    recent run under runs/, else the bundled model.
+    MODEL is a run directory, a .safetensors file, an .onnx export or a bundled model's name;
+    default: the most recent run under runs/, else the bundled model.
     """
     try:
         import starlette  # noqa: F401

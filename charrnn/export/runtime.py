@@ -242,8 +242,8 @@ def _float_array(tensor: torch.Tensor) -> np.ndarray:
 class OnnxStepper:
     """One time step of an exported model for a batch of streams, on onnxruntime.
 
-    The interface of `generate.stepper.RecurrentStepper` (`load_state`, `keep_rows`, `ban_tokens`,
-    `step`), so the sampler runs either the same way.
+    The interface of `generate.stepper.RecurrentStepper` (`load_state`, `state`, `keep_rows`,
+    `ban_tokens`, `step`), so the sampler runs either the same way.
     """
 
     def __init__(self, model: OnnxCharRNN) -> None:
@@ -260,6 +260,13 @@ class OnnxStepper:
             self.state_h, self.state_c = _float_array(state[0]), _float_array(state[1])
         else:
             self.state_h = _float_array(state)
+
+    def state(self) -> State:
+        """The current state in the fused layers' layout (a copy: later steps do not change it)."""
+        hidden = torch.from_numpy(self.state_h.copy())
+        if self.lstm:
+            return hidden, torch.from_numpy(self.state_c.copy())
+        return hidden
 
     def keep_rows(self, rows: Sequence[int]) -> None:
         """Go on with only these streams (in this order): finished samples leave the batch."""

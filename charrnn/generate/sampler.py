@@ -187,6 +187,12 @@ def _start_tokens(
     return np.array([first], dtype=np.int64), tokenizer.decode([first])
 
 
+def new_stepper(model: CharRNN) -> RecurrentStepper | OnnxStepper:
+    """The batched time step for `model`: an exported model (`sample model.onnx`) steps on
+    onnxruntime, any other on NumPy; both have the same interface."""
+    return OnnxStepper(model) if isinstance(model, OnnxCharRNN) else RecurrentStepper(model)
+
+
 def _concatenate_states(states: list[State]) -> State:
     # One model's states are all pairs (LSTM) or all tensors (GRU, RNN).
     if isinstance(states[0], tuple):
@@ -305,10 +311,7 @@ def _events(
                 if not samples:
                     continue
                 if stepper is None:  # laid out once for every batch of the run (tens of milliseconds)
-                    # An exported model (`sample model.onnx`) steps on onnxruntime, the same interface.
-                    stepper = (
-                        OnnxStepper(model) if isinstance(model, OnnxCharRNN) else RecurrentStepper(model)
-                    )
+                    stepper = new_stepper(model)
                     stepper.ban_tokens(banned)
                 for kind, position, value in _run_batch(
                     model, tokenizer, stepper, samples, config, banned, score

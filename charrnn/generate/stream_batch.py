@@ -4,7 +4,8 @@
 requests one at a time, each with its own prompt, temperature, stop strings and length, and
 a client may go away at any moment. `StreamBatch` keeps such streams side by side: every
 `step()` picks one token for each stream (each with its own options and its own random
-generator) and runs one batched time step of `RecurrentStepper` for all of them; a new stream
+generator) and runs one batched time step for all of them (`RecurrentStepper`, or `OnnxStepper`
+for an exported `.onnx` model, as `charrnn sample` picks); a new stream
 joins before the next step, and a finished or cancelled one leaves at once.
 
 A stream is exactly a sample of `charrnn sample` with the same prompt, options and seed:
@@ -27,8 +28,7 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.data.tokenizers import Tokenizer
-from charrnn.generate.sampler import _concatenate_states, _start_tokens, silent_token_ids
-from charrnn.generate.stepper import RecurrentStepper
+from charrnn.generate.sampler import _concatenate_states, _start_tokens, new_stepper, silent_token_ids
 from charrnn.generate.stop_strings import StopMatcher
 from charrnn.generate.token_choice import TokenChooser, UniformStream
 from charrnn.model import CharRNN, State, read_tokens
@@ -127,11 +127,11 @@ class StreamBatch:
 
     def __init__(self, model: CharRNN, tokenizer: Tokenizer) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.stepper = RecurrentStepper(model)
+        self.stepper = new_stepper(model)  # NumPy, or onnxruntime for an exported model, as `sample` does
         self.banned = silent_token_ids(tokenizer)
         self.stepper.ban_tokens(self.banned)
         self.streams: list[Stream] = []
-        self._logits = np.zeros((0, self.stepper.vocab_size), np.float32)  # each stream's next-token logits
+        self._logits = np.zeros((0, model.config.vocab_size), np.float32)  # each stream's next-token logits
         self._choosers: dict[tuple, TokenChooser] = {}
         # Prompts read lately, (logits, state) by start ids: a page or a client that sends the same
         # prompt again joins without reading it again (the numbers are the same either way).

@@ -167,7 +167,8 @@ class CompletionServer:
         return HTMLResponse(page_html(self.model_name), headers={"Cache-Control": "no-store"})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_name, **self.engine.stats()})
+        status = "failed" if self.engine.failed else "ok"
+        return JSONResponse({"status": status, "model": self.model_name, **self.engine.stats()})
 
     async def models(self, request: Request) -> Response:
         entry = {"id": self.model_name, "object": "model", "created": self.started, "owned_by": "charrnn"}
@@ -184,11 +185,8 @@ class CompletionServer:
         try:
             self.engine.submit(streams, updates.put)
         except Stopped:
-            raise ApiError(
-                503,
-                "the server is shutting down (or its generation worker stopped): start it again",
-                type="server_error",
-            ) from None
+            message = self.engine.failure or "the server is shutting down: start it again"
+            raise ApiError(503, message, type="server_error") from None
         except Busy:
             raise ApiError(
                 429,

@@ -11,6 +11,8 @@ finished, stopped or cancelled stream leaves the batch in that same step.
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -24,6 +26,10 @@ from charrnn.generate.stream_batch import CANCELLED, Stream, StreamBatch, Stream
 from charrnn.model import CharRNN
 
 Sink = Callable[[list[StreamUpdate] | BaseException], object]
+
+# A failure of the worker is said on this logger, one line (with no handler configured, Python's
+# last-resort handler writes it to stderr): the library itself never prints.
+log = logging.getLogger("charrnn.serve")
 
 
 class Busy(Exception):
@@ -58,6 +64,7 @@ class Engine:
         self._lock = threading.Lock()
         self._incoming: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._closed = False
+        self.failure: str | None = None  # why the worker stopped, once it has failed
         self._thread = threading.Thread(target=self._run, name="charrnn-serve-steps", daemon=True)
 
     def start(self) -> Engine:
@@ -72,12 +79,14 @@ class Engine:
         """
         with self._lock:
             if self._closed:
-                raise Stopped("the server is shutting down")
+                raise Stopped(self.failure or "the server is shutting down")
             if self._reserved + len(streams) > self.max_streams + self.max_queued:
                 raise Busy(f"{self._reserved} streams are in flight or queued")
             self._reserved += len(streams)
             self.streams_queued += len(streams)
-        self._incoming.put(_Job(list(streams), sink))
+            # Queued under the lock: a worker that fails closes the engine under it, then drains the
+            # queue, so no job can slip in after the drain and wait for ever.
+            self._incoming.put(_Job(list(streams), sink))
 
     def cancel(self, streams: Sequence[Stream]) -> None:
         """Have these streams stop: they leave the batch before its next step (or never join it)."""
@@ -110,32 +119,56 @@ class Engine:
             "max_queued": self.max_queued,
         }
 
+    @property
+    def failed(self) -> bool:
+        """Whether the worker has stopped on an error (the server answers 503 from then on)."""
+        return self.failure is not None
+
     def _release(self, count: int) -> None:
         with self._lock:
             self._reserved -= count
 
     def _run(self) -> None:
-        with torch.inference_mode(), blas_threads_restored():
-            batch = StreamBatch(self.model, self.tokenizer)
-            waiting: collections.deque[_Job] = collections.deque()
-            try:
+        batch: StreamBatch | None = None
+        waiting: collections.deque[_Job] = collections.deque()
+        try:
+            with torch.inference_mode(), blas_threads_restored():
+                batch = StreamBatch(self.model, self.tokenizer)
                 self._loop(batch, waiting)
-            except BaseException as error:  # a fault of the worker itself: no request waits forever
-                with self._lock:
-                    self._closed = True
-                sinks = {id(stream.sink): stream.sink for stream in batch.streams}
-                sinks.update({id(job.sink): job.sink for job in waiting})
-                while True:
-                    try:
-                        job = self._incoming.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is not None:
-                        sinks[id(job.sink)] = job.sink
-                stopped = RuntimeError(f"the generation worker stopped ({error!r}); restart the server")
-                for sink in sinks.values():
-                    sink(stopped)
-                raise
+        except BaseException as error:  # a fault of the worker itself (also in building its batch)
+            self._fail_worker(error, batch, waiting)
+
+    def _fail_worker(
+        self, error: BaseException, batch: StreamBatch | None, waiting: collections.deque[_Job]
+    ) -> None:
+        # No request may wait for ever: every one in the batch, waiting or queued gets the error
+        # now; later ones are refused (`Stopped`, 503) with the same reason. The cause is said once,
+        # in one line (a traceback would be noise to the person running the server).
+        cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        reason = (
+            f"the server's generation worker stopped ({cause}); this server cannot write text any "
+            "more: restart `charrnn serve` (if it happens again, the model may not be servable: "
+            "check it with `charrnn sample`)"
+        )
+        with self._lock:
+            self._closed = True
+            self.failure = reason
+        sinks = {id(stream.sink): stream.sink for stream in batch.streams} if batch is not None else {}
+        sinks.update({id(job.sink): job.sink for job in waiting})
+        while True:
+            try:
+                job = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                sinks[id(job.sink)] = job.sink
+        self.streams_in_flight = self.streams_queued = 0
+        log.error("charrnn serve: %s", reason)
+        stopped = RuntimeError(reason)
+        for sink in sinks.values():
+            # A sink whose event loop has closed raises: nobody waits on it, and the others must be told.
+            with contextlib.suppress(Exception):
+                sink(stopped)
 
     def _loop(self, batch: StreamBatch, waiting: collections.deque[_Job]) -> None:
         while True:
