@@ -360,7 +360,9 @@ def _same_options(recorded: str, wanted: str) -> bool:
 
     def parsed(text: str) -> dict[str, float]:
         words = shlex.split(text)
-        return {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+        # An option left out is at the fixed default it had when the run was made.
+        values = {"--num-layers": 2.0, "--hidden-size": 384.0, "--dropout": 0.0}
+        return values | {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2)}
 
     return parsed(recorded) == parsed(wanted)
 

@@ -10,7 +10,8 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
 
 1. The budget is turned into steps of each shape of `SHAPES`: seconds x the measured steps a
    second of the reference shape (2 x 384) / the shape's step cost relative to it.
-2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
+2. Size: the largest shape that still makes `MIN_STEPS` steps (`MIN_STEPS_TO_GROW` for one larger
+   than the reference, which the default keeps unless a bigger one is measured better) and has at most
    `MAX_PARAMETERS_PER_TOKEN` weights per training token. Fewer steps than that left the bigger
    models behind the default one; more weights than that overfitted a small corpus before dropout
    could help.
@@ -47,7 +48,12 @@ SHAPES: tuple[tuple[int, int, float], ...] = (
 REFERENCE_SHAPE = (2, 384)
 # A shape needs this many steps to beat the smaller ones: at 2 minutes on tinyshakespeare, 5,254
 # steps of 2 x 256 beat 2,044 of 2 x 384 by 0.018 (docs/experiments/2026-12-04-self-sizing.md).
-MIN_STEPS = 5_000
+MIN_STEPS = 4_000
+# A shape larger than the reference needs this many: at 15 minutes 2 x 512 (7,400 steps) beat the
+# default's 5-minute result, and 3 x 512 would make 4,800, not yet measured. The gap between the
+# two thresholds keeps a machine a little slower than measured from dropping to 2 x 256 at 5
+# minutes on tinyshakespeare, where 2 x 256 for 13,100 steps kept 1.4303 against 2 x 384's 1.3867.
+MIN_STEPS_TO_GROW = 5_000
 # At most this many weights per training token (a 200 KB corpus: 2 x 256; 1 MB: up to 3 x 512).
 MAX_PARAMETERS_PER_TOKEN = 6.0
 # Time that is not training steps: evaluations (at most a tenth, schedule.MAX_EVAL_SHARE) and
@@ -161,7 +167,8 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         fitting = [
             shape
             for shape in candidates
-            if steps_of(*shape) >= MIN_STEPS and weights_of(*shape) <= MAX_PARAMETERS_PER_TOKEN * train_tokens
+            if steps_of(*shape) >= _min_steps(*shape)
+            and weights_of(*shape) <= MAX_PARAMETERS_PER_TOKEN * train_tokens
         ]
         # Nothing fits (a very short budget, or a tiny corpus): the smallest shape learns fastest.
         layers, hidden = fitting[-1] if fitting else candidates[0]
@@ -190,6 +197,11 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         passes=passes,
         reason=_reason(inputs, chosen, steps, budget_passes, layers, hidden, why_shape, timed),
     )
+
+
+def _min_steps(layers: int, hidden: int) -> int:
+    """The steps a shape must make to be chosen over the smaller ones."""
+    return MIN_STEPS_TO_GROW if _relative_cost(layers, hidden) > 1.0 else MIN_STEPS
 
 
 def _relative_cost(layers: int, hidden: int) -> float:
