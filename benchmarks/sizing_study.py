@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "sizing.jsonl"
 SPEED_PROBE_SECONDS = 60
 DEFAULT_SHAPE = "2x384"
+DEFAULT_BATCH = 8
 
 
 def cpu_name() -> str:
@@ -126,7 +127,8 @@ def measure_speed(args: argparse.Namespace) -> None:
 
 
 def measure_costs(args: argparse.Namespace) -> None:
-    """Time one training step of each shape in turn, several rounds; record each median over the default's."""
+    """Time one training step of each shape and batch in turn, several rounds; record each median
+    over the default shape at the default batch."""
     import torch
 
     from charrnn.config import ModelConfig, TrainConfig
@@ -135,40 +137,43 @@ def measure_costs(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     shapes = args.shapes.split(",")
-    if DEFAULT_SHAPE not in shapes:
-        shapes.append(DEFAULT_SHAPE)
-    vocab, batch, seq_len = 65, 8, 128
-    inputs = torch.randint(0, vocab, (batch, seq_len))
-    targets = torch.randint(0, vocab, (batch, seq_len))
+    batches = [int(batch) for batch in args.batches.split(",")]
+    points = [(shape, batch) for shape in shapes for batch in batches]
+    reference_point = (DEFAULT_SHAPE, DEFAULT_BATCH)
+    if reference_point not in points:
+        points.append(reference_point)
+    vocab, seq_len = 65, 128
     built = {}
-    for shape in shapes:
+    for shape, batch in points:
         layers, hidden = (int(part) for part in shape.split("x"))
         model = CharRNN(ModelConfig(num_layers=layers, hidden_size=hidden, vocab_size=vocab))
-        built[shape] = (model, build_optimizer(model, TrainConfig(), torch.device("cpu")))
+        data = (torch.randint(0, vocab, (batch, seq_len)), torch.randint(0, vocab, (batch, seq_len)))
+        built[(shape, batch)] = (model, build_optimizer(model, TrainConfig(), torch.device("cpu")), *data)
 
-    def step(model, optimizer) -> None:
+    def step(model, optimizer, inputs, targets) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            logits, _ = model(inputs, model.initial_state(batch))
+            logits, _ = model(inputs, model.initial_state(inputs.shape[0]))
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    seconds: dict[str, list[float]] = {shape: [] for shape in shapes}
-    for _ in range(args.rounds):  # in turn, so the machine's drift touches every shape alike
-        for shape in shapes:
-            step(*built[shape])
+    seconds: dict[tuple[str, int], list[float]] = {point: [] for point in points}
+    for _ in range(args.rounds):  # in turn, so the machine's drift touches every point alike
+        for point in points:
+            step(*built[point])
             started = time.perf_counter()
             for _ in range(3):
-                step(*built[shape])
-            seconds[shape].append((time.perf_counter() - started) / 3)
-    reference = statistics.median(seconds[DEFAULT_SHAPE])
-    for shape in shapes:
+                step(*built[point])
+            seconds[point].append((time.perf_counter() - started) / 3)
+    reference = statistics.median(seconds[reference_point])
+    for shape, batch in points:
         record = {
             "kind": "step-cost",
             "shape": shape,
-            "relative_cost": round(statistics.median(seconds[shape]) / reference, 3),
-            "parameters": sum(p.numel() for p in built[shape][0].parameters()),
+            "batch_size": batch,
+            "relative_cost": round(statistics.median(seconds[(shape, batch)]) / reference, 3),
+            "parameters": sum(p.numel() for p in built[(shape, batch)][0].parameters()),
             "threads": args.threads,
             "precision": args.precision,
             "cpu": cpu_name(),
@@ -188,25 +193,35 @@ def parameters(shape: str, vocab_size: int = 65, embedding_size: int = 64) -> in
     return vocab_size * embedding_size + recurrent + hidden * vocab_size + vocab_size
 
 
-def latest(kind: str, shape: str) -> dict | None:
-    """The latest record of a kind for a shape on this CPU, else on any CPU."""
-    records = [r for r in read_results() if r["kind"] == kind and r["shape"] == shape]
+def latest(kind: str, shape: str, batch_size: int = DEFAULT_BATCH) -> dict | None:
+    """The latest record of a kind for a shape (and batch) on this CPU, else on any CPU.
+    Records written before batches were measured are of the default batch."""
+    records = [
+        r
+        for r in read_results()
+        if r["kind"] == kind and r["shape"] == shape and r.get("batch_size", DEFAULT_BATCH) == batch_size
+    ]
     here = [r for r in records if r["cpu"] == cpu_name()]
     chosen = here or records
     return chosen[-1] if chosen else None
 
 
-def steps_for(minutes: float, shape: str, reference_steps_per_minute: float | None) -> tuple[int, dict]:
-    """The steps an M-minute run of a shape makes, and where the figures came from."""
+def steps_for(
+    minutes: float, shape: str, reference_steps_per_minute: float | None, batch_size: int = DEFAULT_BATCH
+) -> tuple[int, dict]:
+    """The steps an M-minute run of a shape (at a batch) makes, and where the figures came from."""
     speed = latest("speed", DEFAULT_SHAPE)
     per_minute = reference_steps_per_minute or (speed["steps_per_minute"] if speed else None)
     if per_minute is None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
-    measured = None if shape == DEFAULT_SHAPE else latest("step-cost", shape)
-    if shape == DEFAULT_SHAPE:
+    is_reference = shape == DEFAULT_SHAPE and batch_size == DEFAULT_BATCH
+    measured = None if is_reference else latest("step-cost", shape, batch_size)
+    if is_reference:
         cost, cost_source = 1.0, "default shape"
     elif measured is not None:
         cost, cost_source = measured["relative_cost"], f"step-cost record of {measured['date']}"
+    elif batch_size != DEFAULT_BATCH:
+        raise SystemExit(f"no step cost of {shape} at batch {batch_size}: run `costs --batches {batch_size}`")
     else:
         # No timing yet: a step's work grows with the weights it multiplies (measured costs have
         # run 0.9-1.15 times this ratio), so the parameter ratio stands in until `costs` has run.
@@ -229,8 +244,8 @@ def run_setting(
     """Train one setting for the steps of its budget (or `steps`, for a run that ends before it)."""
     options = shlex.split(setting)
     shape = f"{option_value(options, '--num-layers', '2')}x{option_value(options, '--hidden-size', '384')}"
-    batch_size = int(option_value(options, "--batch-size", "8"))
-    budget_steps, source = steps_for(args.minutes, shape, args.steps_per_minute)
+    batch_size = int(option_value(options, "--batch-size", str(DEFAULT_BATCH)))
+    budget_steps, source = steps_for(args.minutes, shape, args.steps_per_minute, batch_size)
     if steps is None:
         steps = budget_steps
     else:
@@ -420,6 +435,7 @@ def main() -> None:
     speed.add_argument("corpus", type=Path)
     costs = commands.add_parser("costs", help="each shape's step cost relative to the default shape")
     costs.add_argument("--shapes", default="2x256,2x384,2x512,3x512,2x768")
+    costs.add_argument("--batches", default=str(DEFAULT_BATCH), help="batch sizes, comma-separated")
     costs.add_argument("--threads", type=int, default=1)
     costs.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     costs.add_argument("--rounds", type=int, default=5)
