@@ -239,9 +239,16 @@ def option_value(options: list[str], name: str, default: str) -> str:
 
 
 def run_setting(
-    args: argparse.Namespace, setting: str, seed: int, folder: Path, identity: dict, steps: int | None = None
+    args: argparse.Namespace,
+    setting: str,
+    seed: int,
+    folder: Path,
+    identity: dict,
+    steps: int | None = None,
+    stops_early: bool = False,
 ) -> dict:
-    """Train one setting for the steps of its budget (or `steps`, for a run that ends before it)."""
+    """Train one setting for the steps of its budget, or for `steps` (the steps the sizing rule
+    planned; `stops_early`: a run it ends before the budget)."""
     options = shlex.split(setting)
     shape = f"{option_value(options, '--num-layers', '2')}x{option_value(options, '--hidden-size', '384')}"
     batch_size = int(option_value(options, "--batch-size", str(DEFAULT_BATCH)))
@@ -249,7 +256,9 @@ def run_setting(
     if steps is None:
         steps = budget_steps
     else:
-        source["stops_before_budget"] = True
+        source["steps_source"] = "the sizing rule"
+        if stops_early:
+            source["stops_before_budget"] = True
     out = folder / f"run-{abs(hash((setting, seed)))}"
     # Validation: the first 250,000 tokens of the split (the default), which is all of it up to a
     # 2.5 MB corpus; on 100 MB, twenty evaluations of the whole 10 MB split would take hours.
@@ -301,10 +310,11 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
-def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str, int | None]:
+def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str, int, bool]:
     """The options `charrnn train CORPUS --max-time M` chooses on a machine that makes
-    `steps_per_minute` steps of the default shape (evaluation included), its reason, and the
-    steps it stops after when it ends before the budget (None when the budget ends it)."""
+    `steps_per_minute` steps of the default shape (evaluation included), its reason, the steps
+    the rule expects the run to make (from the rule's own step costs, so the stand-in is the run
+    the rule planned), and whether the run stops before its budget."""
     from charrnn.config import TrainConfig
     from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, SizingInputs, choose_size
 
@@ -327,7 +337,7 @@ def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tup
     )
     names = {"num_layers": "--num-layers", "hidden_size": "--hidden-size", "dropout": "--dropout"}
     options = " ".join(f"{names[name]} {value:g}" for name, value in choice.chosen.items() if name in names)
-    return options, choice.reason, choice.chosen.get("max_steps")
+    return options, choice.reason, choice.steps, "max_steps" in choice.chosen
 
 
 def defaults(args: argparse.Namespace) -> None:
@@ -338,12 +348,9 @@ def defaults(args: argparse.Namespace) -> None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
     rows = []
     for minutes in (float(text) for text in args.budgets.split(",")):
-        options, reason, stop_after = chosen_setting(args.corpus, minutes, per_minute)
-        shape = f"{option_value(shlex.split(options), '--num-layers', '2')}x"
-        shape += option_value(shlex.split(options), "--hidden-size", "384")
+        options, reason, steps, stops_early = chosen_setting(args.corpus, minutes, per_minute)
         # A run that ends before its budget is the same run whatever the budget: any record of
         # its options with those steps is its result.
-        steps = stop_after or steps_for(minutes, shape, per_minute)[0]
         done = [
             r
             for r in read_results()
@@ -357,7 +364,7 @@ def defaults(args: argparse.Namespace) -> None:
                 **{**vars(args), "minutes": minutes, "steps_per_minute": per_minute}
             )
             with tempfile.TemporaryDirectory() as folder:
-                done = [run_setting(run_args, options, 1, Path(folder), identity, steps=stop_after)]
+                done = [run_setting(run_args, options, 1, Path(folder), identity, steps, stops_early)]
         best = statistics.median(r["best_val_loss"] for r in done) if done else None
         rows.append((minutes, options, reason, best))
         print(f"{minutes:g} min: {reason}", file=sys.stderr, flush=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,8 +15,12 @@ import pytest
 # Tests must not fight over the two cores: one thread for torch here and in every subprocess.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
-# Token files go to a private folder, never to the user's ~/.cache.
-os.environ.setdefault("CHARRNN_CACHE_DIR", tempfile.mkdtemp(prefix="charrnn-test-cache-"))
+# Token files go to a private folder, never to the user's ~/.cache, and the folder goes when the
+# session ends (every run of the suite, and every xdist worker, made one that stayed in /tmp).
+if "CHARRNN_CACHE_DIR" not in os.environ:
+    _TEST_CACHE = tempfile.mkdtemp(prefix="charrnn-test-cache-")
+    os.environ["CHARRNN_CACHE_DIR"] = _TEST_CACHE
+    atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 
 import torch  # noqa: E402
 

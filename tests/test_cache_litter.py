@@ -306,3 +306,23 @@ def test_a_cache_folder_that_is_a_file_is_named_as_such(trained_run, pattern_cor
         "(choose another with --cache-dir or CHARRNN_CACHE_DIR)"
     )
     assert not_a_folder.read_text() == "a file"
+
+
+def test_the_suites_own_cache_folder_is_removed_when_the_session_ends(tmp_path):
+    """Every run of the suite made a charrnn-test-cache-* folder that stayed in /tmp."""
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import conftest; "
+        "print(os.environ['CHARRNN_CACHE_DIR'])"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "CHARRNN_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    folder = Path(done.stdout.strip())
+    assert folder.parent == tmp_path and folder.name.startswith("charrnn-test-cache-")
+    assert not folder.exists()

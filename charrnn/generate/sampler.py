@@ -139,7 +139,7 @@ class _Sample:
     def __init__(self, index: int, prime: str, seed: int, tokenizer: Tokenizer, config: SampleConfig) -> None:
         self.index, self.prime, self.seed = index, prime, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.start_ids, self.echo = _start_tokens(tokenizer, prime, self.generator)
+        self.start_ids, self.echo = start_tokens(tokenizer, prime, self.generator)
         # Samples with the same start share its reading: the prime itself, or the start ids
         # when there is none (a newline, or a random first token).
         self.start_key: tuple = (prime,) if self.start_ids is None else tuple(self.start_ids.tolist())
@@ -172,7 +172,7 @@ class _Sample:
         )
 
 
-def _start_tokens(
+def start_tokens(
     tokenizer: Tokenizer, prime: str | None, generator: torch.Generator
 ) -> tuple[np.ndarray | None, str]:
     """The ids that warm the model up (None: the prime's, encoded a piece at a time when it is
@@ -193,7 +193,8 @@ def new_stepper(model: CharRNN) -> RecurrentStepper | OnnxStepper:
     return OnnxStepper(model) if isinstance(model, OnnxCharRNN) else RecurrentStepper(model)
 
 
-def _concatenate_states(states: list[State]) -> State:
+def concatenate_states(states: list[State]) -> State:
+    """One state of many rows from the states of single streams (batch dimension 1)."""
     # One model's states are all pairs (LSTM) or all tensors (GRU, RNN).
     if isinstance(states[0], tuple):
         pairs = cast(list[tuple[torch.Tensor, torch.Tensor]], states)
@@ -225,7 +226,7 @@ def _run_batch(
             last_logits, state = read_tokens(model, sample.start_pieces(tokenizer))
             warmed[sample.start_key] = (last_logits.float(), state)
     logits = torch.cat([warmed[sample.start_key][0] for sample in samples]).numpy()
-    stepper.load_state(_concatenate_states([warmed[sample.start_key][1] for sample in samples]))
+    stepper.load_state(concatenate_states([warmed[sample.start_key][1] for sample in samples]))
     if banned:
         logits[:, banned] = float("-inf")
     for position, sample in enumerate(samples):

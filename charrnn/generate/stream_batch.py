@@ -28,7 +28,7 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.data.tokenizers import Tokenizer
-from charrnn.generate.sampler import _concatenate_states, _start_tokens, new_stepper, silent_token_ids
+from charrnn.generate.sampler import concatenate_states, new_stepper, silent_token_ids, start_tokens
 from charrnn.generate.stop_strings import StopMatcher
 from charrnn.generate.token_choice import TokenChooser, UniformStream
 from charrnn.model import CharRNN, State, read_tokens
@@ -88,7 +88,7 @@ class Stream:
         self.tag = tag  # the owner's label (the server: the choice's index)
         self.sink: Any = None  # where the runner sends this stream's updates (the server's request)
         self.generator = torch.Generator().manual_seed(seed)
-        self.start_ids, self.echo = _start_tokens(tokenizer, prompt, self.generator)
+        self.start_ids, self.echo = start_tokens(tokenizer, prompt, self.generator)
         self.uniforms = UniformStream(self.generator)
         self.decoder = tokenizer.stream_decoder()
         self.matcher = StopMatcher(config.stop, config.keep_stop)
@@ -150,7 +150,7 @@ class StreamBatch:
             row, state = self._warm(stream)
             rows.append(row)
             states.append(state)
-        self.stepper.load_state(_concatenate_states(states))
+        self.stepper.load_state(concatenate_states(states))
         self._logits = np.concatenate(rows)
         self.streams.extend(streams)
 
