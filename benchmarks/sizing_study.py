@@ -256,7 +256,7 @@ def run_setting(
     if steps is None:
         steps = budget_steps
     else:
-        source["steps_source"] = "the sizing rule"
+        source["steps_source"] = "planned (the sizing rule or --stop-after)"
         if stops_early:
             source["stops_before_budget"] = True
     out = folder / f"run-{abs(hash((setting, seed)))}"
@@ -296,7 +296,16 @@ def run(args: argparse.Namespace) -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
         jobs = [
-            pool.submit(run_setting, args, setting, seed, Path(folder), identity)
+            pool.submit(
+                run_setting,
+                args,
+                setting,
+                seed,
+                Path(folder),
+                identity,
+                args.stop_after,
+                bool(args.stop_after),
+            )
             for seed in seeds
             for setting in args.settings
         ]
@@ -453,6 +462,13 @@ def main() -> None:
     runs.add_argument("--seeds", default="1")
     runs.add_argument("--jobs", type=int, default=2)
     runs.add_argument("--evaluations", type=int, default=20, help="evaluations per run (default 20)")
+    runs.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        # As sizing ends a run that would read the text too often.
+        help="steps of a run that ends before its budget",
+    )
     runs.add_argument(
         "--steps-per-minute",
         type=float,
