@@ -1,4 +1,5 @@
-"""Options shared by the commands that run a trained model over text (eval, score): which model, and where."""
+"""Options shared by several commands: which model and where it runs (eval, score), and the cache
+folder (train, novelty)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ model_option = click.option(
     help="The model (a .safetensors or exported .onnx file, or a run directory); default: the first argument "
     "when it is one, else the most recent run under runs/.",
 )
+
+
+def cache_dir_option(what_it_keeps: str) -> Callable[[Callable], Callable]:
+    """--cache-dir (CHARRNN_CACHE_DIR): one folder for every cache charrnn keeps; `what_it_keeps`
+    finishes the help."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False),
+        envvar="CHARRNN_CACHE_DIR",
+        default=None,
+        show_default="~/.cache/charrnn",
+        help=f"Folder {what_it_keeps}.",
+    )
 
 
 def device_options(verb: str) -> Callable[[Callable], Callable]:

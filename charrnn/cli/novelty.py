@@ -11,7 +11,7 @@ import click
 from charrnn.cli.answer import closed_pipe_ends_quietly, print_json, split_model_argument
 from charrnn.cli.console import terminal_safe
 from charrnn.cli.group import cli
-from charrnn.cli.model_options import model_option
+from charrnn.cli.model_options import cache_dir_option, model_option
 from charrnn.errors import UsageProblem
 
 PREVIEW_CHARS = 100  # of the longest span, on the terminal
@@ -38,14 +38,7 @@ def min_span_option(command):
 
 def corpus_option(command):
     """--corpus and --cache-dir, shared by `novelty` and `sample --novelty`."""
-    command = click.option(
-        "--cache-dir",
-        type=click.Path(file_okay=False),
-        envvar="CHARRNN_CACHE_DIR",
-        default=None,
-        show_default="~/.cache/charrnn",
-        help="Folder of the token cache, where the index of the training text is kept.",
-    )(command)
+    command = cache_dir_option("of the token cache, where the index of the training text is kept")(command)
     return click.option(
         "--corpus",
         default=None,

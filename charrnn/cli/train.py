@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from charrnn.cli.group import cli
+from charrnn.cli.model_options import cache_dir_option
 from charrnn.config import (
     DEFAULT_SUBWORD_VOCAB_SIZE,
     FINE_TUNE_LR,
@@ -209,14 +210,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Continue a run exactly where it stopped: `train --resume RUN_DIR` "
     "(or CORPUS / --out RUN_DIR naming the run).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    envvar="CHARRNN_CACHE_DIR",
-    default=None,
-    show_default="~/.cache/charrnn",
-    help="Folder for encoded token files (reused while the corpus is unchanged).",
-)
+@cache_dir_option("for encoded token files (reused while the corpus is unchanged)")
 @click.option(
     "--keep",
     type=int,
