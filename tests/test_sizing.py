@@ -87,6 +87,16 @@ def test_a_big_corpus_and_a_long_budget_get_a_bigger_model():
     assert long.steps >= MIN_STEPS_TO_GROW
 
 
+def test_a_larger_model_is_not_chosen_when_it_would_be_cut_short():
+    # 3 x 512 for about 5,000 steps kept 1.4090 on tinyshakespeare, worse than 5 minutes of the
+    # default (1.3867), where 2 x 512 for 8,000 kept 1.3771: on a machine 5% faster than measured,
+    # 15 minutes must still choose 2 x 512.
+    faster = choose_size(inputs(1_000_000, minutes=15, reference_steps_per_second=MEASURED_SPEED * 1.05))
+    assert shape(faster) == (2, 512)
+    assert "3 x 512 would make only 5," in faster.reason
+    assert shape(choose_size(inputs(1_000_000, minutes=30))) == (3, 512)
+
+
 def test_more_time_never_gives_a_smaller_model_or_less_dropout():
     for tokens in (180_000, 1_000_000, 10_000_000, 100_000_000):
         previous = None
