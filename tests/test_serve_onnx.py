@@ -99,19 +99,30 @@ def _wait_for(url: str, process: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
-def test_charrnn_serve_runs_an_int8_export(trained_run, tmp_path):
-    model = tmp_path / "s.onnx"
-    assert run_cli("export", str(trained_run), "-o", str(model), "--int8").exit_code == 0
+def _start_serve(command_prefix: list[str], *args: str) -> tuple[subprocess.Popen, str]:
+    """Start `charrnn serve ARGS` (after `command_prefix`, the interpreter's way in) on a free
+    loopback port, without an API key; return the process once it answers, and its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "serve", str(model), "--port", str(port)],
+        [*command_prefix, "serve", *args, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "CHARRNN_API_KEY": ""},
     )
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         _wait_for(url, process)
+    except BaseException:
+        process.kill()
+        raise
+    return process, url
+
+
+def test_charrnn_serve_runs_an_int8_export(trained_run, tmp_path):
+    model = tmp_path / "s.onnx"
+    assert run_cli("export", str(trained_run), "-o", str(model), "--int8").exit_code == 0
+    process, url = _start_serve([sys.executable, "-m", "charrnn"], str(model))
+    try:
         answer = httpx.post(url + "/v1/completions", json={"prompt": "the ", "max_tokens": 30}, timeout=60)
         assert answer.status_code == 200, answer.text
         choice = answer.json()["choices"][0]
@@ -218,16 +229,8 @@ main()
 
 
 def test_a_failed_worker_is_one_line_on_stderr_not_a_traceback(trained_run):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", _FAILING_SERVE, "serve", str(trained_run), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "CHARRNN_API_KEY": ""},
-    )
+    process, url = _start_serve([sys.executable, "-c", _FAILING_SERVE], str(trained_run))
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_for(url, process)
         answer = httpx.post(url + "/v1/completions", json={"prompt": "the ", "max_tokens": 5}, timeout=30)
         assert answer.status_code in (500, 503) and "recurrent" in answer.json()["error"]["message"]
         process.terminate()
