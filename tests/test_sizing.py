@@ -274,3 +274,9 @@ def test_the_speed_probe_times_real_steps_and_leaves_the_random_generator_alone(
     )
     assert speed == pytest.approx(4.0)  # every timed step took one tick of the fake clock: 0.25 s
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_reason_names_a_one_minute_budget_in_words():
+    # It said "1.0 minutes".
+    assert "1.0 M characters, 1 minute: " in choose_size(inputs(1_000_000, minutes=1)).reason
+    assert ", 1.5 minutes: " in choose_size(inputs(1_000_000, minutes=1.5)).reason

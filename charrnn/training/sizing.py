@@ -259,7 +259,8 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 3600:g} hours" if seconds != 3600 else "1 hour"
     if seconds >= 60:
         minutes = seconds / 60
-        return f"{minutes:.0f} minutes" if minutes >= 2 else f"{minutes:.1f} minutes"
+        text = f"{minutes:.0f}" if minutes >= 2 else f"{minutes:.1f}".removesuffix(".0")
+        return "1 minute" if text == "1" else f"{text} minutes"
     return f"{seconds:.0f} seconds"
 
 
