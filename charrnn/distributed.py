@@ -215,10 +215,21 @@ class TerminationWatchdog:
             if not data:
                 return
             if signal.SIGTERM in data:
-                timer = threading.Timer(self.grace, os._exit, args=(128 + signal.SIGTERM,))
+                timer = threading.Timer(self.grace, self._give_up)
                 timer.daemon = True
                 timer.start()
                 return
+
+    def _give_up(self) -> None:
+        """End the process, saying why: without a line, a survivor killed here left no word of it."""
+        # os.write, not print: the main thread may hold sys.stderr's lock, blocked mid-write.
+        message = (
+            f"Error: still running {self.grace:g} s after SIGTERM (waiting for another training "
+            "process?): stopped without saving; the last checkpoint is intact\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, message.encode())
+        os._exit(128 + signal.SIGTERM)
 
 
 def end_worker_process(code: object) -> None:

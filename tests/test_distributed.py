@@ -205,7 +205,11 @@ def test_survivor_of_a_dead_worker_stops_promptly_with_one_error_line(corpus, tm
     assert launcher.returncode != 0
     stderr = (tmp_path / "launcher.err").read_text()
     # The survivor says what happened in one line; the traceback after it is torchrun's own.
-    assert "Error: lost contact with another training process" in stderr
+    # Which line depends on who notices first: the survivor's next collective fails ("lost
+    # contact"), or torchrun's SIGTERM finds it blocked and the watchdog ends it.
+    assert "Error: lost contact with another training process" in stderr or (
+        "Error: still running 20 s after SIGTERM" in stderr
+    ), stderr[-3000:]
     assert "[rank0]: Traceback" not in stderr and "RuntimeError" not in stderr
     assert (run / "state.pt").is_file() and (run / "best.safetensors").is_file()
 
@@ -225,4 +229,28 @@ def test_a_worker_ends_with_its_exit_code_and_its_message_flushed(corpus, tmp_pa
     assert error_lines(result.stderr.decode()) == [
         "Error: under torchrun, pass --out RUN_DIR: every process and every restart must find the "
         "same run directory"
+    ]
+
+
+def test_a_worker_that_cannot_stop_after_sigterm_is_ended_with_one_line(tmp_path):
+    # A survivor blocked in a collective with a dead peer cannot run Python's signal handler;
+    # the watchdog ends it after the grace period, and says so (it used to exit silently).
+    script = (
+        "import signal, time\n"
+        "from charrnn.distributed import TerminationWatchdog\n"
+        "signal.signal(signal.SIGTERM, lambda *_: None)  # noted, but the stop never comes\n"
+        "TerminationWatchdog(grace=0.3).install()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert error_lines(stderr.decode()) == [
+        "Error: still running 0.3 s after SIGTERM (waiting for another training process?): "
+        "stopped without saving; the last checkpoint is intact"
     ]
