@@ -260,8 +260,9 @@ def run_setting(
         if stops_early:
             source["stops_before_budget"] = True
     out = folder / f"run-{abs(hash((setting, seed)))}"
-    # Validation: the first 250,000 tokens of the split (the default), which is all of it up to a
-    # 2.5 MB corpus; on 100 MB, twenty evaluations of the whole 10 MB split would take hours.
+    # Validation: 250,000 tokens of the split (the default), which is all of it up to a 2.5 MB
+    # corpus; on 100 MB, twenty evaluations of the whole 10 MB split would take hours. Runs before
+    # 2026-12-05 evaluated the split's first 250,000 tokens, later ones pieces spread over it.
     budget = ["--max-steps", str(steps), "--seed", str(seed)]
     budget += ["--eval-every", str(max(1, steps // args.evaluations))]
     records = train(args.corpus, [*options, *budget], out, threads=1 if args.jobs > 1 else None)

@@ -40,7 +40,7 @@ class TrainingStarted:
     chars_per_token: float
     train_tokens: int
     val_tokens: int
-    eval_tokens: int  # the first eval_tokens of the val split are evaluated
+    eval_tokens: int  # tokens each evaluation predicts (all of the val split's, or a sample spread over it)
     batch_size: int
     seq_len: int
     device: str

@@ -55,6 +55,58 @@ def test_evaluation_windows_predict_every_token_exactly_once(length, streams, wi
     assert sorted(predicted) == sorted(tokens[1:].tolist())
 
 
+def _predicted_positions(windows: EvaluationWindows, tokens: np.ndarray) -> list[int]:
+    """Where in `tokens` each predicted target sits (tokens are their own positions)."""
+    predicted = []
+    for index, (inputs, targets) in enumerate(windows):
+        if index == 0 and windows.first_is_warmup:
+            assert (targets == IGNORE_TARGET).all()
+            continue
+        kept = targets != IGNORE_TARGET
+        assert (targets[kept] == inputs[kept] + 1).all()  # each target follows its input
+        predicted.extend(targets[kept].tolist())
+    return predicted
+
+
+def test_a_limited_evaluation_predicts_pieces_spread_over_the_whole_array():
+    # A big split is many documents in a row: the sample must reach its end, not stop at its start.
+    tokens = np.arange(100_000)
+    windows = EvaluationWindows(tokens, 16, 32, warmup=8, limit=1_600)
+    predicted = _predicted_positions(windows, tokens)
+    assert len(predicted) == len(set(predicted)) == 1_600
+    spans = windows.scored_spans()
+    assert sorted(predicted) == [p for first, end in spans for p in range(first, end)]
+    starts = [first for first, _ in spans]
+    assert starts[0] == 1 and starts[-1] > 90_000  # 16 pieces, 6,249 tokens apart
+    assert len({b - a for a, b in zip(starts, starts[1:])}) == 1
+
+
+def test_each_piece_of_a_limited_evaluation_is_warmed_up_on_the_text_just_before_it():
+    tokens = np.arange(10_000)
+    windows = EvaluationWindows(tokens, 4, 16, warmup=5, limit=400)
+    context, targets = next(iter(windows))
+    assert (targets == IGNORE_TARGET).all() and windows.cold_row == 0
+    for row, (first, _) in enumerate(windows.scored_spans()[1:], start=1):
+        assert context[row].tolist() == list(range(first - 6, first - 1))
+
+
+def test_a_limit_at_or_above_the_array_is_the_whole_array():
+    tokens = np.arange(500)
+    for limit in (0, 499, 10_000):
+        limited = EvaluationWindows(tokens, 8, 16, warmup=4, limit=limit)
+        assert sorted(_predicted_positions(limited, tokens)) == list(range(1, 500))
+
+
+def test_the_ranks_of_a_limited_evaluation_together_predict_what_one_process_does():
+    tokens = np.arange(50_000)
+    alone = _predicted_positions(EvaluationWindows(tokens, 16, 32, warmup=8, limit=3_000), tokens)
+    shared = []
+    for rank in range(3):
+        part = EvaluationWindows(tokens, 16, 32, warmup=8, rank=rank, world_size=3, limit=3_000)
+        shared.extend(_predicted_positions(part, tokens))
+    assert sorted(shared) == sorted(alone)
+
+
 def test_byte_order_mark_is_dropped_and_directory_files_are_sorted(tmp_path):
     (tmp_path / "b.txt").write_text("B", encoding="utf-8")
     (tmp_path / "a.txt").write_bytes("\ufeffA".encode("utf-8"))

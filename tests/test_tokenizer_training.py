@@ -187,12 +187,13 @@ def test_bad_tokenizer_options_are_one_line_errors(mixed_corpus, tmp_path, args,
 
 
 @pytest.mark.parametrize("kind", ["char", "byte"])
-def test_eval_tokens_measures_the_first_tokens_of_the_split_in_honest_bits_per_char(
+def test_eval_tokens_measures_that_many_predictions_in_honest_bits_per_char(
     mixed_corpus, tmp_path, monkeypatch, kind
 ):
+    # One evaluation stream: the sample is one piece, at the start of the split.
     monkeypatch.setattr(charrnn.inspect.evaluation, "EVAL_STREAMS", 1)
-    result = _train(mixed_corpus, tmp_path / "run", kind, "--val-fraction", "0.1", "--eval-tokens", "41")
-    assert "evaluating the first 41 of the" in result.stderr
+    result = _train(mixed_corpus, tmp_path / "run", kind, "--val-fraction", "0.1", "--eval-tokens", "40")
+    assert "evaluating 40 of the" in result.stderr
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     loaded = load_weights(tmp_path / "run" / "latest.safetensors")
 

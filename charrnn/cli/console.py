@@ -225,8 +225,8 @@ class TrainingDisplay:
             )
         if event.eval_tokens < event.val_tokens:
             self.console.print(
-                f"evaluating the first {event.eval_tokens:,} of the {event.val_tokens:,} validation "
-                f"{unit} each time (--eval-tokens; 0 = all)",
+                f"evaluating {event.eval_tokens:,} of the {event.val_tokens:,} validation {unit} each "
+                "time, in pieces spread over the split (--eval-tokens; 0 = all)",
                 markup=False,
                 highlight=False,
             )

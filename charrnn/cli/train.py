@@ -185,8 +185,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     type=int,
     default=_TRAIN_DEFAULTS.eval_tokens,
     show_default=True,
-    help="Validation tokens each evaluation covers: the first N of the split (0 = all). "
-    "Keeps evaluation cheap on big corpora.",
+    help="Validation tokens each evaluation covers (0 = all): a bigger split is sampled in pieces "
+    "spread evenly over it. Keeps evaluation cheap on big corpora.",
 )
 @click.option(
     "--out",

@@ -137,6 +137,13 @@ class EvaluationWindows:
     Windows are cut from `tokens` on demand (it may be a memmap), and with
     `world_size` > 1 this process (rank) gets a contiguous block of the
     streams: the ranks' windows together are exactly the one-process windows.
+
+    With a `limit` below the number of predictions, only about `limit` tokens are
+    predicted: the streams become pieces of `limit / num_streams` tokens spread evenly
+    over the whole array, each warmed up on the text just before it. A big corpus's
+    split is often many documents one after another (a code base's files, a chat log's
+    days); its first `limit` tokens would be a few of them, and a model that drifts
+    towards what it read last would score very differently from one evaluation to the next.
     """
 
     def __init__(
@@ -147,11 +154,16 @@ class EvaluationWindows:
         warmup: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        limit: int = 0,
     ) -> None:
         self.tokens = tokens
         self.num_predictions = len(tokens) - 1
-        self.num_streams = max(1, min(num_streams, self.num_predictions))
-        self.stream_len = math.ceil(self.num_predictions / self.num_streams)
+        sampled = 0 < limit < self.num_predictions
+        self.num_streams = max(1, min(num_streams, limit if sampled else self.num_predictions))
+        self.stream_len = math.ceil((limit if sampled else self.num_predictions) / self.num_streams)
+        # Tokens from one stream's start to the next: the stream's own length when the streams
+        # cover the array end to end, more when they are pieces spread over it.
+        self.stride = self.num_predictions // self.num_streams if sampled else self.stream_len
         self.window_len = window_len
         # One warm-up window at most, no longer than the others (bounded memory for large vocabularies).
         self.warmup = min(warmup, self.stream_len, window_len) if self.num_streams > 1 else 0
@@ -168,6 +180,14 @@ class EvaluationWindows:
             return 0
         return math.ceil(self.stream_len / self.window_len) + (1 if self.first_is_warmup else 0)
 
+    def scored_spans(self) -> list[tuple[int, int]]:
+        """The (first, end) positions in `tokens` of the targets each stream predicts (every rank's)."""
+        spans = []
+        for stream in range(self.num_streams):
+            first = stream * self.stride
+            spans.append((first + 1, min(first + self.stream_len, self.num_predictions) + 1))
+        return spans
+
     def _cut(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         valid = positions < self.num_predictions
         clipped = np.where(valid, positions, 0)
@@ -176,8 +196,8 @@ class EvaluationWindows:
         return inputs, targets
 
     def _warmup_window(self) -> tuple[np.ndarray, np.ndarray]:
-        # Each stream is warmed up on the end of the stream before it; the first stream on zeros.
-        positions = self.streams[:, None] * self.stream_len + np.arange(-self.warmup, 0)[None, :]
+        # Each stream is warmed up on the text just before it; the first stream on zeros.
+        positions = self.streams[:, None] * self.stride + np.arange(-self.warmup, 0)[None, :]
         context, _ = self._cut(np.where(positions >= 0, positions, self.num_predictions))
         return context, np.full_like(context, IGNORE_TARGET)
 
@@ -186,7 +206,7 @@ class EvaluationWindows:
             return
         if self.first_is_warmup:
             yield self._warmup_window()
-        starts = self.streams[:, None] * self.stream_len
+        starts = self.streams[:, None] * self.stride
         for start in range(0, self.stream_len, self.window_len):
             end = min(start + self.window_len, self.stream_len)
             yield self._cut(starts + np.arange(start, end)[None, :])

@@ -33,21 +33,37 @@ class EvaluationResult:
     num_predictions: int = 0  # tokens predicted (every token after the first)
 
 
-def evaluate(
-    model: CharRNN, tokens: np.ndarray, num_chars: int, device: torch.device, world: World = World()
-) -> EvaluationResult:
-    """Loss over every token of `tokens` after the first, in nats per token and bits per character.
+@dataclass(frozen=True)
+class EvaluationSample:
+    """What each of a run's evaluations covers: `tokens` (the whole split), and with a `limit`
+    about that many of its predictions, in pieces spread over it (`EvaluationWindows`)."""
 
-    In a distributed run each rank evaluates its share of the streams and the
-    sums are added up, so every rank gets the figure of the whole split.
+    tokens: np.ndarray
+    limit: int  # 0: every token after the first
+    predictions: int  # tokens predicted
+    chars: int  # the characters behind those predictions
+
+
+def evaluate(
+    model: CharRNN,
+    tokens: np.ndarray,
+    num_chars: int,
+    device: torch.device,
+    world: World = World(),
+    limit: int = 0,
+) -> EvaluationResult:
+    """Loss over every token of `tokens` after the first (about `limit` of them, spread over
+    `tokens`, when `limit` is smaller), in nats per token and bits per character.
+
+    `num_chars`: the characters behind the predicted tokens. In a distributed run each rank
+    evaluates its share of the streams and the sums are added up, so every rank gets the
+    figure of the whole split.
     """
     started = time.perf_counter()
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
-    windows = EvaluationWindows(
-        tokens, EVAL_STREAMS, EVAL_WINDOW, warmup=EVAL_WARMUP, rank=world.rank, world_size=world.world_size
-    )
+    windows = _windows(tokens, limit, world)
     try:
         with torch.inference_mode():
             state: State | None = None
@@ -79,17 +95,31 @@ def evaluate(
     )
 
 
-def evaluation_split(corpus: PreparedCorpus, limit: int) -> tuple[np.ndarray, int]:
-    """The validation tokens each evaluation covers, and the characters behind their predictions.
+def _windows(tokens: np.ndarray, limit: int, world: World = World()) -> EvaluationWindows:
+    return EvaluationWindows(
+        tokens,
+        EVAL_STREAMS,
+        EVAL_WINDOW,
+        warmup=EVAL_WARMUP,
+        rank=world.rank,
+        world_size=world.world_size,
+        limit=limit,
+    )
 
-    The first `limit` tokens of the split (all of it when `limit` is 0 or the split is
-    shorter): always the same contiguous text, so every evaluation of a run, and every
-    run with the same limit on the same corpus, is measured on the same text.
+
+def evaluation_split(corpus: PreparedCorpus, limit: int) -> EvaluationSample:
+    """What each evaluation of a run covers: the whole validation split when `limit` is 0 or the
+    split is no longer, else about `limit` tokens of it in pieces spread evenly over it.
+
+    Always the same text, so every evaluation of a run, and every run with the same limit on
+    the same corpus, is measured on the same tokens.
     """
-    if limit == 0 or len(corpus.val_tokens) <= limit:
-        return corpus.val_tokens, corpus.val_chars
-    tokens = corpus.val_tokens[:limit]
-    return tokens, count_chars(corpus.tokenizer, tokens[1:])
+    tokens = corpus.val_tokens
+    if limit == 0 or len(tokens) <= limit:
+        return EvaluationSample(tokens, 0, max(0, len(tokens) - 1), corpus.val_chars)
+    spans = _windows(tokens, limit).scored_spans()
+    chars = sum(count_chars(corpus.tokenizer, tokens[first:end]) for first, end in spans)
+    return EvaluationSample(tokens, limit, sum(end - first for first, end in spans), chars)
 
 
 def _zero_stream(state: State, stream: int) -> State:

@@ -151,7 +151,7 @@ class Trainer:
             else BatchStream(*window_args, stream_groups=self.stream_groups)
         )
         self.chars_per_token = corpus.train_chars / max(1, len(corpus.train_tokens))
-        self.eval_tokens, self.eval_chars = evaluation_split(corpus, config.eval_tokens)
+        self.evaluation_sample = evaluation_split(corpus, config.eval_tokens)
         self.speed = SpeedMeter(
             self.batch_size * world.world_size * config.seq_len * self.chars_per_token, self.chars_per_token
         )
@@ -187,7 +187,10 @@ class Trainer:
                 chars_per_token=self.chars_per_token,
                 train_tokens=len(self.corpus.train_tokens),
                 val_tokens=len(self.corpus.val_tokens),
-                eval_tokens=len(self.eval_tokens),
+                # All of the split (the display says nothing more), or the predictions of a sample.
+                eval_tokens=self.evaluation_sample.predictions
+                if self.evaluation_sample.limit
+                else len(self.corpus.val_tokens),
                 batch_size=self.batch_size,
                 stream_groups=self.stream_groups,
                 seq_len=config.seq_len,
@@ -243,7 +246,11 @@ class Trainer:
         # Stop early enough that the final evaluation (with its preview and saves) and one
         # more step also fit in the budget.
         reserve = (
-            1.2 * (counters.eval_clock_seconds or self.speed.guess_eval_seconds(len(self.eval_tokens)))
+            1.2
+            * (
+                counters.eval_clock_seconds
+                or self.speed.guess_eval_seconds(self.evaluation_sample.predictions)
+            )
             + counters.step_seconds
         )
         # All ranks must stop at the same step, or some would wait in a collective forever.
@@ -317,7 +324,10 @@ class Trainer:
         # (NumPy warned of invalid values) or logged (metrics.jsonl got a record of nulls).
         self.checkpointer.check_finite(self.model, counters.step)
         # Always in fp32, whatever the training precision: the reported figures stay comparable.
-        result = evaluate(self.model, self.eval_tokens, self.eval_chars, self.device, world=self.world)
+        sample = self.evaluation_sample
+        result = evaluate(
+            self.model, sample.tokens, sample.chars, self.device, world=self.world, limit=sample.limit
+        )
         self.clock.agree()  # the clock moved on during evaluation
         train_loss = self.world.sum(counters.interval.mean_loss())[0] / self.world.world_size
         is_best = result.loss < counters.best_val_loss
