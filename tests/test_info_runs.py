@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_cli
+from conftest import PATTERN, TINY_MODEL_OPTIONS, error_lines, run_charrnn_process, run_cli
 
 from charrnn.api import load
 from charrnn.errors import CheckpointError
@@ -217,3 +219,25 @@ def test_a_header_longer_than_allowed_is_refused_without_reading_it(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info", "MODEL"],
+        ["sample", "MODEL", "--length", "5"],
+        ["eval", "MODEL", "-"],
+        ["export", "MODEL", "-o", "x.onnx"],
+    ],
+)
+def test_a_model_path_that_is_a_fifo_is_refused_at_once(tmp_path, command):
+    # Reading a FIFO blocks until something writes to it: `info` waited forever.
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    arguments = [str(fifo) if argument == "MODEL" else argument for argument in command]
+    result = run_charrnn_process(*arguments, input=b"text", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1
+    assert error_lines(result.stderr.decode()) == [
+        f"Error: {fifo} is a FIFO (named pipe), not a checkpoint: give a .safetensors file or a run directory"
+    ]
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not (tmp_path / "x.onnx").exists()

@@ -284,6 +284,11 @@ def resolve_weights(given: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> P
             return weights
         if not path.exists():
             raise CheckpointError(f"checkpoint not found: {path}")
+        if not path.is_file():  # reading a FIFO would wait for a writer forever, a device too
+            raise CheckpointError(
+                f"{path} is a {kind_of(path.stat().st_mode)}, not a checkpoint: give a .safetensors "
+                "file or a run directory"
+            )
         return path
     candidates = []
     if runs_root.is_dir():
