@@ -364,7 +364,8 @@ def defaults(args: argparse.Namespace) -> None:
         runs = [
             r
             for r in read_results()
-            if r["kind"] == "run" and r["corpus_sha256"] == identity["corpus_sha256"]
+            # A run of a patched charrnn (a trial of a change the package does not have) is not the rule's.
+            if r["kind"] == "run" and r["corpus_sha256"] == identity["corpus_sha256"] and "patched" not in r
         ]
         done = [
             r
@@ -454,7 +455,11 @@ def table(args: argparse.Namespace) -> None:
     runs = [r for r in read_results() if r["kind"] == "run"]
     groups: dict[tuple, list[dict]] = {}
     for record in runs:
-        groups.setdefault((record["corpus"], record["minutes"], record["options"]), []).append(record)
+        options = record["options"]
+        if "patched" in record:  # a trial of a change the package does not have: say which
+            settings = " ".join(f"{k}={v}" for k, v in sorted(record["patched"]["settings"].items()))
+            options = f"{options} (patched: {settings})"
+        groups.setdefault((record["corpus"], record["minutes"], options), []).append(record)
     print("| corpus | minutes | options | median best val loss | seeds | steps |")
     print("|---|---|---|---|---|---|")
     for (corpus, minutes, options), records in sorted(groups.items()):

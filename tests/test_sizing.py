@@ -11,6 +11,7 @@ from charrnn.training.sizing import (
     MIN_STEPS_TO_GROW,
     SizingInputs,
     choose_size,
+    dropout_for_depth,
     dropout_for_exposure,
 )
 
@@ -167,6 +168,21 @@ def test_dropout_rises_with_passes_and_weights_per_token_and_is_bounded():
     assert (
         dropout_for_exposure(10, 5.0) > dropout_for_exposure(10, 2.0) > dropout_for_exposure(10, 0.5) == 0.0
     )
+
+
+def test_a_deeper_model_gets_less_dropout_per_layer_for_the_same_exposure():
+    # --dropout acts at every layer: 3 layers at 0.22 drop what 2 layers at 0.31 do.
+    assert dropout_for_depth(0.31, 2) == 0.31
+    assert dropout_for_depth(0.31, 3) == 0.22
+    assert dropout_for_depth(0.0, 3) == 0.0
+    assert dropout_for_depth(0.2, 4) < dropout_for_depth(0.2, 3) < 0.2
+
+
+def test_thirty_minutes_of_tinyshakespeare_get_three_layers_with_the_depths_dropout():
+    choice = choose_size(inputs(1_003_854, minutes=30))
+    assert (choice.chosen["num_layers"], choice.chosen["hidden_size"]) == (3, 512)
+    assert choice.chosen["dropout"] == 0.22
+    assert "3 x 512 with dropout 0.22" in choice.reason
 
 
 def test_the_reason_says_corpus_budget_passes_and_choice_in_words():
