@@ -79,6 +79,9 @@ def test_a_limited_evaluation_predicts_pieces_spread_over_the_whole_array():
     starts = [first for first, _ in spans]
     assert starts[0] == 1 and starts[-1] > 90_000  # 16 pieces, 6,249 tokens apart
     assert len({b - a for a, b in zip(starts, starts[1:])}) == 1
+    # A limit that 16 pieces do not divide: never more predictions than asked for.
+    uneven = EvaluationWindows(tokens, 16, 32, warmup=8, limit=1_615)
+    assert len(_predicted_positions(uneven, tokens)) == 1_600
 
 
 def test_each_piece_of_a_limited_evaluation_is_warmed_up_on_the_text_just_before_it():

@@ -160,7 +160,10 @@ class EvaluationWindows:
         self.num_predictions = len(tokens) - 1
         sampled = 0 < limit < self.num_predictions
         self.num_streams = max(1, min(num_streams, limit if sampled else self.num_predictions))
-        self.stream_len = math.ceil((limit if sampled else self.num_predictions) / self.num_streams)
+        # A sample never predicts more than `limit` tokens (the pieces round down).
+        self.stream_len = (
+            limit // self.num_streams if sampled else math.ceil(self.num_predictions / self.num_streams)
+        )
         # Tokens from one stream's start to the next: the stream's own length when the streams
         # cover the array end to end, more when they are pieces spread over it.
         self.stride = self.num_predictions // self.num_streams if sampled else self.stream_len
