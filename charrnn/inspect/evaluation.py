@@ -43,6 +43,11 @@ class EvaluationSample:
     predictions: int  # tokens predicted
     chars: int  # the characters behind those predictions
 
+    @property
+    def tokens_covered(self) -> int:
+        """Validation tokens this covers: the whole split's, or the predictions of the sample."""
+        return self.predictions if self.limit else len(self.tokens)
+
 
 def evaluate(
     model: CharRNN,

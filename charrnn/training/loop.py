@@ -187,10 +187,7 @@ class Trainer:
                 chars_per_token=self.chars_per_token,
                 train_tokens=len(self.corpus.train_tokens),
                 val_tokens=len(self.corpus.val_tokens),
-                # All of the split (the display says nothing more), or the predictions of a sample.
-                eval_tokens=self.evaluation_sample.predictions
-                if self.evaluation_sample.limit
-                else len(self.corpus.val_tokens),
+                eval_tokens=self.evaluation_sample.tokens_covered,
                 batch_size=self.batch_size,
                 stream_groups=self.stream_groups,
                 seq_len=config.seq_len,
@@ -249,7 +246,7 @@ class Trainer:
             1.2
             * (
                 counters.eval_clock_seconds
-                or self.speed.guess_eval_seconds(self.evaluation_sample.predictions)
+                or self.speed.guess_eval_seconds(self.evaluation_sample.tokens_covered)
             )
             + counters.step_seconds
         )
