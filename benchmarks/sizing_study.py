@@ -20,7 +20,9 @@ across sessions and machines. docs/experiments/ writes it up.
     python benchmarks/sizing_study.py choice-time
 
 A budget of M minutes runs as `--max-steps` = M x (steps a minute of the default shape on an
-idle machine) / (the shape's step cost relative to the default shape). The loss after N steps
+idle machine) / (the shape's step cost relative to the default shape: the sizing rule's for a
+shape of its ladder, so a grid run of that shape is the run the rule plans; else the latest
+`costs` record). The loss after N steps
 does not depend on how busy the machine is, so runs can go two at a time on one thread each,
 and the result is the one a timed run of M minutes gives where the machine makes that many steps.
 """
@@ -206,6 +208,21 @@ def latest(kind: str, shape: str, batch_size: int = DEFAULT_BATCH) -> dict | Non
     return chosen[-1] if chosen else None
 
 
+def rule_step_cost(shape: str) -> float | None:
+    """The sizing rule's step cost of a shape on its ladder (training/sizing.py), at the default batch."""
+    from charrnn.training.sizing import SHAPES
+
+    layers, hidden = (int(part) for part in shape.split("x"))
+    return next(
+        (
+            cost
+            for ladder_layers, ladder_hidden, cost in SHAPES
+            if (ladder_layers, ladder_hidden) == (layers, hidden)
+        ),
+        None,
+    )
+
+
 def steps_for(
     minutes: float, shape: str, reference_steps_per_minute: float | None, batch_size: int = DEFAULT_BATCH
 ) -> tuple[int, dict]:
@@ -216,8 +233,13 @@ def steps_for(
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
     is_reference = shape == DEFAULT_SHAPE and batch_size == DEFAULT_BATCH
     measured = None if is_reference else latest("step-cost", shape, batch_size)
+    rule_cost = rule_step_cost(shape) if batch_size == DEFAULT_BATCH else None
     if is_reference:
         cost, cost_source = 1.0, "default shape"
+    elif rule_cost is not None:
+        # A shape of the rule's ladder runs the steps the rule plans for it (`defaults` does the
+        # same), so a grid run and the rule's choice of one shape are the same run.
+        cost, cost_source = rule_cost, "the sizing rule's step cost"
     elif measured is not None:
         cost, cost_source = measured["relative_cost"], f"step-cost record of {measured['date']}"
     elif batch_size != DEFAULT_BATCH:

@@ -296,3 +296,22 @@ def test_the_reason_names_a_one_minute_budget_in_words():
     # It said "1.0 minutes".
     assert "1.0 M characters, 1 minute: " in choose_size(inputs(1_000_000, minutes=1)).reason
     assert ", 1.5 minutes: " in choose_size(inputs(1_000_000, minutes=1.5)).reason
+
+
+def test_the_studys_stand_in_for_a_shape_makes_the_steps_the_rule_plans_for_it():
+    # benchmarks/sizing_study.py `run` took a shape's cost from its latest step-cost record while
+    # the rule (and `defaults`) used the rule's own: the 15-minute stand-in of 2 x 512 made 8,579
+    # steps where the rule plans 8,068, so a grid run and the rule's choice were different runs.
+    import importlib.util
+    from pathlib import Path
+
+    from charrnn.training.sizing import SHAPES
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sizing_study.py"
+    spec = importlib.util.spec_from_file_location("sizing_study", script)
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    for layers, hidden, cost in SHAPES:
+        steps, _ = study.steps_for(15, f"{layers}x{hidden}", 1022)
+        assert steps == max(1, round(15 * 1022 / cost)), (layers, hidden)
