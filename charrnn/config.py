@@ -183,8 +183,10 @@ class TrainConfig(_JsonDataclass):
     max_steps: int | None = None
     max_time: float | None = None  # seconds of wall clock, evaluation included
     val_fraction: float = 0.1
-    eval_every: int | None = None  # steps between evaluations; None = about EVALS_PER_RUN per run
-    # Validation tokens evaluated each time: the first this many of the split (0 = all of it).
+    # Steps between evaluations; None = about EVALS_PER_RUN per run, and at least every 30 minutes.
+    eval_every: int | None = None
+    # Validation tokens evaluated each time (0 = all of the split): a bigger split is sampled in
+    # pieces spread evenly over it (EvaluationWindows in data/windows.py).
     # The whole split of a small corpus (tinyshakespeare's is 111,540 characters); on a corpus
     # of gigabytes, evaluating all of its 10% split eight times would eat the whole budget.
     eval_tokens: int = DEFAULT_EVAL_TOKENS

@@ -167,6 +167,22 @@ def test_timed_evaluations_keep_within_their_share_of_the_time():
     assert schedule.evaluation_due(4, 40.0)
 
 
+def test_a_long_budget_still_evaluates_and_saves_every_half_hour():
+    # A day's budget spread 8 evaluations 3 hours apart (and a million steps 125,000 apart), so a
+    # crash lost up to 3 hours: now at most 30 minutes pass between checkpoints.
+    for config in (TrainConfig(max_time=24 * 3600.0), TrainConfig(max_steps=1_000_000)):
+        schedule = Schedule(config)
+        due = []
+        for step in range(1, 4 * 360 + 1):  # a step every 5 s, for 2 hours
+            elapsed = step * 5.0
+            if schedule.evaluation_due(step, elapsed):
+                due.append(elapsed)
+                schedule.evaluated(step, elapsed, cost=10.0)
+        assert due == [1800.0, 3600.0, 5400.0, 7200.0]
+    resumed = Schedule(TrainConfig(max_time=24 * 3600.0), start_step=100, start_elapsed=5000.0)
+    assert not resumed.evaluation_due(101, 6799.0) and resumed.evaluation_due(102, 6800.0)
+
+
 # -- the run-state record ------------------------------------------------------------------------
 
 

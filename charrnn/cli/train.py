@@ -177,7 +177,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--eval-every",
     type=int,
     default=None,
-    show_default="8 times per run, at most 10% of the time",
+    show_default="8 times per run and at least every 30 minutes, at most 10% of the time",
     help="Steps between evaluations and checkpoints.",
 )
 @click.option(

@@ -14,6 +14,9 @@ from charrnn.config import EVALS_PER_RUN, TrainConfig
 
 # With a time budget, evaluations are spaced so they take at most this share of it.
 MAX_EVAL_SHARE = 0.1
+# However long the budget, a run evaluates and saves at least this often (wall clock), so a day's
+# run does not go three hours between checkpoints: a crash or a kill loses at most this much.
+MAX_SECONDS_BETWEEN_EVALUATIONS = 30 * 60.0
 # A run whose budget is extended on resume goes on from the rate it had reached, but from at
 # least this fraction of --lr: with the default floor of 0 a finished run has decayed to a rate
 # of about 0, and would otherwise train on without learning.
@@ -73,6 +76,7 @@ class Schedule:
         )
         self._next_evaluation = self._next_mark(self.progress(start_step, start_elapsed))
         self._not_before = 0.0
+        self._last_evaluation = start_elapsed
 
     @classmethod
     def resumed(cls, config: TrainConfig, saved: LearningRateAnchor, step: int, elapsed: float) -> Schedule:
@@ -135,9 +139,12 @@ class Schedule:
         max_steps // EVALS_PER_RUN steps. With a time budget (alone, or beside --max-steps): each time
         the progress of whichever budget runs out first passes the next 1/EVALS_PER_RUN, but never
         sooner after the last evaluation than keeps evaluating within MAX_EVAL_SHARE of the time.
+        Without --eval-every, also once MAX_SECONDS_BETWEEN_EVALUATIONS have passed since the last.
         """
         if self.config.eval_every is not None:
             return step % self.config.eval_every == 0
+        if elapsed - self._last_evaluation >= MAX_SECONDS_BETWEEN_EVALUATIONS and elapsed >= self._not_before:
+            return True
         if self.budget_seconds is None:
             # TrainConfig.budget_seconds() is None only when --max-steps is the budget.
             assert self.max_steps is not None
@@ -148,6 +155,7 @@ class Schedule:
         """Note an evaluation that began at `started` (after step `step`) and took `cost` seconds."""
         self._next_evaluation = self._next_mark(self.progress(step, started))
         self._not_before = started + cost / MAX_EVAL_SHARE
+        self._last_evaluation = started
 
     @staticmethod
     def _next_mark(progress: float) -> float:
