@@ -10,11 +10,13 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
 
 1. The budget is turned into steps of each shape of `SHAPES`: seconds x the measured steps a
    second of the reference shape (2 x 384) / the shape's step cost relative to it.
-2. Size: the largest shape that still makes `MIN_STEPS` steps (`MIN_STEPS_TO_GROW` for one larger
-   than the reference, which the default keeps unless a bigger one is measured better) and has at most
-   `MAX_PARAMETERS_PER_TOKEN` weights per training token. Fewer steps than that left the bigger
-   models behind the default one; more weights than that overfitted a small corpus before dropout
-   could help.
+2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
+   `MAX_PARAMETERS_PER_TOKEN` weights per training token. A shape larger than the reference needs
+   `MIN_STEPS_TO_GROW` steps where the reference would memorise the text (its exposure, as in 3,
+   would call for dropout), and `MIN_STEPS_TO_GROW_ON_FRESH_TEXT` where it would not: with text
+   to spare, more steps of the reference beat fewer of a bigger model. Fewer steps than that left
+   the bigger models behind the default one; more weights than that overfitted a small corpus
+   before dropout could help.
 3. Dropout from how hard the chosen model can memorise the text (`dropout_for_exposure`): the
    passes it will make times its weights per training token. None while that is small, more as
    it grows; less per layer for a deeper model, which drops at more places (`dropout_for_depth`).
@@ -48,16 +50,22 @@ SHAPES: tuple[tuple[int, int, float], ...] = (
     (3, 768, 8.8),
 )
 REFERENCE_SHAPE = (2, 384)
-# A shape needs this many steps to beat the smaller ones: at 2 minutes on tinyshakespeare, 5,254
-# steps of 2 x 256 beat 2,044 of 2 x 384 by 0.018 (docs/experiments/2026-12-04-self-sizing.md).
+# A shape needs this many steps to be chosen over the smaller ones. At 2 minutes, 5,110 steps of
+# 2 x 256 beat 2,044 of 2 x 384 on tinyshakespeare by 0.018 and on 10 MB of code by 0.135, and lost
+# on 1 MB of code by 0.025 and of translations by 0.011 (docs/experiments/2026-12-05-sizing-across-
+# corpora.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on tinyshakespeare.
 MIN_STEPS = 4_000
-# A shape larger than the reference needs this many. On tinyshakespeare 2 x 512 for 7,388 steps
-# (1.3804) and 3 x 512 for 9,581 (1.3767) beat the default's 5-minute 1.3867, but 3 x 512 for 5,007
-# steps kept 1.4090, worse than 5 minutes of the default: a bigger model cut short is behind a
-# smaller one (docs/experiments/2026-12-05-sizing-third-round.md). The gap between the two
-# thresholds also keeps a machine a little slower than measured from dropping to 2 x 256 at 5
-# minutes on tinyshakespeare, where 2 x 256 for 13,100 steps kept 1.4303 against 2 x 384's 1.3867.
+# A shape larger than the reference needs this many where the reference would memorise the text.
+# On tinyshakespeare 2 x 512 for 8,064 steps (1.3771) beat 2 x 384 for 15,330 (1.3861, which
+# needed dropout 0.25), and 3 x 512 for 9,581 (1.3718) beat both, but 3 x 512 for 5,007 steps kept
+# 1.4090, worse than 5 minutes of the default: a bigger model cut short is behind a smaller one
+# (docs/experiments/2026-12-05-sizing-third-round.md).
 MIN_STEPS_TO_GROW = 7_000
+# ... and this many where it would not. On 100 MB of code (a sixth of a pass in 15 minutes) 2 x 384
+# for 15,330 steps beat 2 x 512 for 8,068 (docs/experiments/2026-12-05-sizing-across-corpora.md).
+# Where a bigger model overtakes it on such text is not measured yet: this is twice the steps at
+# which 2 x 512 lost (30 minutes for 2 x 512 on the study's machine, about 50 for 3 x 512).
+MIN_STEPS_TO_GROW_ON_FRESH_TEXT = 16_000
 # At most this many weights per training token (a 200 KB corpus: 2 x 256; 1 MB: up to 3 x 512).
 MAX_PARAMETERS_PER_TOKEN = 6.0
 # Time that is not training steps: evaluations (at most a tenth, schedule.MAX_EVAL_SHARE) and
@@ -171,11 +179,17 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         embedding = int(options.get("embedding_size", 64))
         return parameters_of(layers, hidden, inputs.vocab_size, embedding, cell_gates)
 
+    def memorises(layers: int, hidden: int) -> bool:
+        """Would this shape, for the whole budget (up to MAX_PASSES), call for dropout?"""
+        passes = min(MAX_PASSES, steps_of(layers, hidden) * tokens_per_step / train_tokens)
+        return passes * weights_of(layers, hidden) / train_tokens > NO_DROPOUT_UP_TO_EXPOSURE
+
     layers = int(options.get("num_layers", REFERENCE_SHAPE[0]))
     hidden = int(options.get("hidden_size", REFERENCE_SHAPE[1]))
     chosen: dict[str, Any] = {}
     why_shape = ""
     if shape_open and timed:
+        reference_memorises = memorises(*REFERENCE_SHAPE)
         candidates = [
             (shape_layers, shape_hidden)
             for shape_layers, shape_hidden, _ in SHAPES
@@ -185,7 +199,7 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         fitting = [
             shape
             for shape in candidates
-            if steps_of(*shape) >= _min_steps(*shape)
+            if steps_of(*shape) >= _min_steps(*shape, reference_memorises)
             and weights_of(*shape) <= MAX_PARAMETERS_PER_TOKEN * train_tokens
         ]
         # Nothing fits (a very short budget, or a tiny corpus): the smallest shape learns fastest.
@@ -218,9 +232,11 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     )
 
 
-def _min_steps(layers: int, hidden: int) -> int:
+def _min_steps(layers: int, hidden: int, reference_memorises: bool) -> int:
     """The steps a shape must make to be chosen over the smaller ones."""
-    return MIN_STEPS_TO_GROW if _relative_cost(layers, hidden) > 1.0 else MIN_STEPS
+    if _relative_cost(layers, hidden) <= 1.0:
+        return MIN_STEPS
+    return MIN_STEPS_TO_GROW if reference_memorises else MIN_STEPS_TO_GROW_ON_FRESH_TEXT
 
 
 def _relative_cost(layers: int, hidden: int) -> float:
