@@ -440,6 +440,35 @@ def defaults(args: argparse.Namespace) -> None:
     measured = [best for *_, best, _ in rows if best is not None]
     in_order = all(later <= earlier for earlier, later in zip(measured, measured[1:]))
     print(f"more time never worse: {'yes' if in_order else 'NO'} ({len(measured)} budgets measured)")
+    if args.fit:
+        points = [(minutes, best) for minutes, _, _, best, _ in rows if best is not None]
+        print(fitted_budget_curve(points))
+
+
+def fitted_budget_curve(points: list[tuple[float, float]]) -> str:
+    """The defaults' best loss against the budget, fitted as L(t) = floor + a * t^-alpha (least
+    squares for floor and a, alpha by a grid search), with what it predicts: the floor is the loss
+    the defaults would approach given unlimited time on this machine."""
+    import numpy as np
+
+    if len(points) < 3:
+        return "fit: needs 3 measured budgets or more"
+    minutes = np.array([t for t, _ in points], dtype=float)
+    losses = np.array([loss for _, loss in points], dtype=float)
+    best: tuple[float, float, np.ndarray] | None = None
+    for alpha in np.linspace(0.05, 3.0, 591):
+        design = np.vstack([np.ones_like(minutes), minutes**-alpha]).T
+        coefficients = np.linalg.lstsq(design, losses, rcond=None)[0]
+        error = float(((design @ coefficients - losses) ** 2).mean() ** 0.5)
+        if best is None or error < best[0]:
+            best = (error, float(alpha), coefficients)
+    assert best is not None
+    error, alpha, (floor, scale) = best
+    predictions = ", ".join(f"{t:g} min {floor + scale * t**-alpha:.4f}" for t in (15, 30, 60, 120))
+    return (
+        f"fit: L(t) = {floor:.4f} + {scale:.4f} * t^-{alpha:.2f} (t in minutes; rms error {error:.4f}); "
+        f"predicts {predictions}"
+    )
 
 
 def _parsed_options(text: str) -> dict[str, float]:
@@ -556,6 +585,9 @@ def main() -> None:
     chosen.add_argument("--evaluations", type=int, default=20)
     chosen.add_argument("--steps-per-minute", type=float, default=None)
     chosen.add_argument("--dry-run", action="store_true", help="print the choices and what is on record")
+    chosen.add_argument(
+        "--fit", action="store_true", help="fit the best losses against the budget and print the floor"
+    )
     timing = commands.add_parser("choice-time", help="the time sizing adds before training (idle machine)")
     timing.add_argument("--rounds", type=int, default=5)
     commands.add_parser("table", help="print every result so far")

@@ -341,3 +341,12 @@ def test_the_study_does_not_compare_runs_of_the_old_validation_measure_on_a_big_
     assert not study.measured_alike(old_big)
     assert study.measured_alike({**old_big, "validation": "spread"})
     assert study.measured_alike({"corpus_bytes": 1_115_394})  # the whole split either way
+
+
+def test_the_studys_budget_fit_recovers_the_floor_of_a_known_curve():
+    study = _sizing_study()
+    points = [(t, 1.36 + 0.08 * t**-0.8) for t in (2, 5, 15, 30)]
+    fit = study.fitted_budget_curve(points)
+    assert fit.startswith("fit: L(t) = 1.3600 + 0.0800 * t^-0.80"), fit
+    assert "30 min 1.3653" in fit  # 1.36 + 0.08 * 30^-0.8
+    assert "needs 3" in study.fitted_budget_curve(points[:2])
