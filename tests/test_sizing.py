@@ -130,7 +130,9 @@ def test_with_text_to_spare_the_default_shape_keeps_the_steps_a_bigger_one_would
     # 8,068; on tinyshakespeare, which 2 x 384 would read 15 times, 2 x 512 won.
     fresh = choose_size(inputs(100_000_000, minutes=15))
     assert shape(fresh) == (2, 384) and fresh.chosen["dropout"] == 0.0
-    assert "2 x 512 would make only 8," in fresh.reason
+    assert (
+        "2 x 512 would make only 8,100 steps, and with this much text to read it needs 16,000" in fresh.reason
+    )
     assert shape(choose_size(inputs(1_000_000, minutes=15))) == (2, 512)
     # Given twice the steps it lost with, a bigger model is chosen on fresh text too.
     assert shape(choose_size(inputs(100_000_000, minutes=30))) == (2, 512)

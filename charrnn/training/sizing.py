@@ -208,7 +208,9 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
             chosen["num_layers"] = layers
         if "hidden_size" not in given:
             chosen["hidden_size"] = hidden
-        why_shape = _why_shape(fitting, candidates, (layers, hidden), steps_of, weights_of, train_tokens)
+        why_shape = _why_shape(
+            fitting, candidates, (layers, hidden), steps_of, weights_of, train_tokens, reference_memorises
+        )
 
     steps = steps_of(layers, hidden) if (timed or inputs.max_steps is not None) else 0
     # Only under a time budget: stopping early there gives the user their time back, while a step
@@ -256,6 +258,7 @@ def _why_shape(
     steps_of: Callable[[int, int], int],
     weights_of: Callable[[int, int], int],
     train_tokens: int,
+    reference_memorises: bool,
 ) -> str:
     """Why the picked shape, in a few words: what stopped the next larger one."""
     larger = [
@@ -270,7 +273,12 @@ def _why_shape(
     nxt = larger[0]
     if weights_of(*nxt) > MAX_PARAMETERS_PER_TOKEN * train_tokens:
         return f"{_shape_text(nxt)} would have too many weights for this much text"
-    return f"{_shape_text(nxt)} would make only {steps_of(*nxt):,} steps"
+    text = f"{_shape_text(nxt)} would make only {steps_of(*nxt):,} steps"
+    needed = _min_steps(*nxt, reference_memorises)
+    if needed == MIN_STEPS_TO_GROW_ON_FRESH_TEXT and steps_of(*nxt) >= MIN_STEPS_TO_GROW:
+        # Steps that would be enough on a text the default shape memorises: say why not here.
+        text += f", and with this much text to read it needs {needed:,}"
+    return text
 
 
 def _shape_text(shape: tuple[int, int]) -> str:
