@@ -55,6 +55,12 @@ REFERENCE_SHAPE = (2, 384)
 # on 1 MB of code by 0.025 and of translations by 0.011 (docs/experiments/2026-12-05-sizing-across-
 # corpora.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on tinyshakespeare.
 MIN_STEPS = 4_000
+# ... and the reference shape needs this many where it would not read the text once: with text to
+# spare, steps count most. On 10 MB of code 2 x 256 beat 2 x 384 by 0.135 at 2 minutes (5,110
+# steps against 2,044) and by 0.052 at 5 minutes (12,775 against 5,110); fitted to those two,
+# log-linearly or as a power of the budget, the gap is under 0.02 from about 12 minutes
+# (docs/experiments/2026-12-05-sizing-across-corpora.md). Not measured beyond that yet.
+MIN_REFERENCE_STEPS_WITHIN_ONE_PASS = 12_000
 # A shape larger than the reference needs this many where the reference would memorise the text.
 # On tinyshakespeare 2 x 512 for 8,064 steps (1.3771) beat 2 x 384 for 15,330 (1.3861, which
 # needed dropout 0.25), and 3 x 512 for 9,581 (1.3718) beat both, but 3 x 512 for 5,007 steps kept
@@ -190,6 +196,7 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     why_shape = ""
     if shape_open and timed:
         reference_memorises = memorises(*REFERENCE_SHAPE)
+        within_one_pass = steps_of(*REFERENCE_SHAPE) * tokens_per_step < train_tokens
         candidates = [
             (shape_layers, shape_hidden)
             for shape_layers, shape_hidden, _ in SHAPES
@@ -199,7 +206,7 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         fitting = [
             shape
             for shape in candidates
-            if steps_of(*shape) >= _min_steps(*shape, reference_memorises)
+            if steps_of(*shape) >= _min_steps(*shape, reference_memorises, within_one_pass)
             and weights_of(*shape) <= MAX_PARAMETERS_PER_TOKEN * train_tokens
         ]
         # Nothing fits (a very short budget, or a tiny corpus): the smallest shape learns fastest.
@@ -209,7 +216,13 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         if "hidden_size" not in given:
             chosen["hidden_size"] = hidden
         why_shape = _why_shape(
-            fitting, candidates, (layers, hidden), steps_of, weights_of, train_tokens, reference_memorises
+            fitting,
+            candidates,
+            (layers, hidden),
+            steps_of,
+            weights_of,
+            train_tokens,
+            lambda layers, hidden: _min_steps(layers, hidden, reference_memorises, within_one_pass),
         )
 
     steps = steps_of(layers, hidden) if (timed or inputs.max_steps is not None) else 0
@@ -234,8 +247,10 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     )
 
 
-def _min_steps(layers: int, hidden: int, reference_memorises: bool) -> int:
+def _min_steps(layers: int, hidden: int, reference_memorises: bool, within_one_pass: bool) -> int:
     """The steps a shape must make to be chosen over the smaller ones."""
+    if (layers, hidden) == REFERENCE_SHAPE and within_one_pass:
+        return MIN_REFERENCE_STEPS_WITHIN_ONE_PASS
     if _relative_cost(layers, hidden) <= 1.0:
         return MIN_STEPS
     return MIN_STEPS_TO_GROW if reference_memorises else MIN_STEPS_TO_GROW_ON_FRESH_TEXT
@@ -258,7 +273,7 @@ def _why_shape(
     steps_of: Callable[[int, int], int],
     weights_of: Callable[[int, int], int],
     train_tokens: int,
-    reference_memorises: bool,
+    min_steps: Callable[[int, int], int],
 ) -> str:
     """Why the picked shape, in a few words: what stopped the next larger one."""
     larger = [
@@ -274,9 +289,11 @@ def _why_shape(
     if weights_of(*nxt) > MAX_PARAMETERS_PER_TOKEN * train_tokens:
         return f"{_shape_text(nxt)} would have too many weights for this much text"
     text = f"{_shape_text(nxt)} would make only {steps_of(*nxt):,} steps"
-    needed = _min_steps(*nxt, reference_memorises)
-    if needed == MIN_STEPS_TO_GROW_ON_FRESH_TEXT and steps_of(*nxt) >= MIN_STEPS_TO_GROW:
-        # Steps that would be enough on a text the default shape memorises: say why not here.
+    needed = min_steps(*nxt)
+    if needed in (MIN_STEPS_TO_GROW_ON_FRESH_TEXT, MIN_REFERENCE_STEPS_WITHIN_ONE_PASS) and steps_of(
+        *nxt
+    ) >= (MIN_STEPS_TO_GROW if needed == MIN_STEPS_TO_GROW_ON_FRESH_TEXT else MIN_STEPS):
+        # Steps that would be enough on a text read over and over: say why not here.
         text += f", and with this much text to read it needs {needed:,}"
     return text
 
