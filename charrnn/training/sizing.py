@@ -13,10 +13,11 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
 2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
    `MAX_PARAMETERS_PER_TOKEN` weights per training token. A shape larger than the reference needs
    `MIN_STEPS_TO_GROW` steps where the reference would memorise the text (its exposure, as in 3,
-   would call for dropout), and `MIN_STEPS_TO_GROW_ON_FRESH_TEXT` where it would not: with text
-   to spare, more steps of the reference beat fewer of a bigger model. Fewer steps than that left
-   the bigger models behind the default one; more weights than that overfitted a small corpus
-   before dropout could help.
+   would call for dropout), and `MIN_STEPS_TO_GROW_ON_FRESH_TEXT` where it would not; the
+   reference itself needs `MIN_REFERENCE_STEPS_WITHIN_ONE_PASS` where it would not read the text
+   once. With text to spare, more steps of a smaller model beat fewer of a bigger one. Fewer
+   steps than that left the bigger models behind the smaller ones; more weights than that
+   overfitted a small corpus before dropout could help.
 3. Dropout from how hard the chosen model can memorise the text (`dropout_for_exposure`): the
    passes it will make times its weights per training token. None while that is small, more as
    it grows; less per layer for a deeper model, which drops at more places (`dropout_for_depth`).
@@ -290,10 +291,9 @@ def _why_shape(
         return f"{_shape_text(nxt)} would have too many weights for this much text"
     text = f"{_shape_text(nxt)} would make only {steps_of(*nxt):,} steps"
     needed = min_steps(*nxt)
-    if needed in (MIN_STEPS_TO_GROW_ON_FRESH_TEXT, MIN_REFERENCE_STEPS_WITHIN_ONE_PASS) and steps_of(
-        *nxt
-    ) >= (MIN_STEPS_TO_GROW if needed == MIN_STEPS_TO_GROW_ON_FRESH_TEXT else MIN_STEPS):
-        # Steps that would be enough on a text read over and over: say why not here.
+    on_text_read_over_and_over = _min_steps(*nxt, reference_memorises=True, within_one_pass=False)
+    if steps_of(*nxt) >= on_text_read_over_and_over:
+        # Steps that would be enough on a smaller text: say why they are not here.
         text += f", and with this much text to read it needs {needed:,}"
     return text
 
