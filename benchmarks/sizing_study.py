@@ -208,21 +208,6 @@ def latest(kind: str, shape: str, batch_size: int = DEFAULT_BATCH) -> dict | Non
     return chosen[-1] if chosen else None
 
 
-def rule_step_cost(shape: str) -> float | None:
-    """The sizing rule's step cost of a shape on its ladder (training/sizing.py), at the default batch."""
-    from charrnn.training.sizing import SHAPES
-
-    layers, hidden = (int(part) for part in shape.split("x"))
-    return next(
-        (
-            cost
-            for ladder_layers, ladder_hidden, cost in SHAPES
-            if (ladder_layers, ladder_hidden) == (layers, hidden)
-        ),
-        None,
-    )
-
-
 def steps_for(
     minutes: float, shape: str, reference_steps_per_minute: float | None, batch_size: int = DEFAULT_BATCH
 ) -> tuple[int, dict]:
@@ -231,9 +216,13 @@ def steps_for(
     per_minute = reference_steps_per_minute or (speed["steps_per_minute"] if speed else None)
     if per_minute is None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
+    from charrnn.training.sizing import ladder_cost
+
     is_reference = shape == DEFAULT_SHAPE and batch_size == DEFAULT_BATCH
-    measured = None if is_reference else latest("step-cost", shape, batch_size)
-    rule_cost = rule_step_cost(shape) if batch_size == DEFAULT_BATCH else None
+    layers, hidden = (int(part) for part in shape.split("x"))
+    rule_cost = ladder_cost(layers, hidden) if batch_size == DEFAULT_BATCH else None
+    # Read only when needed: the rule's ladder covers every shape the study runs at batch 8.
+    measured = None if is_reference or rule_cost is not None else latest("step-cost", shape, batch_size)
     if is_reference:
         cost, cost_source = 1.0, "default shape"
     elif rule_cost is not None:

@@ -186,18 +186,19 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
         embedding = int(options.get("embedding_size", 64))
         return parameters_of(layers, hidden, inputs.vocab_size, embedding, cell_gates)
 
-    def memorises(layers: int, hidden: int) -> bool:
-        """Would this shape, for the whole budget (up to MAX_PASSES), call for dropout?"""
-        passes = min(MAX_PASSES, steps_of(layers, hidden) * tokens_per_step / train_tokens)
-        return passes * weights_of(layers, hidden) / train_tokens > NO_DROPOUT_UP_TO_EXPOSURE
-
     layers = int(options.get("num_layers", REFERENCE_SHAPE[0]))
     hidden = int(options.get("hidden_size", REFERENCE_SHAPE[1]))
     chosen: dict[str, Any] = {}
     why_shape = ""
     if shape_open and timed:
-        reference_memorises = memorises(*REFERENCE_SHAPE)
-        within_one_pass = steps_of(*REFERENCE_SHAPE) * tokens_per_step < train_tokens
+        # Would the reference, for the whole budget (up to MAX_PASSES), read the text often enough
+        # to call for dropout? Would it not read it once?
+        reference_passes = steps_of(*REFERENCE_SHAPE) * tokens_per_step / train_tokens
+        reference_weights_per_token = weights_of(*REFERENCE_SHAPE) / train_tokens
+        reference_memorises = (
+            dropout_for_exposure(min(MAX_PASSES, reference_passes), reference_weights_per_token) > 0
+        )
+        within_one_pass = reference_passes < 1
         candidates = [
             (shape_layers, shape_hidden)
             for shape_layers, shape_hidden, _ in SHAPES
@@ -257,11 +258,19 @@ def _min_steps(layers: int, hidden: int, reference_memorises: bool, within_one_p
     return MIN_STEPS_TO_GROW if reference_memorises else MIN_STEPS_TO_GROW_ON_FRESH_TEXT
 
 
-def _relative_cost(layers: int, hidden: int) -> float:
-    """A shape's step cost relative to the reference: measured for the ladder, else by weights."""
+def ladder_cost(layers: int, hidden: int) -> float | None:
+    """The measured step cost of a shape of `SHAPES` relative to the reference, None off the ladder."""
     for shape_layers, shape_hidden, cost in SHAPES:
         if (shape_layers, shape_hidden) == (layers, hidden):
             return cost
+    return None
+
+
+def _relative_cost(layers: int, hidden: int) -> float:
+    """A shape's step cost relative to the reference: measured for the ladder, else by weights."""
+    cost = ladder_cost(layers, hidden)
+    if cost is not None:
+        return cost
     # A shape the user chose off the ladder: a step's work grows with the recurrent weights.
     reference = REFERENCE_SHAPE[0] * REFERENCE_SHAPE[1] ** 2
     return max(0.05, layers * hidden**2 / reference)
