@@ -358,3 +358,31 @@ def test_the_studys_budget_fit_recovers_the_floor_of_a_known_curve():
     assert fit.startswith("fit: L(t) = 1.3600 + 0.0800 * t^-0.80"), fit
     assert "30 min 1.3653" in fit  # 1.36 + 0.08 * 30^-0.8
     assert "needs 3" in study.fitted_budget_curve(points[:2])
+
+
+def test_the_study_s_multilingual_corpus_mixes_the_languages_into_its_validation_split(tmp_path, monkeypatch):
+    # translations-10mb is written language by language, so its last tenth (the validation split)
+    # was all Russian, a language training never read. multilingual shuffles the catalogues.
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "study_corpora.py"
+    spec = importlib.util.spec_from_file_location("study_corpora", script)
+    assert spec is not None and spec.loader is not None
+    corpora = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpora)
+    catalogues = {
+        language: [Path(f"{language}-{index}.mo") for index in range(20)]
+        for language in corpora.TRANSLATION_LANGUAGES
+    }
+    monkeypatch.setattr(corpora, "_catalogues", lambda language: catalogues[language])
+    monkeypatch.setattr(corpora, "_messages", lambda paths: (f"{path.stem}\n" for path in paths))
+
+    def languages_in_last_tenth(kind: str) -> set[str]:
+        path = tmp_path / f"{kind}.txt"
+        corpora.write_corpus(kind, None, path)
+        lines = path.read_text().splitlines()
+        return {line.split("-")[0] for line in lines[-len(lines) // 10 :]}
+
+    assert languages_in_last_tenth("translations") == {"ja"}
+    assert len(languages_in_last_tenth("multilingual")) >= 4
