@@ -23,16 +23,17 @@ from charrnn.hardware import autocast, configure_threads, resolve_precision
 from charrnn.loss import head_cross_entropy
 from charrnn.model import CharRNN
 from charrnn.training.sizing import SizingInputs, choose_size
-from charrnn.training.speed_probe import reference_steps_per_second
+from charrnn.training.speed_probe import measure_speed
 
 configure_threads(None)
 device = torch.device("cpu")
 precision = resolve_precision("auto", device)
 started = time.perf_counter()
 if sys.argv[1] == "sized":
-    speed = reference_steps_per_second(TrainConfig(), 65, device, precision)
+    speed = measure_speed(TrainConfig(), 65, device, precision)
     choose_size(SizingInputs(train_tokens=1_000_000, chars_per_token=1.0, vocab_size=65, budget_seconds=300,
-                             max_steps=None, reference_steps_per_second=speed, batch_size=8, seq_len=128))
+                             max_steps=None, reference_steps_per_second=speed.reference_steps_per_second,
+                             batch_size=8, seq_len=128, measured_costs=speed.relative_costs))
 model = CharRNN(ModelConfig(vocab_size=65))
 optimizer = torch.optim.AdamW(model.parameters())
 inputs, targets = torch.randint(0, 65, (8, 128)), torch.randint(0, 65, (8, 128))

@@ -63,12 +63,17 @@ def cpu_name() -> str:
 
 
 def corpus_identity(corpus: Path) -> dict:
-    """Name, size and SHA-256 of a corpus file."""
+    """Name, size, SHA-256 and vocabulary (distinct characters) of a corpus file."""
     digest = hashlib.sha256()
     with corpus.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return {"corpus": corpus.stem, "corpus_bytes": corpus.stat().st_size, "corpus_sha256": digest.hexdigest()}
+    return {
+        "corpus": corpus.stem,
+        "corpus_bytes": corpus.stat().st_size,
+        "corpus_sha256": digest.hexdigest(),
+        "vocab_size": vocabulary_of(corpus),
+    }
 
 
 def commit() -> str:
@@ -144,7 +149,7 @@ def measure_costs(args: argparse.Namespace) -> None:
     reference_point = (DEFAULT_SHAPE, DEFAULT_BATCH)
     if reference_point not in points:
         points.append(reference_point)
-    vocab, seq_len = 65, 128
+    vocab, seq_len = args.vocab, 128
     built = {}
     for shape, batch in points:
         layers, hidden = (int(part) for part in shape.split("x"))
@@ -176,6 +181,7 @@ def measure_costs(args: argparse.Namespace) -> None:
             "batch_size": batch,
             "relative_cost": round(statistics.median(seconds[(shape, batch)]) / reference, 3),
             "parameters": sum(p.numel() for p in built[(shape, batch)][0].parameters()),
+            "vocab_size": vocab,
             "threads": args.threads,
             "precision": args.precision,
             "cpu": cpu_name(),
@@ -195,13 +201,20 @@ def parameters(shape: str, vocab_size: int = 65, embedding_size: int = 64) -> in
     return vocab_size * embedding_size + recurrent + hidden * vocab_size + vocab_size
 
 
-def latest(kind: str, shape: str, batch_size: int = DEFAULT_BATCH) -> dict | None:
-    """The latest record of a kind for a shape (and batch) on this CPU, else on any CPU.
-    Records written before batches were measured are of the default batch."""
+def latest(
+    kind: str, shape: str, batch_size: int = DEFAULT_BATCH, vocab_size: int = 65, threads: int | None = None
+) -> dict | None:
+    """The latest record of a kind for a shape (and batch, vocabulary and, if given, threads) on
+    this CPU, else on any CPU. Records written before batches or vocabularies were measured are of
+    the default batch and tinyshakespeare's 65 tokens."""
     records = [
         r
         for r in read_results()
-        if r["kind"] == kind and r["shape"] == shape and r.get("batch_size", DEFAULT_BATCH) == batch_size
+        if r["kind"] == kind
+        and r["shape"] == shape
+        and r.get("batch_size", DEFAULT_BATCH) == batch_size
+        and r.get("vocab_size", 65) == vocab_size
+        and (threads is None or r.get("threads") == threads)
     ]
     here = [r for r in records if r["cpu"] == cpu_name()]
     chosen = here or records
@@ -209,7 +222,11 @@ def latest(kind: str, shape: str, batch_size: int = DEFAULT_BATCH) -> dict | Non
 
 
 def steps_for(
-    minutes: float, shape: str, reference_steps_per_minute: float | None, batch_size: int = DEFAULT_BATCH
+    minutes: float,
+    shape: str,
+    reference_steps_per_minute: float | None,
+    batch_size: int = DEFAULT_BATCH,
+    vocab_size: int = 65,
 ) -> tuple[int, dict]:
     """The steps an M-minute run of a shape (at a batch) makes, and where the figures came from."""
     speed = latest("speed", DEFAULT_SHAPE)
@@ -225,6 +242,11 @@ def steps_for(
     measured = None if is_reference or rule_cost is not None else latest("step-cost", shape, batch_size)
     if is_reference:
         cost, cost_source = 1.0, "default shape"
+    elif (layers, hidden) in probed_costs(vocab_size) and batch_size == DEFAULT_BATCH:
+        # The rule takes this shape's cost from the speed probe, which times it at the run's
+        # threads and vocabulary: the study takes it from a `costs` record measured so.
+        cost = probed_costs(vocab_size)[(layers, hidden)]
+        cost_source = f"step-cost record at {run_threads()} threads and {vocab_size} tokens (as the probe)"
     elif rule_cost is not None:
         # A shape of the rule's ladder runs the steps the rule plans for it (`defaults` does the
         # same), so a grid run and the rule's choice of one shape are the same run.
@@ -243,6 +265,34 @@ def steps_for(
         "cost_source": cost_source,
     }
     return max(1, round(minutes * per_minute / cost)), source
+
+
+def run_threads() -> int:
+    """The threads a real `charrnn train` uses here (every physical core), which `speed` measured."""
+    from charrnn.hardware import default_threads
+
+    return default_threads()
+
+
+def probed_costs(vocab_size: int) -> dict[tuple[int, int], float]:
+    """The step costs the speed probe measures for a run here (the rule's PROBED_SHAPE), from the
+    latest `costs` record at this machine's threads and this vocabulary, as the rule's
+    `SizingInputs.measured_costs`."""
+    from charrnn.training.sizing import PROBED_SHAPE
+
+    shape = f"{PROBED_SHAPE[0]}x{PROBED_SHAPE[1]}"
+    record = latest("step-cost", shape, DEFAULT_BATCH, vocab_size, run_threads())
+    if record is None:
+        raise SystemExit(
+            f"no step cost of {shape} at {run_threads()} threads and {vocab_size} tokens: run "
+            f"`costs --shapes {shape} --threads {run_threads()} --vocab {vocab_size}` on an idle machine"
+        )
+    return {PROBED_SHAPE: record["relative_cost"]}
+
+
+def vocabulary_of(corpus: Path) -> int:
+    """Distinct characters of a corpus: the char tokeniser's vocabulary."""
+    return len(set(corpus.read_text(encoding="utf-8")))
 
 
 # Records of runs whose validation was at most --eval-tokens (250,000) in pieces spread over the
@@ -276,7 +326,9 @@ def run_setting(
     options = shlex.split(setting)
     shape = f"{option_value(options, '--num-layers', '2')}x{option_value(options, '--hidden-size', '384')}"
     batch_size = int(option_value(options, "--batch-size", str(DEFAULT_BATCH)))
-    budget_steps, source = steps_for(args.minutes, shape, args.steps_per_minute, batch_size)
+    budget_steps, source = steps_for(
+        args.minutes, shape, args.steps_per_minute, batch_size, identity["vocab_size"]
+    )
     if steps is None:
         steps = budget_steps
     else:
@@ -356,11 +408,13 @@ def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tup
     text = corpus.read_text(encoding="utf-8")
     config = TrainConfig()
     train_tokens = len(text) - int(len(text) * config.val_fraction)
+    vocab_size = len(set(text))
     choice = choose_size(
         SizingInputs(
             train_tokens=train_tokens,
             chars_per_token=1.0,
-            vocab_size=len(set(text)),
+            vocab_size=vocab_size,
+            measured_costs=probed_costs(vocab_size),
             budget_seconds=minutes * 60,
             max_steps=None,
             # The probe measures steps alone; the budget's steps include evaluation.
@@ -486,18 +540,19 @@ def choice_time(args: argparse.Namespace) -> None:
     from charrnn.config import TrainConfig
     from charrnn.hardware import configure_threads, resolve_precision
     from charrnn.training.sizing import SizingInputs, choose_size
-    from charrnn.training.speed_probe import reference_steps_per_second
+    from charrnn.training.speed_probe import measure_speed
 
     threads = configure_threads(None)
     device = torch.device("cpu")
     seconds = []
     for _ in range(args.rounds):
         started = time.perf_counter()
-        speed = reference_steps_per_second(TrainConfig(), 65, device, resolve_precision("auto", device))
+        speed = measure_speed(TrainConfig(), 65, device, resolve_precision("auto", device))
         choose_size(
             SizingInputs(
                 train_tokens=1_000_000, chars_per_token=1.0, vocab_size=65, budget_seconds=900,
-                max_steps=None, reference_steps_per_second=speed, batch_size=8, seq_len=128,
+                max_steps=None, reference_steps_per_second=speed.reference_steps_per_second,
+                batch_size=8, seq_len=128, measured_costs=speed.relative_costs,
             )
         )  # fmt: skip
         seconds.append(time.perf_counter() - started)
@@ -542,6 +597,12 @@ def main() -> None:
     costs.add_argument("--threads", type=int, default=1)
     costs.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     costs.add_argument("--rounds", type=int, default=5)
+    costs.add_argument(
+        "--vocab",
+        type=int,
+        default=65,
+        help="distinct tokens (65: tinyshakespeare; the output layer grows with it)",
+    )
     runs = commands.add_parser("run", help="train each setting for a budget, record the best val loss")
     runs.add_argument("corpus", type=Path)
     runs.add_argument("settings", nargs="+", help="train options of each setting, quoted ('' = defaults)")

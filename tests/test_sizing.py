@@ -9,6 +9,7 @@ import pytest
 from charrnn.training.sizing import (
     MAX_PASSES,
     MIN_STEPS_TO_GROW,
+    STEP_SHARE_OF_BUDGET,
     SizingInputs,
     choose_size,
     dropout_for_depth,
@@ -276,7 +277,9 @@ def test_a_time_budget_measures_the_machine_and_sizes_the_shape(tmp_path, patter
 
     import charrnn.training.speed_probe as speed_probe
 
-    monkeypatch.setattr(speed_probe, "reference_steps_per_second", lambda *args, **kwargs: 0.05)
+    monkeypatch.setattr(
+        speed_probe, "measure_speed", lambda *args, **kwargs: speed_probe.MachineSpeed(0.05, {(2, 256): 0.5})
+    )
     out = tmp_path / "run"
     result = run_cli(
         "train", str(pattern_corpus), "--out", str(out), "--max-time", "2s", "--embedding-size", "8",
@@ -289,25 +292,40 @@ def test_a_time_budget_measures_the_machine_and_sizes_the_shape(tmp_path, patter
     assert (model["num_layers"], model["hidden_size"]) == (2, 256)
 
 
-def test_the_speed_probe_times_real_steps_and_leaves_the_random_generator_alone():
+def test_the_speed_probe_times_real_steps_of_two_shapes_and_leaves_the_random_generator_alone():
+    import itertools
+
     import torch
 
     from charrnn.config import TrainConfig
-    from charrnn.training.speed_probe import reference_steps_per_second
+    from charrnn.training.speed_probe import measure_speed
 
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    ticks = iter(range(100))
-    speed = reference_steps_per_second(
-        TrainConfig(batch_size=2, seq_len=8),
-        20,
-        torch.device("cpu"),
-        "fp32",
-        time_source=lambda: next(ticks) * 0.25,
+    # The shapes are timed in turn, the reference first: on this fake clock each of its steps
+    # takes 0.4 s and each of the small shape's 0.1 s.
+    durations = itertools.cycle([0.0, 0.4, 0.0, 0.1])
+    now = itertools.accumulate(durations)
+    speed = measure_speed(
+        TrainConfig(batch_size=2, seq_len=8), 20, torch.device("cpu"), "fp32", time_source=lambda: next(now)
     )
-    assert speed == pytest.approx(4.0)  # every timed step took one tick of the fake clock: 0.25 s
+    assert speed.reference_steps_per_second == pytest.approx(2.5)
+    assert speed.relative_costs == {(2, 256): pytest.approx(0.25)}
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_probed_cost_of_the_small_shape_replaces_the_ladder_s():
+    # The ladder's 0.40 for 2 x 256 is a one-thread figure at 65 characters; on two threads it
+    # cost 0.51, and with 3,137 characters 0.64, so a 2-minute run made a fifth to a third fewer
+    # steps than the sized line said.
+    ladder = choose_size(inputs(1_000_000, minutes=2))
+    measured = choose_size(inputs(1_000_000, minutes=2, measured_costs={(2, 256): 0.64}))
+    assert ladder.chosen["hidden_size"] == measured.chosen["hidden_size"] == 256
+    reference_steps = 2 * 60 * STEP_SHARE_OF_BUDGET * MEASURED_SPEED
+    assert ladder.steps == int(reference_steps / 0.40)
+    assert measured.steps == int(reference_steps / 0.64)
+    assert measured.passes < ladder.passes
 
 
 def test_the_reason_names_a_one_minute_budget_in_words():
@@ -333,12 +351,35 @@ def test_the_studys_stand_in_for_a_shape_makes_the_steps_the_rule_plans_for_it()
     # benchmarks/sizing_study.py `run` took a shape's cost from its latest step-cost record while
     # the rule (and `defaults`) used the rule's own: the 15-minute stand-in of 2 x 512 made 8,579
     # steps where the rule plans 8,068, so a grid run and the rule's choice were different runs.
-    from charrnn.training.sizing import SHAPES
+    from charrnn.training.sizing import PROBED_SHAPE, SHAPES
 
     study = _sizing_study()
     for layers, hidden, cost in SHAPES:
+        if (layers, hidden) == PROBED_SHAPE:
+            continue  # measured by the probe: the next test
         steps, _ = study.steps_for(15, f"{layers}x{hidden}", 1022)
         assert steps == max(1, round(15 * 1022 / cost)), (layers, hidden)
+
+
+def test_the_studys_stand_in_for_the_probed_shape_takes_its_cost_at_the_run_s_threads_and_vocabulary(
+    monkeypatch,
+):
+    # The stand-ins of 2 x 256 made the steps of its one-thread, 65-character cost (0.40), while a
+    # run on two threads pays 0.51, and 0.64 with 3,137 characters: a fifth to a third more steps
+    # than the run they stand in for.
+    study = _sizing_study()
+
+    def cost(vocab_size: int, threads: int, relative_cost: float) -> dict:
+        return {"kind": "step-cost", "shape": "2x256", "vocab_size": vocab_size, "threads": threads,
+                "relative_cost": relative_cost, "cpu": study.cpu_name()}  # fmt: skip
+
+    records = [cost(65, 1, 0.40), cost(65, 2, 0.51), cost(3137, 2, 0.64), cost(3137, 1, 0.58)]
+    monkeypatch.setattr(study, "read_results", lambda: records)
+    monkeypatch.setattr(study, "run_threads", lambda: 2)
+    assert study.steps_for(2, "2x256", 1022)[0] == round(2 * 1022 / 0.51)
+    assert study.steps_for(2, "2x256", 1022, vocab_size=3137)[0] == round(2 * 1022 / 0.64)
+    with pytest.raises(SystemExit, match="--threads 2 --vocab 1782"):
+        study.steps_for(2, "2x256", 1022, vocab_size=1782)
 
 
 def test_the_study_does_not_compare_runs_of_the_old_validation_measure_on_a_big_corpus():

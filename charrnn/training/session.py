@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from charrnn.data.encoding import PreparedCorpus
     from charrnn.data.tokenizers import Tokenizer
     from charrnn.store.run_state import SavedState
+    from charrnn.training.speed_probe import MachineSpeed
 
 
 def _ignore(value: object) -> None:
@@ -298,7 +299,7 @@ class TrainingSession:
         if all(name in given for name in SIZED_OPTIONS):
             return model_config, train_config, None
         vocab_size = prepared.tokenizer.vocab_size
-        speed = None
+        speed: MachineSpeed | None = None
         # A time budget needs this machine's speed. Under torchrun every process would measure its
         # own and could choose another model, so there only a step budget is sized.
         if train_config.max_steps is None and not world.is_distributed:
@@ -324,7 +325,8 @@ class TrainingSession:
                 vocab_size=vocab_size,
                 budget_seconds=train_config.budget_seconds(),
                 max_steps=train_config.max_steps,
-                reference_steps_per_second=speed,
+                reference_steps_per_second=speed.reference_steps_per_second if speed else None,
+                measured_costs=speed.relative_costs if speed else {},
                 batch_size=batch_size * world.world_size,
                 seq_len=train_config.seq_len,
                 model_options=model_config.to_dict(),
@@ -480,14 +482,15 @@ def _check_memory(
     check_training_fits(model_config, vocab_size, device.type, device, replicas)
 
 
-def _measure_speed(train_config: TrainConfig, model_config: ModelConfig, vocab_size: int) -> float:
-    """Steps a second of the sizing rule's reference shape on the run's device, precision and threads."""
+def _measure_speed(train_config: TrainConfig, model_config: ModelConfig, vocab_size: int) -> MachineSpeed:
+    """The sizing rule's reference speed, and the probed shape's cost, on the run's device,
+    precision, threads and vocabulary."""
     from charrnn.hardware import configure_threads, resolve_device, resolve_precision
-    from charrnn.training.speed_probe import reference_steps_per_second
+    from charrnn.training.speed_probe import measure_speed
 
     device = resolve_device(train_config.device)
     configure_threads(train_config.threads)
-    return reference_steps_per_second(
+    return measure_speed(
         train_config,
         vocab_size,
         device,

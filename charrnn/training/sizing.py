@@ -9,7 +9,8 @@ The rule, and the measurements it comes from (docs/experiments/2026-12-04-self-s
 results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py table`):
 
 1. The budget is turned into steps of each shape of `SHAPES`: seconds x the measured steps a
-   second of the reference shape (2 x 384) / the shape's step cost relative to it.
+   second of the reference shape (2 x 384) / the shape's step cost relative to it (measured with
+   it for the smallest shape, `PROBED_SHAPE`; the ladder's for the others).
 2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
    `MAX_PARAMETERS_PER_TOKEN` weights per training token. A shape larger than the reference needs
    `MIN_STEPS_TO_GROW` steps where the reference would memorise the text (its exposure, as in 3,
@@ -42,7 +43,9 @@ from typing import Any
 # `python benchmarks/sizing_study.py costs` (bf16, batch 8) on Intel Xeon Sapphire Rapids: one
 # thread, two sessions (2 x 512: 2.08 and 1.90; 3 x 512: 3.34 and 3.06), and two threads, as a
 # run uses them (2 x 512: 1.79; 3 x 512: 3.26). The choice only needs them to about 10%; 2 x 512
-# takes the latest one-thread figure, which the study's 15-minute runs were made with.
+# takes the latest one-thread figure, which the study's 15-minute runs were made with. 2 x 256's
+# moves more (0.51 on two threads, 0.64 with 3,137 characters): a run takes it from the speed
+# probe (`PROBED_SHAPE`), and this figure stands only where there is no probe.
 SHAPES: tuple[tuple[int, int, float], ...] = (
     (2, 256, 0.40),
     (2, 384, 1.0),
@@ -51,6 +54,10 @@ SHAPES: tuple[tuple[int, int, float], ...] = (
     (3, 768, 8.8),
 )
 REFERENCE_SHAPE = (2, 384)
+# The shape whose cost the speed probe measures beside the reference's, at the run's own threads
+# and vocabulary (`SizingInputs.measured_costs`): the ladder's one-thread, 65-character figure
+# is furthest off for it (0.40, against 0.51 on two threads and 0.64 with 3,137 characters).
+PROBED_SHAPE = (2, 256)
 # A shape needs this many steps to be chosen over the smaller ones. At 2 minutes, 5,110 steps of
 # 2 x 256 beat 2,044 of 2 x 384 on tinyshakespeare by 0.018 and on 10 MB of code by 0.135, and lost
 # on 1 MB of code by 0.025 and of translations by 0.011 (docs/experiments/2026-12-05-sizing-across-
@@ -145,6 +152,9 @@ class SizingInputs:
     model_options: dict[str, Any] = field(default_factory=dict)  # every ModelConfig field
     given: frozenset[str] = frozenset()  # the option names the user set
     given_max_time: float | None = None  # --max-time as given (None: the default budget applies)
+    # Step costs relative to the reference measured here with it (speed_probe), which replace the
+    # ladder's: (layers, hidden) -> cost.
+    measured_costs: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
             return inputs.max_steps
         assert inputs.budget_seconds is not None and inputs.reference_steps_per_second is not None
         reference_steps = inputs.budget_seconds * STEP_SHARE_OF_BUDGET * inputs.reference_steps_per_second
-        return max(1, int(reference_steps / _relative_cost(layers, hidden)))
+        return max(1, int(reference_steps / _relative_cost(layers, hidden, inputs.measured_costs)))
 
     def weights_of(layers: int, hidden: int) -> int:
         embedding = int(options.get("embedding_size", 64))
@@ -266,8 +276,13 @@ def ladder_cost(layers: int, hidden: int) -> float | None:
     return None
 
 
-def _relative_cost(layers: int, hidden: int) -> float:
-    """A shape's step cost relative to the reference: measured for the ladder, else by weights."""
+def _relative_cost(
+    layers: int, hidden: int, measured_costs: dict[tuple[int, int], float] | None = None
+) -> float:
+    """A shape's step cost relative to the reference: measured here if the probe timed it, else
+    the ladder's, else by weights."""
+    if measured_costs and (layers, hidden) in measured_costs:
+        return measured_costs[(layers, hidden)]
     cost = ladder_cost(layers, hidden)
     if cost is not None:
         return cost
