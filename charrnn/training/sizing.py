@@ -58,17 +58,20 @@ REFERENCE_SHAPE = (2, 384)
 # and vocabulary (`SizingInputs.measured_costs`): the ladder's one-thread, 65-character figure
 # is furthest off for it (0.40, against 0.51 on two threads and 0.64 with 3,137 characters).
 PROBED_SHAPE = (2, 256)
-# A shape needs this many steps to be chosen over the smaller ones. At 2 minutes, 5,110 steps of
-# 2 x 256 beat 2,044 of 2 x 384 on tinyshakespeare by 0.018 and on 10 MB of code by 0.135, and lost
-# on 1 MB of code by 0.025 and of translations by 0.011 (docs/experiments/2026-12-05-sizing-across-
-# corpora.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on tinyshakespeare.
+# A shape needs this many steps to be chosen over the smaller ones. At 2 minutes 2 x 256 beat 2,044
+# steps of 2 x 384 on tinyshakespeare by 0.009 (4,015 steps: what two threads make; 0.018 for the
+# 5,254 one thread makes) and on 10 MB of code by 0.073 (3,605; 0.135 for 5,110), and lost on
+# 1 MB of code by 0.025 and of translations by 0.011 (5,110 each; docs/experiments/2026-12-05-
+# sizing-sixth-round.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on
+# tinyshakespeare.
 MIN_STEPS = 4_000
 # ... and the reference shape needs this many where it would not read the text once: with text to
-# spare, steps count most. On 10 MB of code 2 x 256 beat 2 x 384 by 0.135 at 2 minutes (5,110
-# steps against 2,044) and by 0.052 at 5 minutes (12,775 against 5,110); fitted to those two,
-# log-linearly or as a power of the budget, the gap is under 0.02 from about 12 minutes
-# (docs/experiments/2026-12-05-sizing-across-corpora.md). Not measured beyond that yet.
-MIN_REFERENCE_STEPS_WITHIN_ONE_PASS = 12_000
+# spare, steps count most. On 10 MB of code 2 x 256 (for the steps two threads make) beat 2 x 384
+# by 0.073 at 2 minutes and 0.024 at 5, and lost by 0.030 at 15 (15,330 steps of 2 x 384):
+# log-linearly between 5 and 15 minutes the two meet at 8.2 minutes, 8,400 steps of 2 x 384. On
+# 10 MB of six languages 2 x 256 beat it by 0.034 at 2 minutes and 0.015 at 5
+# (docs/experiments/2026-12-05-sizing-sixth-round.md).
+MIN_REFERENCE_STEPS_WITHIN_ONE_PASS = 8_000
 # A shape larger than the reference needs this many where the reference would memorise the text.
 # On tinyshakespeare 2 x 512 for 8,064 steps (1.3771) beat 2 x 384 for 15,330 (1.3861, which
 # needed dropout 0.25), and 3 x 512 for 9,581 (1.3718) beat both, but 3 x 512 for 5,007 steps kept
