@@ -288,8 +288,14 @@ def test_a_time_budget_measures_the_machine_and_sizes_the_shape(tmp_path, patter
     assert result.exit_code == 0, result.stderr
     # 2 s x 0.05 steps a second: far too few steps for anything but the smallest shape.
     assert "sized: " in result.stderr and "2 x 256" in result.stderr
-    model = json.loads(run_cli("info", str(out), "--json").stdout)["model"]
+    described = json.loads(run_cli("info", str(out), "--json").stdout)
+    model = described["model"]
     assert (model["num_layers"], model["hidden_size"]) == (2, 256)
+    # The record keeps what the plan was made from: the probe's speed and step cost.
+    assert described["training"]["sizing"]["measured"] == {
+        "reference_steps_per_second": 0.05,
+        "step_costs": {"2x256": 0.5},
+    }
 
 
 def test_the_speed_probe_times_real_steps_of_two_shapes_and_leaves_the_random_generator_alone():

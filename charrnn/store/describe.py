@@ -100,19 +100,31 @@ def _parent(value: Any) -> dict[str, str | None] | None:
 
 
 def _sizing(value: Any) -> dict[str, Any] | None:
-    """What the sizing rule chose and why: {"reason", "chosen", "steps", "passes"}, each as written."""
+    """What the sizing rule chose and why: {"reason", "chosen", "steps", "passes", "measured"},
+    each as written ("measured": the speed probe's figures the plan was made from, when it ran)."""
     if not isinstance(value, dict):
         return None
-    chosen = value.get("chosen")
-    return {
+    described: dict[str, Any] = {
         "reason": _text(value.get("reason")),
-        "chosen": {
-            str(name): number
-            for name, number in (chosen.items() if isinstance(chosen, dict) else [])
-            if isinstance(number, (int, float)) and not isinstance(number, bool)
-        },
+        "chosen": _numbers(value.get("chosen")),
         "steps": _count(value.get("steps")),
         "passes": _finite(value.get("passes")),
+    }
+    measured = value.get("measured")
+    if isinstance(measured, dict):
+        described["measured"] = {
+            "reference_steps_per_second": _finite(measured.get("reference_steps_per_second")),
+            "step_costs": _numbers(measured.get("step_costs")),
+        }
+    return described
+
+
+def _numbers(value: Any) -> dict[str, int | float]:
+    """The entries of a saved {name: number} map that are numbers (not flags), names as text."""
+    return {
+        str(name): number
+        for name, number in (value.items() if isinstance(value, dict) else [])
+        if isinstance(number, (int, float)) and not isinstance(number, bool)
     }
 
 

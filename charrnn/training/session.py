@@ -341,7 +341,17 @@ class TrainingSession:
         train_config = replace(
             train_config, **{k: v for k, v in choice.chosen.items() if k not in model_fields}
         ).validate()
-        return model_config, train_config, choice.record()
+        record = choice.record()
+        if speed is not None:
+            # What the plan was made from, so a run's steps can be checked against it.
+            record["measured"] = {
+                "reference_steps_per_second": round(speed.reference_steps_per_second, 2),
+                "step_costs": {
+                    f"{layers}x{hidden}": round(cost, 3)
+                    for (layers, hidden), cost in speed.relative_costs.items()
+                },
+            }
+        return model_config, train_config, record
 
     def _scan(self, corpus: str) -> CorpusScan:
         return _scan(corpus, self.cache_dir, self._spooled, self.callbacks.on_corpus_progress)
