@@ -63,16 +63,15 @@ def cpu_name() -> str:
 
 
 def corpus_identity(corpus: Path) -> dict:
-    """Name, size, SHA-256 and vocabulary (distinct characters) of a corpus file."""
-    digest = hashlib.sha256()
-    with corpus.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    """Name, size, SHA-256, characters and vocabulary (distinct characters) of a corpus file."""
+    data = corpus.read_bytes()
+    text = data.decode("utf-8")
     return {
         "corpus": corpus.stem,
-        "corpus_bytes": corpus.stat().st_size,
-        "corpus_sha256": digest.hexdigest(),
-        "vocab_size": vocabulary_of(corpus),
+        "corpus_bytes": len(data),
+        "corpus_sha256": hashlib.sha256(data).hexdigest(),
+        "corpus_chars": len(text),
+        "vocab_size": len(set(text)),
     }
 
 
@@ -233,19 +232,21 @@ def steps_for(
     per_minute = reference_steps_per_minute or (speed["steps_per_minute"] if speed else None)
     if per_minute is None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
-    from charrnn.training.sizing import ladder_cost
+    from charrnn.training.sizing import PROBED_SHAPE, ladder_cost
 
     is_reference = shape == DEFAULT_SHAPE and batch_size == DEFAULT_BATCH
     layers, hidden = (int(part) for part in shape.split("x"))
+    is_probed = (layers, hidden) == PROBED_SHAPE and batch_size == DEFAULT_BATCH
     rule_cost = ladder_cost(layers, hidden) if batch_size == DEFAULT_BATCH else None
     # Read only when needed: the rule's ladder covers every shape the study runs at batch 8.
     measured = None if is_reference or rule_cost is not None else latest("step-cost", shape, batch_size)
     if is_reference:
         cost, cost_source = 1.0, "default shape"
-    elif (layers, hidden) in probed_costs(vocab_size) and batch_size == DEFAULT_BATCH:
+    elif is_probed:
         # The rule takes this shape's cost from the speed probe, which times it at the run's
-        # threads and vocabulary: the study takes it from a `costs` record measured so.
-        cost = probed_costs(vocab_size)[(layers, hidden)]
+        # threads and vocabulary: the study takes it from a `costs` record measured so (and only
+        # for this shape, so another shape's run needs no such record).
+        cost = probed_costs(vocab_size)[PROBED_SHAPE]
         cost_source = f"step-cost record at {run_threads()} threads and {vocab_size} tokens (as the probe)"
     elif rule_cost is not None:
         # A shape of the rule's ladder runs the steps the rule plans for it (`defaults` does the
@@ -280,19 +281,14 @@ def probed_costs(vocab_size: int) -> dict[tuple[int, int], float]:
     `SizingInputs.measured_costs`."""
     from charrnn.training.sizing import PROBED_SHAPE
 
-    shape = f"{PROBED_SHAPE[0]}x{PROBED_SHAPE[1]}"
-    record = latest("step-cost", shape, DEFAULT_BATCH, vocab_size, run_threads())
+    shape, threads = f"{PROBED_SHAPE[0]}x{PROBED_SHAPE[1]}", run_threads()
+    record = latest("step-cost", shape, DEFAULT_BATCH, vocab_size, threads)
     if record is None:
         raise SystemExit(
-            f"no step cost of {shape} at {run_threads()} threads and {vocab_size} tokens: run "
-            f"`costs --shapes {shape} --threads {run_threads()} --vocab {vocab_size}` on an idle machine"
+            f"no step cost of {shape} at {threads} threads and {vocab_size} tokens: run "
+            f"`costs --shapes {shape} --threads {threads} --vocab {vocab_size}` on an idle machine"
         )
     return {PROBED_SHAPE: record["relative_cost"]}
-
-
-def vocabulary_of(corpus: Path) -> int:
-    """Distinct characters of a corpus: the char tokeniser's vocabulary."""
-    return len(set(corpus.read_text(encoding="utf-8")))
 
 
 # Records of runs whose validation was at most --eval-tokens (250,000) in pieces spread over the
@@ -397,18 +393,18 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
-def chosen_setting(corpus: Path, minutes: float, steps_per_minute: float) -> tuple[str, str, int, bool]:
-    """The options `charrnn train CORPUS --max-time M` chooses on a machine that makes
+def chosen_setting(identity: dict, minutes: float, steps_per_minute: float) -> tuple[str, str, int, bool]:
+    """The options `charrnn train CORPUS --max-time M` chooses (CORPUS as `corpus_identity`
+    describes it, so the text is not read again for each budget) on a machine that makes
     `steps_per_minute` steps of the default shape (evaluation included), its reason, the steps
     the rule expects the run to make (from the rule's own step costs, so the stand-in is the run
     the rule planned), and whether the run stops before its budget."""
     from charrnn.config import TrainConfig
     from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, SizingInputs, choose_size
 
-    text = corpus.read_text(encoding="utf-8")
     config = TrainConfig()
-    train_tokens = len(text) - int(len(text) * config.val_fraction)
-    vocab_size = len(set(text))
+    chars, vocab_size = identity["corpus_chars"], identity["vocab_size"]
+    train_tokens = chars - int(chars * config.val_fraction)
     choice = choose_size(
         SizingInputs(
             train_tokens=train_tokens,
@@ -437,7 +433,7 @@ def defaults(args: argparse.Namespace) -> None:
         raise SystemExit("no speed measured: run `speed` on an idle machine, or pass --steps-per-minute")
     rows = []
     for minutes in (float(text) for text in args.budgets.split(",")):
-        options, reason, steps, stops_early = chosen_setting(args.corpus, minutes, per_minute)
+        options, reason, steps, stops_early = chosen_setting(identity, minutes, per_minute)
         # A run that ends before its budget is the same run whatever the budget: any record of
         # its options with those steps is its result.
         runs = [

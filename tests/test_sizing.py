@@ -386,6 +386,8 @@ def test_the_studys_stand_in_for_the_probed_shape_takes_its_cost_at_the_run_s_th
     assert study.steps_for(2, "2x256", 1022, vocab_size=3137)[0] == round(2 * 1022 / 0.64)
     with pytest.raises(SystemExit, match="--threads 2 --vocab 1782"):
         study.steps_for(2, "2x256", 1022, vocab_size=1782)
+    # Only the probed shape needs that record: a run of another shape on such a corpus went.
+    assert study.steps_for(15, "2x512", 1022, vocab_size=1782)[0] == round(15 * 1022 / 1.9)
 
 
 def test_the_study_does_not_compare_runs_of_the_old_validation_measure_on_a_big_corpus():
