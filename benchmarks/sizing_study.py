@@ -420,7 +420,12 @@ def chosen_setting(identity: dict, minutes: float, steps_per_minute: float) -> t
             model_options={"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64},
         )
     )
-    names = {"num_layers": "--num-layers", "hidden_size": "--hidden-size", "dropout": "--dropout"}
+    names = {
+        "num_layers": "--num-layers",
+        "hidden_size": "--hidden-size",
+        "dropout": "--dropout",
+        "lr": "--lr",
+    }
     options = " ".join(f"{names[name]} {value:g}" for name, value in choice.chosen.items() if name in names)
     return options, choice.reason, choice.steps, "max_steps" in choice.chosen
 

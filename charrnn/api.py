@@ -291,7 +291,7 @@ def train(
       KeyboardInterrupt it is, once the run directory's lock is released; the files of the last
       complete checkpoint are left intact, so the run can be resumed from there.
 
-    Sizing: as for the command, a new run's depth, width, dropout and early end, where not
+    Sizing: as for the command, a new run's depth, width, dropout, learning rate and early end, where not
     given in `options`, are chosen from the corpus, the budget and this machine's speed
     (`TrainingStarted.sizing` says what and why); `auto_size=False` trains the fixed defaults.
 

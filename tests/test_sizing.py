@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from charrnn.config import TrainConfig
 from charrnn.training.sizing import (
+    LEARNING_RATES,
     MAX_PASSES,
     MIN_STEPS_TO_GROW,
     STEP_SHARE_OF_BUDGET,
@@ -204,6 +206,34 @@ def test_thirty_minutes_of_tinyshakespeare_get_three_layers_with_the_depths_drop
     assert "3 x 512 with dropout 0.22" in choice.reason
 
 
+def test_the_larger_shapes_get_their_higher_learning_rate_and_the_default_shape_keeps_the_default():
+    fifteen = choose_size(inputs(1_003_854, minutes=15))
+    assert shape(fifteen) == (2, 512)
+    assert fifteen.chosen["lr"] == LEARNING_RATES[(2, 512)] > TrainConfig().lr
+    assert "so 2 x 512 with dropout 0.22 at a learning rate of 0.01 (" in fifteen.reason
+    thirty = choose_size(inputs(1_003_854, minutes=30))
+    assert shape(thirty) == (3, 512) and thirty.chosen["lr"] == LEARNING_RATES[(3, 512)]
+    for minutes in (2, 5):  # 2 x 256, then 2 x 384: the default rate, which is not named
+        choice = choose_size(inputs(1_003_854, minutes=minutes))
+        assert shape(choice) in {(2, 256), (2, 384)}
+        assert "lr" not in choice.chosen and "learning rate" not in choice.reason
+
+
+def test_a_learning_rate_the_user_set_is_kept_and_the_shape_still_chosen():
+    choice = choose_size(inputs(1_003_854, minutes=15, given=frozenset({"lr"})))
+    assert shape(choice) == (2, 512)
+    assert "lr" not in choice.chosen and "learning rate" not in choice.reason
+
+
+def test_a_larger_shape_the_user_gave_gets_its_learning_rate_under_a_step_budget():
+    options = {"model": "lstm", "num_layers": 2, "hidden_size": 512, "embedding_size": 64, "dropout": 0.0}
+    choice = choose_size(
+        inputs(1_003_854, steps=8_000, model_options=options, given=frozenset({"hidden_size", "max_steps"}))
+    )
+    assert choice.chosen["lr"] == LEARNING_RATES[(2, 512)]
+    assert "num_layers" not in choice.chosen and "hidden_size" not in choice.chosen
+
+
 def test_the_reason_says_corpus_budget_passes_and_choice_in_words():
     choice = choose_size(inputs(1_100_000, minutes=30))
     reason = choice.reason
@@ -252,6 +282,43 @@ def test_a_real_run_says_what_was_chosen_first_and_records_it(tmp_path):
     runs = json.loads(run_cli("runs", str(tmp_path), "--json").stdout)
     assert runs[0]["sizing"] == training["sizing"]["reason"]
     assert runs[0]["model"] == f"lstm 1x16 dropout {dropout:g} (sized)"
+
+
+def test_a_real_run_of_a_larger_shape_trains_at_its_learning_rate_unless_one_is_given(
+    tmp_path, pattern_corpus
+):
+    from conftest import run_cli
+
+    common = ("--max-steps", "2", "--num-layers", "2", "--hidden-size", "512", "--embedding-size", "8",
+              "--batch-size", "2", "--seq-len", "16", "--precision", "fp32")  # fmt: skip
+    run_cli("train", str(pattern_corpus), "--out", str(tmp_path / "sized"), *common)
+    sized = json.loads(run_cli("info", str(tmp_path / "sized"), "--json").stdout)
+    assert sized["training"]["train_config"]["lr"] == LEARNING_RATES[(2, 512)]
+    assert sized["training"]["sizing"]["chosen"]["lr"] == LEARNING_RATES[(2, 512)]
+    assert "at a learning rate of 0.01" in sized["training"]["sizing"]["reason"]
+
+    run_cli("train", str(pattern_corpus), "--out", str(tmp_path / "given"), *common, "--lr", "0.003")
+    given = json.loads(run_cli("info", str(tmp_path / "given"), "--json").stdout)
+    assert given["training"]["train_config"]["lr"] == 0.003
+    assert "lr" not in given["training"]["sizing"]["chosen"]
+
+
+def test_a_run_that_leaves_only_the_rate_open_says_nothing_when_its_shape_keeps_the_default(
+    tmp_path, pattern_corpus
+):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", str(pattern_corpus), "--out", str(out), "--max-steps", "2", "--hidden-size", "16",
+        "--num-layers", "1", "--dropout", "0", "--embedding-size", "8", "--batch-size", "2",
+        "--seq-len", "16", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "sized:" not in result.stderr
+    described = json.loads(run_cli("info", str(out), "--json").stdout)
+    assert described["training"]["sizing"] is None
+    assert described["training"]["train_config"]["lr"] == TrainConfig().lr
 
 
 def test_no_auto_size_trains_the_fixed_defaults_and_says_nothing(tmp_path, pattern_corpus):

@@ -26,6 +26,7 @@ from charrnn.config import (
     TrainConfig,
     parse_duration,
 )
+from charrnn.training.sizing import LEARNING_RATES
 
 if TYPE_CHECKING:
     from charrnn.distributed import World
@@ -35,6 +36,12 @@ _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
 # The options the sizing rule chooses when they are not given (training/sizing.py).
 _SIZED = "sized to the corpus and budget"
+# "0.01 for a sized 2 x 512 or 3 x 512": the learning rates the sizing rule gives its larger shapes.
+_SIZED_LEARNING_RATES = "; ".join(
+    f"{rate:g} for a sized "
+    + " or ".join(f"{layers} x {hidden}" for (layers, hidden), r in LEARNING_RATES.items() if r == rate)
+    for rate in sorted(set(LEARNING_RATES.values()))
+)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -121,7 +128,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--lr",
     type=float,
     default=_TRAIN_DEFAULTS.lr,
-    show_default=f"{_TRAIN_DEFAULTS.lr:g}; {FINE_TUNE_LR:g} with --init-from",
+    show_default=f"{_TRAIN_DEFAULTS.lr:g}; {_SIZED_LEARNING_RATES}; {FINE_TUNE_LR:g} with --init-from",
     help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).",
 )
 @click.option(
@@ -230,9 +237,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "auto_size",
     default=True,
     show_default=True,
-    help="Choose the model's depth and width, dropout and, when the time budget would only memorise "
-    "the text, an earlier end (--max-steps) from the corpus size, the budget and this machine's "
-    "speed (options you give are kept). --no-auto-size: the fixed "
+    help="Choose the model's depth and width, dropout, learning rate and, when the time budget would "
+    "only memorise the text, an earlier end (--max-steps) from the corpus size, the budget and this "
+    "machine's speed (options you give are kept). --no-auto-size: the fixed "
     f"defaults ({_MODEL_DEFAULTS.num_layers} x {_MODEL_DEFAULTS.hidden_size}, no dropout).",
 )
 @click.option(
@@ -282,8 +289,9 @@ def train(
 ) -> None:
     """Train a model on CORPUS: a UTF-8 text file, a directory of *.txt files, or - for stdin.
 
-    The model sizes itself: depth, width, dropout and an early end not given are chosen from
-    the corpus size, the budget and this machine's speed (the first line says what and why).
+    The model sizes itself: depth, width, dropout, learning rate and an early end not given are
+    chosen from the corpus size, the budget and this machine's speed (the first line says what
+    and why).
     Ctrl-C (or SIGTERM) finishes the current step, saves and tells how to resume.
 
     \b

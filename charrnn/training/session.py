@@ -334,6 +334,9 @@ class TrainingSession:
                 given_max_time=train_config.max_time,
             )
         )
+        if not choice.chosen and set(SIZED_OPTIONS) - given == {"lr"}:
+            # Only the learning rate was open, and this shape keeps the default: nothing was sized.
+            return model_config, train_config, None
         model_fields = set(model_config.to_dict())
         model_config = replace(
             model_config, **{k: v for k, v in choice.chosen.items() if k in model_fields}

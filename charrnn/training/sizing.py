@@ -25,11 +25,14 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
 4. A stop after `MAX_PASSES` passes where the budget would read the text more often: the best
    model comes early and the rest of the budget would only memorise, so the run is planned to end
    there (`max_steps`), with its learning rate annealed over those steps, and gives the time back.
+5. The learning rate goes with the shape (`LEARNING_RATES`): the larger shapes, chosen with few
+   steps and dropout, learnt more at a higher one.
 
 Options the user set are kept, and the rest are chosen around them: a given width keeps the
-depth chosen for it, a given dropout is never changed. Under a step budget (`--max-steps`) the
-shape stays the default one (the user fixed the work, not the time) and only the regularisation
-is chosen; so it is when the machine's speed is unknown.
+depth chosen for it, a given dropout or learning rate is never changed. Under a step budget
+(`--max-steps`) the shape stays the default one (the user fixed the work, not the time) and only
+the regularisation is chosen, and the learning rate of a shape the user gave; so it is when the
+machine's speed is unknown.
 """
 
 from __future__ import annotations
@@ -95,8 +98,15 @@ NO_DROPOUT_UP_TO_EXPOSURE = 12.0
 # learning rate annealed over them: on a 200 KB corpus, 5 minutes (73 passes) kept a worse best
 # model than 2 minutes (29 passes), since the best came early while the rate was still high.
 MAX_PASSES = 16.0
+# The peak learning rate of the shapes larger than the reference, where the user sets none. They
+# are chosen where the text is read often enough to need dropout and the steps are few, and there
+# a higher rate learnt more: 2 x 512 for 8,068 steps of tinyshakespeare (15 minutes, dropout 0.22)
+# kept 1.3875 at --lr 0.0035, 1.3771 at 0.005 (TrainConfig's), 1.3716 at 0.007 and 1.3686 at 0.01
+# (docs/experiments/2026-12-05-sizing-sixth-round.md). The other shapes keep TrainConfig's rate,
+# measured best for 2 x 384; 3 x 768's is not measured.
+LEARNING_RATES: dict[tuple[int, int], float] = {(2, 512): 0.01, (3, 512): 0.01}
 # The options this rule may choose, by the name of the config field (and the CLI option).
-SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "max_steps")
+SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "lr", "max_steps")
 
 
 def dropout_for_exposure(passes: float, weights_per_token: float) -> float:
@@ -253,6 +263,8 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     if "dropout" not in given and (timed or inputs.max_steps is not None):
         exposure_dropout = dropout_for_exposure(passes, weights_of(layers, hidden) / train_tokens)
         chosen["dropout"] = dropout_for_depth(exposure_dropout, layers)
+    if "lr" not in given and (layers, hidden) in LEARNING_RATES:
+        chosen["lr"] = LEARNING_RATES[(layers, hidden)]
 
     return SizingChoice(
         chosen=chosen,
@@ -400,5 +412,7 @@ def _passes_text(passes: float) -> str:
 def _model_text(chosen: dict[str, Any], layers: int, hidden: int, model_options: dict[str, Any]) -> str:
     """'3 x 512 with dropout 0.25' (what the run will use, chosen or given)."""
     dropout = chosen.get("dropout", model_options.get("dropout", 0.0))
-    text = f"{layers} x {hidden}"
-    return text + (f" with dropout {dropout:g}" if dropout else " without dropout")
+    text = f"{layers} x {hidden}" + (f" with dropout {dropout:g}" if dropout else " without dropout")
+    if "lr" in chosen:
+        text += f" at a learning rate of {chosen['lr']:g}"
+    return text
