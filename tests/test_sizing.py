@@ -179,6 +179,19 @@ def test_without_a_measured_speed_a_time_budget_keeps_the_defaults():
     choice = choose_size(inputs(1_000_000, minutes=30, reference_steps_per_second=None))
     assert choice.chosen == {}
     assert "speed" in choice.reason
+    # A larger shape the user gave still trains at its learning rate, and the reason says so.
+    options = {"model": "lstm", "num_layers": 3, "hidden_size": 512, "embedding_size": 64, "dropout": 0.2}
+    given_shape = choose_size(
+        inputs(
+            1_000_000,
+            minutes=30,
+            reference_steps_per_second=None,
+            model_options=options,
+            given=frozenset({"num_layers", "hidden_size", "dropout"}),
+        )
+    )
+    assert given_shape.chosen == {"lr": LEARNING_RATES[(3, 512)]}
+    assert given_shape.reason.endswith("nothing is sized but the learning rate: 3 x 512 trains at 0.01")
 
 
 def test_dropout_rises_with_passes_and_weights_per_token_and_is_bounded():
