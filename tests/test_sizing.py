@@ -8,6 +8,7 @@ import pytest
 
 from charrnn.config import TrainConfig
 from charrnn.training.sizing import (
+    HIGHER_RATE_FROM_PASSES,
     LEARNING_RATES,
     MAX_PASSES,
     MIN_STEPS_TO_GROW,
@@ -179,7 +180,7 @@ def test_without_a_measured_speed_a_time_budget_keeps_the_defaults():
     choice = choose_size(inputs(1_000_000, minutes=30, reference_steps_per_second=None))
     assert choice.chosen == {}
     assert "speed" in choice.reason
-    # A larger shape the user gave still trains at its learning rate, and the reason says so.
+    # A larger shape the user gave keeps the default rate too: how often it reads the text is unknown.
     options = {"model": "lstm", "num_layers": 3, "hidden_size": 512, "embedding_size": 64, "dropout": 0.2}
     given_shape = choose_size(
         inputs(
@@ -190,8 +191,7 @@ def test_without_a_measured_speed_a_time_budget_keeps_the_defaults():
             given=frozenset({"num_layers", "hidden_size", "dropout"}),
         )
     )
-    assert given_shape.chosen == {"lr": LEARNING_RATES[(3, 512)]}
-    assert given_shape.reason.endswith("nothing is sized but the learning rate: 3 x 512 trains at 0.01")
+    assert given_shape.chosen == {}
 
 
 def test_dropout_rises_with_passes_and_weights_per_token_and_is_bounded():
@@ -230,6 +230,14 @@ def test_the_larger_shapes_get_their_higher_learning_rate_and_the_default_shape_
         choice = choose_size(inputs(1_003_854, minutes=minutes))
         assert shape(choice) in {(2, 256), (2, 384)}
         assert "lr" not in choice.chosen and "learning rate" not in choice.reason
+
+
+def test_a_larger_shape_on_text_it_reads_less_than_four_times_keeps_the_default_rate():
+    # 90 M characters for an hour: a larger shape, but well under one pass over the text, where
+    # the higher rate learnt less (2 x 256 on 10 MB of code).
+    choice = choose_size(inputs(90_000_000, minutes=60))
+    assert shape(choice) in LEARNING_RATES and choice.passes < HIGHER_RATE_FROM_PASSES
+    assert "lr" not in choice.chosen and "learning rate" not in choice.reason
 
 
 def test_a_learning_rate_the_user_set_is_kept_and_the_shape_still_chosen():
@@ -297,20 +305,22 @@ def test_a_real_run_says_what_was_chosen_first_and_records_it(tmp_path):
     assert runs[0]["model"] == f"lstm 1x16 dropout {dropout:g} (sized)"
 
 
-def test_a_real_run_of_a_larger_shape_trains_at_its_learning_rate_unless_one_is_given(
-    tmp_path, pattern_corpus
-):
+def test_a_real_run_of_a_larger_shape_trains_at_its_learning_rate_unless_one_is_given(tmp_path):
     from conftest import run_cli
 
-    common = ("--max-steps", "2", "--num-layers", "2", "--hidden-size", "512", "--embedding-size", "8",
-              "--batch-size", "2", "--seq-len", "16", "--precision", "fp32")  # fmt: skip
-    run_cli("train", str(pattern_corpus), "--out", str(tmp_path / "sized"), *common)
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("the cat sat on the mat. " * 12, encoding="utf-8")  # 260 training characters
+    # 20 steps x 2 streams x 32 tokens: 4.9 passes over them, enough for the higher rate.
+    common = ("--max-steps", "20", "--num-layers", "2", "--hidden-size", "512", "--embedding-size", "8",
+              "--batch-size", "2", "--seq-len", "32", "--stream-groups", "1",
+              "--precision", "fp32")  # fmt: skip
+    run_cli("train", str(corpus), "--out", str(tmp_path / "sized"), *common)
     sized = json.loads(run_cli("info", str(tmp_path / "sized"), "--json").stdout)
     assert sized["training"]["train_config"]["lr"] == LEARNING_RATES[(2, 512)]
     assert sized["training"]["sizing"]["chosen"]["lr"] == LEARNING_RATES[(2, 512)]
     assert "at a learning rate of 0.01" in sized["training"]["sizing"]["reason"]
 
-    run_cli("train", str(pattern_corpus), "--out", str(tmp_path / "given"), *common, "--lr", "0.003")
+    run_cli("train", str(corpus), "--out", str(tmp_path / "given"), *common, "--lr", "0.003")
     given = json.loads(run_cli("info", str(tmp_path / "given"), "--json").stdout)
     assert given["training"]["train_config"]["lr"] == 0.003
     assert "lr" not in given["training"]["sizing"]["chosen"]

@@ -26,7 +26,7 @@ from charrnn.config import (
     TrainConfig,
     parse_duration,
 )
-from charrnn.training.sizing import LEARNING_RATES
+from charrnn.training.sizing import HIGHER_RATE_FROM_PASSES, LEARNING_RATES
 
 if TYPE_CHECKING:
     from charrnn.distributed import World
@@ -36,10 +36,12 @@ _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
 # The options the sizing rule chooses when they are not given (training/sizing.py).
 _SIZED = "sized to the corpus and budget"
-# "0.01 for a sized 2 x 512 or 3 x 512": the learning rates the sizing rule gives its larger shapes.
+# "0.01 for a sized 2 x 512 or 3 x 512 reading the text 4+ times": the learning rates the sizing
+# rule gives its larger shapes.
 _SIZED_LEARNING_RATES = "; ".join(
     f"{rate:g} for a sized "
     + " or ".join(f"{layers} x {hidden}" for (layers, hidden), r in LEARNING_RATES.items() if r == rate)
+    + f" reading the text {HIGHER_RATE_FROM_PASSES:g}+ times"
     for rate in sorted(set(LEARNING_RATES.values()))
 )
 
