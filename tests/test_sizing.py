@@ -219,17 +219,18 @@ def test_thirty_minutes_of_tinyshakespeare_get_three_layers_with_the_depths_drop
     assert "3 x 512 with dropout 0.22" in choice.reason
 
 
-def test_the_larger_shapes_get_their_higher_learning_rate_and_the_default_shape_keeps_the_default():
+def test_text_read_four_times_or_more_gets_the_higher_rate_except_on_the_smallest_shape():
+    five = choose_size(inputs(1_003_854, minutes=5))  # 2 x 384, about 5 passes
+    assert shape(five) == (2, 384) and five.chosen["lr"] == LEARNING_RATES[(2, 384)] > TrainConfig().lr
     fifteen = choose_size(inputs(1_003_854, minutes=15))
     assert shape(fifteen) == (2, 512)
     assert fifteen.chosen["lr"] == LEARNING_RATES[(2, 512)] > TrainConfig().lr
     assert "so 2 x 512 with dropout 0.22 at a learning rate of 0.01 (" in fifteen.reason
     thirty = choose_size(inputs(1_003_854, minutes=30))
     assert shape(thirty) == (3, 512) and thirty.chosen["lr"] == LEARNING_RATES[(3, 512)]
-    for minutes in (2, 5):  # 2 x 256, then 2 x 384: the default rate, which is not named
-        choice = choose_size(inputs(1_003_854, minutes=minutes))
-        assert shape(choice) in {(2, 256), (2, 384)}
-        assert "lr" not in choice.chosen and "learning rate" not in choice.reason
+    two = choose_size(inputs(1_003_854, minutes=2))  # 2 x 256 keeps the default rate, not named
+    assert shape(two) == (2, 256) and two.passes >= HIGHER_RATE_FROM_PASSES
+    assert "lr" not in two.chosen and "learning rate" not in two.reason
 
 
 def test_a_larger_shape_on_text_it_reads_less_than_four_times_keeps_the_default_rate():
