@@ -8,8 +8,9 @@ import pytest
 
 from charrnn.config import TrainConfig
 from charrnn.training.sizing import (
+    HIGHER_LEARNING_RATE,
     HIGHER_RATE_FROM_PASSES,
-    LEARNING_RATES,
+    HIGHER_RATE_SHAPES,
     MAX_PASSES,
     MIN_STEPS_TO_GROW,
     STEP_SHARE_OF_BUDGET,
@@ -221,13 +222,13 @@ def test_thirty_minutes_of_tinyshakespeare_get_three_layers_with_the_depths_drop
 
 def test_text_read_four_times_or_more_gets_the_higher_rate_except_on_the_smallest_shape():
     five = choose_size(inputs(1_003_854, minutes=5))  # 2 x 384, about 5 passes
-    assert shape(five) == (2, 384) and five.chosen["lr"] == LEARNING_RATES[(2, 384)] > TrainConfig().lr
+    assert shape(five) == (2, 384) and five.chosen["lr"] == HIGHER_LEARNING_RATE > TrainConfig().lr
     fifteen = choose_size(inputs(1_003_854, minutes=15))
     assert shape(fifteen) == (2, 512)
-    assert fifteen.chosen["lr"] == LEARNING_RATES[(2, 512)] > TrainConfig().lr
+    assert fifteen.chosen["lr"] == HIGHER_LEARNING_RATE > TrainConfig().lr
     assert "so 2 x 512 with dropout 0.22 at a learning rate of 0.01 (" in fifteen.reason
     thirty = choose_size(inputs(1_003_854, minutes=30))
-    assert shape(thirty) == (3, 512) and thirty.chosen["lr"] == LEARNING_RATES[(3, 512)]
+    assert shape(thirty) == (3, 512) and thirty.chosen["lr"] == HIGHER_LEARNING_RATE
     two = choose_size(inputs(1_003_854, minutes=2))  # 2 x 256 keeps the default rate, not named
     assert shape(two) == (2, 256) and two.passes >= HIGHER_RATE_FROM_PASSES
     assert "lr" not in two.chosen and "learning rate" not in two.reason
@@ -237,7 +238,7 @@ def test_a_larger_shape_on_text_it_reads_less_than_four_times_keeps_the_default_
     # 90 M characters for an hour: a larger shape, but well under one pass over the text, where
     # the higher rate learnt less (2 x 256 on 10 MB of code).
     choice = choose_size(inputs(90_000_000, minutes=60))
-    assert shape(choice) in LEARNING_RATES and choice.passes < HIGHER_RATE_FROM_PASSES
+    assert shape(choice) in HIGHER_RATE_SHAPES and choice.passes < HIGHER_RATE_FROM_PASSES
     assert "lr" not in choice.chosen and "learning rate" not in choice.reason
 
 
@@ -252,7 +253,7 @@ def test_a_larger_shape_the_user_gave_gets_its_learning_rate_under_a_step_budget
     choice = choose_size(
         inputs(1_003_854, steps=8_000, model_options=options, given=frozenset({"hidden_size", "max_steps"}))
     )
-    assert choice.chosen["lr"] == LEARNING_RATES[(2, 512)]
+    assert choice.chosen["lr"] == HIGHER_LEARNING_RATE
     assert "num_layers" not in choice.chosen and "hidden_size" not in choice.chosen
 
 
@@ -317,8 +318,8 @@ def test_a_real_run_of_a_larger_shape_trains_at_its_learning_rate_unless_one_is_
               "--precision", "fp32")  # fmt: skip
     run_cli("train", str(corpus), "--out", str(tmp_path / "sized"), *common)
     sized = json.loads(run_cli("info", str(tmp_path / "sized"), "--json").stdout)
-    assert sized["training"]["train_config"]["lr"] == LEARNING_RATES[(2, 512)]
-    assert sized["training"]["sizing"]["chosen"]["lr"] == LEARNING_RATES[(2, 512)]
+    assert sized["training"]["train_config"]["lr"] == HIGHER_LEARNING_RATE
+    assert sized["training"]["sizing"]["chosen"]["lr"] == HIGHER_LEARNING_RATE
     assert "at a learning rate of 0.01" in sized["training"]["sizing"]["reason"]
 
     run_cli("train", str(corpus), "--out", str(tmp_path / "given"), *common, "--lr", "0.003")

@@ -26,7 +26,7 @@ from charrnn.config import (
     TrainConfig,
     parse_duration,
 )
-from charrnn.training.sizing import HIGHER_RATE_FROM_PASSES, LEARNING_RATES
+from charrnn.training.sizing import HIGHER_LEARNING_RATE, HIGHER_RATE_FROM_PASSES, HIGHER_RATE_SHAPES
 
 if TYPE_CHECKING:
     from charrnn.distributed import World
@@ -36,17 +36,12 @@ _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
 # The options the sizing rule chooses when they are not given (training/sizing.py).
 _SIZED = "sized to the corpus and budget"
-
-
-def _sized_learning_rates() -> str:
-    """'0.01 for a sized 2 x 384, 2 x 512 or 3 x 512 reading the text 4+ times': the learning
-    rates the sizing rule gives its shapes."""
-    parts = []
-    for rate in sorted(set(LEARNING_RATES.values())):
-        shapes = [f"{layers} x {hidden}" for (layers, hidden), r in LEARNING_RATES.items() if r == rate]
-        named = ", ".join(shapes[:-1]) + " or " + shapes[-1] if len(shapes) > 1 else shapes[0]
-        parts.append(f"{rate:g} for a sized {named} reading the text {HIGHER_RATE_FROM_PASSES:g}+ times")
-    return "; ".join(parts)
+# "0.01 for a sized 2 x 384, 2 x 512 or 3 x 512 reading the text 4+ times": the rate sizing gives.
+_SHAPES_AT_THE_HIGHER_RATE = [f"{layers} x {hidden}" for layers, hidden in HIGHER_RATE_SHAPES]
+_SIZED_LEARNING_RATE = (
+    f"{HIGHER_LEARNING_RATE:g} for a sized {', '.join(_SHAPES_AT_THE_HIGHER_RATE[:-1])} or "
+    f"{_SHAPES_AT_THE_HIGHER_RATE[-1]} reading the text {HIGHER_RATE_FROM_PASSES:g}+ times"
+)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -133,7 +128,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     "--lr",
     type=float,
     default=_TRAIN_DEFAULTS.lr,
-    show_default=f"{_TRAIN_DEFAULTS.lr:g}; {_sized_learning_rates()}; {FINE_TUNE_LR:g} with --init-from",
+    show_default=f"{_TRAIN_DEFAULTS.lr:g}; {_SIZED_LEARNING_RATE}; {FINE_TUNE_LR:g} with --init-from",
     help="Peak learning rate (AdamW; linear warm-up, then cosine decay over the budget).",
 )
 @click.option(

@@ -26,7 +26,7 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
    model comes early and the rest of the budget would only memorise, so the run is planned to end
    there (`max_steps`), with its learning rate annealed over those steps, and gives the time back.
 5. A higher learning rate for 2 x 384 and the larger shapes where the run reads the text several
-   times (`LEARNING_RATES`, `HIGHER_RATE_FROM_PASSES`): there they learnt more at it, while on text
+   times (`HIGHER_RATE_SHAPES`, `HIGHER_RATE_FROM_PASSES`): there they learnt more at it, while on text
    read less than once a higher rate learnt less.
 
 Options the user set are kept, and the rest are chosen around them: a given width keeps the
@@ -98,8 +98,8 @@ NO_DROPOUT_UP_TO_EXPOSURE = 12.0
 # learning rate annealed over them: on a 200 KB corpus, 5 minutes (73 passes) kept a worse best
 # model than 2 minutes (29 passes), since the best came early while the rate was still high.
 MAX_PASSES = 16.0
-# The peak learning rate of a shape where the user sets none and the run reads the text at least
-# `HIGHER_RATE_FROM_PASSES` times. There a higher rate learnt more: 2 x 512 for 8,068 steps of
+# The peak learning rate of these shapes where the user sets none and the run reads the text at
+# least `HIGHER_RATE_FROM_PASSES` times. There a higher rate learnt more: 2 x 512 for 8,068 steps of
 # tinyshakespeare (15 minutes, 8.2 passes, dropout 0.22) kept 1.3875 at --lr 0.0035, 1.3771 at
 # 0.005 (TrainConfig's), 1.3716 at 0.007 and 1.3686 at 0.01, and with a second seed 1.3785 at
 # 0.005 and 1.3665 at 0.01; 3 x 512 for 9,581 steps (30 minutes, 9.8 passes) 1.3718 at 0.005 and
@@ -111,7 +111,8 @@ MAX_PASSES = 16.0
 # (4.1 passes: 1.4096 against 1.4173), but its points on the small corpora, where it reads the
 # text 16 times with heavy dropout, were measured only at 0.005, so it keeps that until they are
 # run again; 3 x 768's rate is not measured.
-LEARNING_RATES: dict[tuple[int, int], float] = {(2, 384): 0.01, (2, 512): 0.01, (3, 512): 0.01}
+HIGHER_LEARNING_RATE = 0.01
+HIGHER_RATE_SHAPES: tuple[tuple[int, int], ...] = ((2, 384), (2, 512), (3, 512))
 HIGHER_RATE_FROM_PASSES = 4.0
 # The options this rule may choose, by the name of the config field (and the CLI option).
 SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "lr", "max_steps")
@@ -271,8 +272,8 @@ def choose_size(inputs: SizingInputs) -> SizingChoice:
     if "dropout" not in given and (timed or inputs.max_steps is not None):
         exposure_dropout = dropout_for_exposure(passes, weights_of(layers, hidden) / train_tokens)
         chosen["dropout"] = dropout_for_depth(exposure_dropout, layers)
-    if "lr" not in given and (layers, hidden) in LEARNING_RATES and passes >= HIGHER_RATE_FROM_PASSES:
-        chosen["lr"] = LEARNING_RATES[(layers, hidden)]
+    if "lr" not in given and (layers, hidden) in HIGHER_RATE_SHAPES and passes >= HIGHER_RATE_FROM_PASSES:
+        chosen["lr"] = HIGHER_LEARNING_RATE
 
     return SizingChoice(
         chosen=chosen,
