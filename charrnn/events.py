@@ -53,6 +53,8 @@ class TrainingStarted:
     stream_groups: int = 1  # groups of batch_size streams trained in turns
     parent: dict | None = None  # the model a fine-tuning run started from: name, weights_sha256
     sizing: dict | None = None  # what the sizing rule chose and why (training/sizing.py)
+    # A resumed run (start_step alone cannot say: a run stopped before its first step resumes at 0).
+    resumed: bool = False
 
 
 @dataclass

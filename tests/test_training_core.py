@@ -298,6 +298,22 @@ def test_extension_restarts_from_a_tenth_of_the_rate_only_when_it_had_fallen_bel
     assert halfway.learning_rate(50, 0.0) == pytest.approx(before.learning_rate(50, 0.0))
 
 
+def test_a_run_resumed_at_step_0_says_so():
+    # A run interrupted before its first step is saved at step 0, and resumes there.
+    out = io.StringIO()
+    display = TrainingDisplay(Console(file=out, width=400))
+    started = dict(
+        run_dir="r", num_parameters=1, vocab_size=10, tokenizer="char", chars_per_token=1.0,
+        train_tokens=1000, val_tokens=100, eval_tokens=100, batch_size=8, seq_len=16, device="cpu",
+        precision="fp32", threads=1, start_step=0, max_steps=100, budget_seconds=None,
+    )  # fmt: skip
+    display(events.TrainingStarted(**started, resumed=True))
+    assert "resuming at step 0" in out.getvalue()
+    fresh = io.StringIO()
+    TrainingDisplay(Console(file=fresh, width=400))(events.TrainingStarted(**started))
+    assert "resuming" not in fresh.getvalue()
+
+
 def test_remaining_time_counts_every_process():
     display = TrainingDisplay(Console(file=io.StringIO()))
     display(

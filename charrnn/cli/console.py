@@ -199,7 +199,7 @@ class TrainingDisplay:
         if event.budget_seconds is not None and event.max_steps is not None:
             budget = f"{event.max_steps} steps or {format_duration(event.budget_seconds)}"
         reason = event.sizing.get("reason") if isinstance(event.sizing, dict) else None
-        if reason and not event.start_step:
+        if reason and not event.resumed:
             # First, so the user reads what was chosen for them before anything else.
             self.console.print(f"sized: {terminal_safe(reason)}", markup=False, highlight=False)
         self.console.print(
@@ -211,7 +211,7 @@ class TrainingDisplay:
             + (f", {event.stream_groups} stream groups" if event.stream_groups > 1 else "")
             + f", {event.device} {event.precision} "
             f"{event.threads} threads, {budget}"
-            + (f", resuming at step {event.start_step}" if event.start_step else ""),
+            + (f", resuming at step {event.start_step}" if event.resumed else ""),
             markup=False,
             highlight=False,
         )

@@ -161,6 +161,7 @@ class Trainer:
         self.hidden: list[State | None] = [None] * self.stream_groups
         self.clock = TrainingClock(world, time_source=self.time_source)
         self.schedule = Schedule(config)
+        self.resumed = resume_state is not None
         if resume_state is not None:
             self._restore(resume_state)
             # Records after the saved step belong to work that was lost: it will be redone.
@@ -200,6 +201,7 @@ class Trainer:
                 processes=self.world.world_size,
                 parent=self.parent,
                 sizing=self.sizing,
+                resumed=self.resumed,
             )
         )
         self.model.train()
