@@ -61,11 +61,29 @@ def run(corpus: Path, budget: list[str], extra: str, seed: int, out: Path, threa
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best = min(records, key=lambda r: r["val_loss"])
     return {
+        "sized": sized_as(out / "best.safetensors"),
         "val_loss": best["val_loss"],
         "steps": records[-1]["step"],
         "chars_per_second": records[-1]["chars_per_second"],
         "elapsed": records[-1]["elapsed"],
     }
+
+
+def sized_as(weights: Path) -> str:
+    """What the sizing rule chose for this run ("2x384 lr 0.01"), or "-" when it chose nothing:
+    with sizing, the same options can train different models on differently fast machines."""
+    from charrnn.store.describe import describe
+
+    sizing = describe(weights)["training"].get("sizing")
+    if not sizing or not sizing.get("chosen"):
+        return "-"
+    chosen = sizing["chosen"]
+    words = []
+    if "num_layers" in chosen or "hidden_size" in chosen:
+        words.append(f"{chosen.get('num_layers', '?')}x{chosen.get('hidden_size', '?')}")
+    shape = ("num_layers", "hidden_size")
+    words += [f"{name} {value:g}" for name, value in chosen.items() if name not in shape]
+    return " ".join(words)
 
 
 def main() -> None:
@@ -91,8 +109,8 @@ def main() -> None:
     settings = args.options or CANDIDATES
     threads = 1 if args.jobs > 1 else None
     print(f"budget: {' '.join(budget_options)}; seeds {args.seeds}; corpus {args.corpus}", file=sys.stderr)
-    print("| options | median best val loss (nats/char) | per seed | steps | chars/s |")
-    print("|---|---|---|---|---|")
+    print("| options | median best val loss (nats/char) | per seed | steps | chars/s | sized as, per seed |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.jobs) as pool:
         # Seed by seed, every setting once each: the machine's speed drifts over half an hour,
         # and this spreads the drift over the settings instead of handing it to the last one.
@@ -116,7 +134,8 @@ def main() -> None:
                 f"| `{extra or '(defaults)'}` | {statistics.median(losses):.4f} "
                 f"| {', '.join(f'{loss:.4f}' for loss in losses)} "
                 f"| {statistics.median(row['steps'] for row in rows):.0f} "
-                f"| {statistics.median(row['chars_per_second'] for row in rows):,.0f} |",
+                f"| {statistics.median(row['chars_per_second'] for row in rows):,.0f} "
+                f"| {'; '.join(row['sized'] for row in rows)} |",
                 flush=True,
             )
 
