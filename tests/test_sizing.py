@@ -413,6 +413,28 @@ def test_the_speed_probe_times_real_steps_of_two_shapes_and_leaves_the_random_ge
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_speed_probe_times_the_step_the_training_loop_takes(monkeypatch):
+    # The probe timed PyTorch's per-tensor AdamW while the loop steps a fused one, which made it
+    # read the loop's speed lower still: every timed run planned fewer steps than it made.
+    import torch
+
+    import charrnn.training.speed_probe as speed_probe
+    from charrnn.config import TrainConfig
+    from charrnn.training.loop import build_optimizer
+
+    built = []
+
+    def spy(model, config, device):
+        optimizer = build_optimizer(model, config, device)
+        built.append(optimizer)
+        return optimizer
+
+    monkeypatch.setattr(speed_probe, "build_optimizer", spy)
+    speed_probe.measure_speed(TrainConfig(batch_size=2, seq_len=8), 20, torch.device("cpu"), "fp32")
+    assert len(built) == 2  # one per timed shape
+    assert all(optimizer.defaults["fused"] for optimizer in built)
+
+
 def test_the_probed_cost_of_the_small_shape_replaces_the_ladder_s():
     # The ladder's 0.40 for 2 x 256 is a one-thread figure at 65 characters; on two threads it
     # cost 0.51, and with 3,137 characters 0.64, so a 2-minute run made a fifth to a third fewer

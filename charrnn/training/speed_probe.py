@@ -12,10 +12,11 @@ seconds.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,6 +24,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.hardware import autocast
 from charrnn.loss import head_cross_entropy
 from charrnn.model import CharRNN
+from charrnn.training.loop import build_optimizer
 from charrnn.training.sizing import PROBED_SHAPE, REFERENCE_SHAPE
 
 # The first step of a model sets up kernels and memory (several times a later step's time); the
@@ -102,7 +104,13 @@ def _training_step(
             vocab_size=vocab_size,
         )
     ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # The step `Trainer.train_step` takes: its optimiser (fused AdamW where the device has one,
+    # which on a CPU is a measurable share of a small model's step) and its gradient clipping.
+    # With PyTorch's per-tensor AdamW instead, the probe read 12-19% below the loop's speed
+    # between evaluations; with this step, 10-12% (a fresh model's first steps are slower, and
+    # no warm-up we could afford removed that: docs/experiments/2026-12-05-sizing-eighth-round.md).
+    optimizer = build_optimizer(model, replace(train_config, lr=1e-4), device)
+    max_norm = train_config.grad_clip if train_config.grad_clip > 0 else math.inf
     tokens = torch.Generator().manual_seed(0)
     batch = (train_config.batch_size, train_config.seq_len)
     inputs = torch.randint(0, vocab_size, batch, generator=tokens).to(device)
@@ -115,6 +123,8 @@ def _training_step(
             features, _ = model(inputs, state, features_only=True)
             loss = head_cross_entropy(features, model.head, targets)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        loss.item()  # the loop reads the loss every step, which waits for the step to finish
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
