@@ -18,6 +18,10 @@ across sessions and machines. docs/experiments/ writes it up.
     python benchmarks/sizing_study.py defaults CORPUS --budgets 2,5,15,30
     # 6. What sizing costs before the first step (the speed probe and the rule):
     python benchmarks/sizing_study.py choice-time
+    # 7. How often the choice at each budget changes with the probe's reading (idle machine):
+    python benchmarks/sizing_study.py choices CORPUS --rounds 20
+    # 8. The speed probe's short reading against the training loop's sustained speed (idle machine):
+    python benchmarks/sizing_study.py probe-vs-loop CORPUS
 
 A budget of M minutes runs as `--max-steps` = M x (steps a minute of the default shape on an
 idle machine) / (the shape's step cost relative to the default shape: the sizing rule's for a
@@ -60,6 +64,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The model options `charrnn train` starts from before sizing (ModelConfig's defaults).
+DEFAULT_MODEL_OPTIONS = {"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64}
 
 
 def corpus_identity(corpus: Path) -> dict:
@@ -113,10 +121,12 @@ def shape_options(shape: str) -> list[str]:
 
 
 def measure_speed(args: argparse.Namespace) -> None:
-    """`charrnn train CORPUS --max-time 60s` with the defaults: its steps a minute, evaluation included."""
+    """`charrnn train CORPUS --max-time 60s`, the default shape: its steps a minute, evaluation included."""
     identity = corpus_identity(args.corpus)
+    # The shape is given: left open, sizing would choose the smallest shape for a minute's budget.
+    options = ["--max-time", f"{SPEED_PROBE_SECONDS}s", *shape_options(DEFAULT_SHAPE), "--dropout", "0"]
     with tempfile.TemporaryDirectory() as folder:
-        records = train(args.corpus, ["--max-time", f"{SPEED_PROBE_SECONDS}s"], Path(folder) / "run", None)
+        records = train(args.corpus, options, Path(folder) / "run", None)
     last = records[-1]
     record = {
         "kind": "speed",
@@ -417,7 +427,7 @@ def chosen_setting(identity: dict, minutes: float, steps_per_minute: float) -> t
             reference_steps_per_second=steps_per_minute / 60 / STEP_SHARE_OF_BUDGET,
             batch_size=config.batch_size,
             seq_len=config.seq_len,
-            model_options={"model": "lstm", "num_layers": 2, "hidden_size": 384, "embedding_size": 64},
+            model_options=DEFAULT_MODEL_OPTIONS,
         )
     )
     names = {
@@ -564,6 +574,96 @@ def choice_time(args: argparse.Namespace) -> None:
     )
 
 
+def probe_against_loop(args: argparse.Namespace) -> None:
+    """The speed probe's raw reading of the reference shape against the steps a second `charrnn
+    train` makes with it between evaluations, in turn, several rounds. The sizing rule plans with
+    the probe's reading; its thresholds come from the study's runs, which make the loop's steps."""
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.hardware import configure_threads, resolve_precision
+    from charrnn.training.speed_probe import measure_speed
+
+    threads = configure_threads(None)
+    identity = corpus_identity(args.corpus)
+    device = torch.device("cpu")
+    ratios = []
+    for round_number in range(args.rounds):
+        readings = [
+            measure_speed(
+                TrainConfig(), identity["vocab_size"], device, resolve_precision("auto", device)
+            ).reference_steps_per_second
+            for _ in range(args.probes)
+        ]
+        with tempfile.TemporaryDirectory() as folder:
+            # Evaluations of a few tokens, so the time between them is training steps.
+            options = [*shape_options(DEFAULT_SHAPE), "--dropout", "0", "--max-steps", str(args.steps)]
+            options += ["--eval-every", str(args.steps // 4), "--eval-tokens", "2000", "--seed", "1"]
+            records = train(args.corpus, options, Path(folder) / "run", None)
+        first, last = records[0], records[-1]
+        loop = (last["step"] - first["step"]) / (last["elapsed"] - first["elapsed"])
+        ratios.append(loop / statistics.median(readings))
+        print(
+            f"round {round_number + 1}: probe median {statistics.median(readings):.2f} steps/s "
+            f"({min(readings):.2f}-{max(readings):.2f}), loop {loop:.2f} steps/s, ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    print(
+        f"loop / probe: median {statistics.median(ratios):.3f} over {args.rounds} rounds "
+        f"({threads} threads, {cpu_name()})"
+    )
+
+
+def choices(args: argparse.Namespace) -> None:
+    """Probe this machine's speed several times, as `charrnn train` does, and show what the rule
+    chooses for CORPUS at each budget with each reading: a choice that changes between readings
+    of the same idle machine sits on one of the rule's thresholds."""
+    import collections
+
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.hardware import configure_threads, resolve_precision
+    from charrnn.training.sizing import SizingInputs, choose_size
+    from charrnn.training.speed_probe import measure_speed
+
+    threads = configure_threads(None)
+    identity = corpus_identity(args.corpus)
+    config = TrainConfig()
+    chars, vocab_size = identity["corpus_chars"], identity["vocab_size"]
+    device = torch.device("cpu")
+    budgets = [float(text) for text in args.budgets.split(",")]
+    seen: dict[float, collections.Counter] = {minutes: collections.Counter() for minutes in budgets}
+    readings = []
+    for _ in range(args.rounds):
+        speed = measure_speed(config, vocab_size, device, resolve_precision("auto", device))
+        readings.append(speed.reference_steps_per_second)
+        for minutes in budgets:
+            choice = choose_size(
+                SizingInputs(
+                    train_tokens=chars - int(chars * config.val_fraction), chars_per_token=1.0,
+                    vocab_size=vocab_size, budget_seconds=minutes * 60, max_steps=None,
+                    reference_steps_per_second=speed.reference_steps_per_second,
+                    batch_size=config.batch_size, seq_len=config.seq_len,
+                    measured_costs=speed.relative_costs,
+                    model_options=DEFAULT_MODEL_OPTIONS,
+                )
+            )  # fmt: skip
+            chosen = choice.chosen
+            words = f"{chosen['num_layers']} x {chosen['hidden_size']}, dropout {chosen['dropout']:g}"
+            seen[minutes][words + (f", lr {chosen['lr']:g}" if "lr" in chosen else "")] += 1
+    print(
+        f"{identity['corpus']}: {args.rounds} readings of the probe, {threads} threads, {cpu_name()}: "
+        f"reference steps a second median {statistics.median(readings):.2f} "
+        f"(min {min(readings):.2f}, max {max(readings):.2f})"
+    )
+    print("| budget (minutes) | chosen (readings) |")
+    print("|---|---|")
+    for minutes in budgets:
+        counted = "; ".join(f"{words} ({count})" for words, count in seen[minutes].most_common())
+        print(f"| {minutes:g} | {counted} |")
+
+
 def table(args: argparse.Namespace) -> None:
     runs = [r for r in read_results() if r["kind"] == "run"]
     groups: dict[tuple, list[dict]] = {}
@@ -641,10 +741,24 @@ def main() -> None:
     )
     timing = commands.add_parser("choice-time", help="the time sizing adds before training (idle machine)")
     timing.add_argument("--rounds", type=int, default=5)
+    against = commands.add_parser(
+        "probe-vs-loop", help="the speed probe's reading against the training loop's speed (idle machine)"
+    )
+    against.add_argument("corpus", type=Path)
+    against.add_argument("--rounds", type=int, default=3)
+    against.add_argument("--probes", type=int, default=5, help="probe readings per round")
+    against.add_argument("--steps", type=int, default=1200, help="training steps per round")
+    spread = commands.add_parser(
+        "choices", help="what the rule chooses with each of several speed readings (idle machine)"
+    )
+    spread.add_argument("corpus", type=Path)
+    spread.add_argument("--budgets", default="2,5,15,30", help="minutes, comma-separated")
+    spread.add_argument("--rounds", type=int, default=20)
     commands.add_parser("table", help="print every result so far")
     args = parser.parse_args()
     handlers = {"speed": measure_speed, "costs": measure_costs, "run": run, "table": table}
-    handlers.update({"defaults": defaults, "choice-time": choice_time})
+    handlers.update({"defaults": defaults, "choice-time": choice_time, "choices": choices})
+    handlers["probe-vs-loop"] = probe_against_loop
     handlers[args.command](args)
 
 
