@@ -36,7 +36,7 @@ _MODEL_DEFAULTS = ModelConfig()
 _TRAIN_DEFAULTS = TrainConfig()
 # The options the sizing rule chooses when they are not given (training/sizing.py).
 _SIZED = "sized to the corpus and budget"
-# "0.01 for a sized 2 x 384, 2 x 512 or 3 x 512 reading the text 4+ times": the rate sizing gives.
+# "0.01 for a sized 2 x 384, 2 x 512 or 3 x 512 reading the text 2.5+ times": the rate sizing gives.
 _SHAPES_AT_THE_HIGHER_RATE = [f"{layers} x {hidden}" for layers, hidden in HIGHER_RATE_SHAPES]
 _SIZED_LEARNING_RATE = (
     f"{HIGHER_LEARNING_RATE:g} for a sized {', '.join(_SHAPES_AT_THE_HIGHER_RATE[:-1])} or "

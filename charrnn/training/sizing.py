@@ -61,13 +61,16 @@ REFERENCE_SHAPE = (2, 384)
 # and vocabulary (`SizingInputs.measured_costs`): the ladder's one-thread, 65-character figure
 # is furthest off for it (0.40, against 0.51 on two threads and 0.64 with 3,137 characters).
 PROBED_SHAPE = (2, 256)
-# A shape needs this many steps to be chosen over the smaller ones. At 2 minutes 2 x 256 beat 2,044
-# steps of 2 x 384 on tinyshakespeare by 0.009 (4,015 steps: what two threads make; 0.018 for the
-# 5,254 one thread makes) and on 10 MB of code by 0.073 (3,605; 0.135 for 5,110), and lost on
-# 1 MB of code by 0.025 and of translations by 0.011 (5,110 each; docs/experiments/2026-12-05-
-# sizing-sixth-round.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on
-# tinyshakespeare.
-MIN_STEPS = 4_000
+# A shape needs this many steps to be chosen over the smaller ones. On tinyshakespeare 2 x 256 for
+# 4,015 steps (what two threads make in 2 minutes) beat 2 x 384 for 2,044 by 0.009, and 2 x 384
+# for 2,555 (2.5 minutes, at --lr 0.01 as item 5 gives it there) beat 2 x 256 for 5,020 by 0.008
+# (docs/experiments/2026-12-05-sizing-eighth-round.md). At 2 minutes 2 x 256 also beat 2,044
+# steps of 2 x 384 on 10 MB of code by 0.073 (3,605; 0.135 for 5,110), and lost on 1 MB of code
+# by 0.025 and of translations by 0.011 (5,110 each; docs/experiments/2026-12-05-sizing-sixth-
+# round.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on tinyshakespeare.
+# It was 4,000, where the default 5-minute run plans 4,000-4,700 steps: one probe reading in
+# five or so chose 2 x 256 there.
+MIN_STEPS = 2_500
 # ... and the reference shape needs this many where it would not read the text once: with text to
 # spare, steps count most. On 10 MB of code 2 x 256 (for the steps two threads make) beat 2 x 384
 # by 0.073 at 2 minutes and 0.024 at 5, and lost by 0.030 at 15 (15,330 steps of 2 x 384):
@@ -113,7 +116,9 @@ MAX_PASSES = 16.0
 # run again; 3 x 768's rate is not measured.
 HIGHER_LEARNING_RATE = 0.01
 HIGHER_RATE_SHAPES: tuple[tuple[int, int], ...] = ((2, 384), (2, 512), (3, 512))
-HIGHER_RATE_FROM_PASSES = 4.0
+# The gains above were at 4 to 10 passes; at 2.6 (2 x 384 for 2,555 steps of tinyshakespeare) 0.01
+# kept 1.4047 against 1.4122 at 0.005 (docs/experiments/2026-12-05-sizing-eighth-round.md).
+HIGHER_RATE_FROM_PASSES = 2.5
 # The options this rule may choose, by the name of the config field (and the CLI option).
 SIZED_OPTIONS = ("num_layers", "hidden_size", "dropout", "lr", "max_steps")
 
