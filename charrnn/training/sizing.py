@@ -13,8 +13,9 @@ results are benchmarks/results/sizing.jsonl, `python benchmarks/sizing_study.py 
    it for the smallest shape, `PROBED_SHAPE`; the ladder's for the others).
 2. Size: the largest shape that still makes `MIN_STEPS` steps and has at most
    `MAX_PARAMETERS_PER_TOKEN` weights per training token. A shape larger than the reference needs
-   `MIN_STEPS_TO_GROW` steps where the reference would memorise the text (its exposure, as in 3,
-   would call for dropout), and `MIN_STEPS_TO_GROW_ON_FRESH_TEXT` where it would not; the
+   `MIN_STEPS_TO_GROW` steps (`MIN_STEPS_TO_GROW_BY_SHAPE` for 2 x 512) where the reference
+   would memorise the text (its exposure, as in 3, would call for dropout), and
+   `MIN_STEPS_TO_GROW_ON_FRESH_TEXT` where it would not; the
    reference itself needs `MIN_REFERENCE_STEPS_WITHIN_ONE_PASS` where it would not read the text
    once. With text to spare, more steps of a smaller model beat fewer of a bigger one. Fewer
    steps than that left the bigger models behind the smaller ones; more weights than that
@@ -68,8 +69,8 @@ PROBED_SHAPE = (2, 256)
 # steps of 2 x 384 on 10 MB of code by 0.073 (3,605; 0.135 for 5,110), and lost on 1 MB of code
 # by 0.025 and of translations by 0.011 (5,110 each; docs/experiments/2026-12-05-sizing-sixth-
 # round.md); at 5 minutes 2 x 256 for 13,100 steps was 0.044 behind 2 x 384 on tinyshakespeare.
-# It was 4,000, where the default 5-minute run plans 4,000-4,700 steps: one probe reading in
-# five or so chose 2 x 256 there.
+# It was 4,000, where the default 5-minute run plans 4,000-4,700 steps: within the probe's spread
+# of it (12 readings on an idle machine: 14.9-17.6 steps a second, where 14.8 chose 2 x 256).
 MIN_STEPS = 2_500
 # ... and the reference shape needs this many where it would not read the text once: with text to
 # spare, steps count most. On 10 MB of code 2 x 256 (for the steps two threads make) beat 2 x 384
@@ -84,6 +85,13 @@ MIN_REFERENCE_STEPS_WITHIN_ONE_PASS = 8_000
 # 1.4090, worse than 5 minutes of the default: a bigger model cut short is behind a smaller one
 # (docs/experiments/2026-12-05-sizing-third-round.md).
 MIN_STEPS_TO_GROW = 7_000
+# ... but 2 x 512 needs fewer: for 6,498 steps (dropout 0.19, --lr 0.01) it kept 1.3668, ahead of
+# 2 x 384 for the 12,346 the same time buys (dropout 0.2, 1.3714) and level with its own 8,068
+# (1.3686, 1.3665). At 7,000 the default 15-minute run, which plans 6,650-7,900 steps of 2 x 512
+# at the probe's readings on an idle machine, chose 2 x 384 for 9 readings in 20
+# (docs/experiments/2026-12-05-sizing-eighth-round.md). 3 x 512 keeps 7,000: for 5,007 steps it
+# was far behind (1.4090).
+MIN_STEPS_TO_GROW_BY_SHAPE = {(2, 512): 6_000}
 # ... and this many where it would not. On 100 MB of code (a sixth of a pass in 15 minutes) 2 x 384
 # for 15,330 steps beat 2 x 512 for 8,068 (docs/experiments/2026-12-05-sizing-across-corpora.md).
 # Where a bigger model overtakes it on such text is not measured yet: this is twice the steps at
@@ -294,7 +302,9 @@ def _min_steps(layers: int, hidden: int, reference_memorises: bool, within_one_p
         return MIN_REFERENCE_STEPS_WITHIN_ONE_PASS
     if _relative_cost(layers, hidden) <= 1.0:
         return MIN_STEPS
-    return MIN_STEPS_TO_GROW if reference_memorises else MIN_STEPS_TO_GROW_ON_FRESH_TEXT
+    if not reference_memorises:
+        return MIN_STEPS_TO_GROW_ON_FRESH_TEXT
+    return MIN_STEPS_TO_GROW_BY_SHAPE.get((layers, hidden), MIN_STEPS_TO_GROW)
 
 
 def ladder_cost(layers: int, hidden: int) -> float | None:
