@@ -107,8 +107,9 @@ def _training_step(
     # The step `Trainer.train_step` takes: its optimiser (fused AdamW where the device has one,
     # which on a CPU is a measurable share of a small model's step) and its gradient clipping.
     # With PyTorch's per-tensor AdamW instead, the probe read 12-19% below the loop's speed
-    # between evaluations; with this step, 3-13% below (`python benchmarks/sizing_study.py
-    # probe-vs-loop CORPUS`; docs/experiments/2026-12-05-sizing-eighth-round.md).
+    # between evaluations; with this step, from 1% above to 17% below, median 6% below
+    # (`python benchmarks/sizing_study.py probe-vs-loop CORPUS`;
+    # docs/experiments/2026-12-05-sizing-eighth-round.md).
     optimizer = build_optimizer(model, replace(train_config, lr=1e-4), device)
     max_norm = train_config.grad_clip if train_config.grad_clip > 0 else math.inf
     tokens = torch.Generator().manual_seed(0)
