@@ -47,6 +47,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "sizing.jsonl"
@@ -403,33 +404,42 @@ def run(args: argparse.Namespace) -> None:
             )
 
 
+def sizing_inputs(
+    identity: dict, minutes: float, reference_steps_per_second: float, measured_costs: dict
+) -> Any:
+    """What `charrnn train CORPUS --max-time M` gives the sizing rule (CORPUS as `corpus_identity`
+    describes it) at this speed of the reference shape and these probed step costs."""
+    from charrnn.config import TrainConfig
+    from charrnn.training.sizing import SizingInputs
+
+    config = TrainConfig()
+    chars = identity["corpus_chars"]
+    return SizingInputs(
+        train_tokens=chars - int(chars * config.val_fraction),
+        chars_per_token=1.0,
+        vocab_size=identity["vocab_size"],
+        measured_costs=measured_costs,
+        budget_seconds=minutes * 60,
+        max_steps=None,
+        reference_steps_per_second=reference_steps_per_second,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        model_options=DEFAULT_MODEL_OPTIONS,
+    )
+
+
 def chosen_setting(identity: dict, minutes: float, steps_per_minute: float) -> tuple[str, str, int, bool]:
     """The options `charrnn train CORPUS --max-time M` chooses (CORPUS as `corpus_identity`
     describes it, so the text is not read again for each budget) on a machine that makes
     `steps_per_minute` steps of the default shape (evaluation included), its reason, the steps
     the rule expects the run to make (from the rule's own step costs, so the stand-in is the run
     the rule planned), and whether the run stops before its budget."""
-    from charrnn.config import TrainConfig
-    from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, SizingInputs, choose_size
+    from charrnn.training.sizing import STEP_SHARE_OF_BUDGET, choose_size
 
-    config = TrainConfig()
-    chars, vocab_size = identity["corpus_chars"], identity["vocab_size"]
-    train_tokens = chars - int(chars * config.val_fraction)
-    choice = choose_size(
-        SizingInputs(
-            train_tokens=train_tokens,
-            chars_per_token=1.0,
-            vocab_size=vocab_size,
-            measured_costs=probed_costs(vocab_size),
-            budget_seconds=minutes * 60,
-            max_steps=None,
-            # The probe measures steps alone; the budget's steps include evaluation.
-            reference_steps_per_second=steps_per_minute / 60 / STEP_SHARE_OF_BUDGET,
-            batch_size=config.batch_size,
-            seq_len=config.seq_len,
-            model_options=DEFAULT_MODEL_OPTIONS,
-        )
-    )
+    # The probe measures steps alone; the budget's steps include evaluation.
+    reference_steps_per_second = steps_per_minute / 60 / STEP_SHARE_OF_BUDGET
+    costs = probed_costs(identity["vocab_size"])
+    choice = choose_size(sizing_inputs(identity, minutes, reference_steps_per_second, costs))
     names = {
         "num_layers": "--num-layers",
         "hidden_size": "--hidden-size",
@@ -624,13 +634,13 @@ def choices(args: argparse.Namespace) -> None:
 
     from charrnn.config import TrainConfig
     from charrnn.hardware import configure_threads, resolve_precision
-    from charrnn.training.sizing import SizingInputs, choose_size
+    from charrnn.training.sizing import choose_size
     from charrnn.training.speed_probe import measure_speed
 
     threads = configure_threads(None)
     identity = corpus_identity(args.corpus)
     config = TrainConfig()
-    chars, vocab_size = identity["corpus_chars"], identity["vocab_size"]
+    vocab_size = identity["vocab_size"]
     device = torch.device("cpu")
     budgets = [float(text) for text in args.budgets.split(",")]
     seen: dict[float, collections.Counter] = {minutes: collections.Counter() for minutes in budgets}
@@ -640,15 +650,8 @@ def choices(args: argparse.Namespace) -> None:
         readings.append(speed.reference_steps_per_second)
         for minutes in budgets:
             choice = choose_size(
-                SizingInputs(
-                    train_tokens=chars - int(chars * config.val_fraction), chars_per_token=1.0,
-                    vocab_size=vocab_size, budget_seconds=minutes * 60, max_steps=None,
-                    reference_steps_per_second=speed.reference_steps_per_second,
-                    batch_size=config.batch_size, seq_len=config.seq_len,
-                    measured_costs=speed.relative_costs,
-                    model_options=DEFAULT_MODEL_OPTIONS,
-                )
-            )  # fmt: skip
+                sizing_inputs(identity, minutes, speed.reference_steps_per_second, speed.relative_costs)
+            )
             chosen = choice.chosen
             words = f"{chosen['num_layers']} x {chosen['hidden_size']}, dropout {chosen['dropout']:g}"
             seen[minutes][words + (f", lr {chosen['lr']:g}" if "lr" in chosen else "")] += 1

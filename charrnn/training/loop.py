@@ -65,6 +65,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
+def clip_norm(config: TrainConfig) -> float:
+    """The global gradient norm a step clips to: --grad-clip, or no clipping at 0."""
+    return config.grad_clip if config.grad_clip > 0 else math.inf
+
+
 class Trainer:
     """Trains one model on one prepared corpus into one run directory; built ready to `run()`."""
 
@@ -282,8 +287,7 @@ class Trainer:
             features, hidden = self.train_model(inputs, carried, features_only=True)
             loss = head_cross_entropy(features, self.model.head, targets)
         loss.backward()
-        max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm(config)))
         loss_value = loss.item()
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             self.optimizer.step()

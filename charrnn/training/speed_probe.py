@@ -12,11 +12,10 @@ seconds.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +23,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.hardware import autocast
 from charrnn.loss import head_cross_entropy
 from charrnn.model import CharRNN
-from charrnn.training.loop import build_optimizer
+from charrnn.training.loop import build_optimizer, clip_norm
 from charrnn.training.sizing import PROBED_SHAPE, REFERENCE_SHAPE
 
 # The first step of a model sets up kernels and memory (several times a later step's time); the
@@ -110,8 +109,8 @@ def _training_step(
     # between evaluations; with this step, from 1% above to 17% below, median 6% below
     # (`python benchmarks/sizing_study.py probe-vs-loop CORPUS`;
     # docs/experiments/2026-12-05-sizing-eighth-round.md).
-    optimizer = build_optimizer(model, replace(train_config, lr=1e-4), device)
-    max_norm = train_config.grad_clip if train_config.grad_clip > 0 else math.inf
+    optimizer = build_optimizer(model, train_config, device)
+    max_norm = clip_norm(train_config)
     tokens = torch.Generator().manual_seed(0)
     batch = (train_config.batch_size, train_config.seq_len)
     inputs = torch.randint(0, vocab_size, batch, generator=tokens).to(device)
